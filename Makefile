@@ -1,0 +1,32 @@
+# One-line set-up: `make test` (environment + tests) and `make demo` (environment + demo).
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+# The CPU build of torch: pinned here, in the install path, not in the package metadata.
+TORCH ?= torch==2.13.0
+
+.PHONY: env test test-all demo lint clean
+
+$(BIN)/atbsn: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/atbsn
+
+env: $(BIN)/atbsn
+
+test: env
+	$(BIN)/python -m pytest -q
+
+test-all: env
+	$(BIN)/python -m pytest -q -m ""
+
+demo: env
+	$(BIN)/atbsn demo
+
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

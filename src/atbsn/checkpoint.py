@@ -1,0 +1,159 @@
+"""Checkpoints: our single-file safetensors format, and import of the authors' released ``.pth`` files.
+
+Our format holds the weights plus, in the safetensors metadata, the model's :class:`ModelConfig` as JSON,
+so a checkpoint alone is enough to denoise. Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import AtbsnError
+from .students import Student
+from .teacher import ATBSN
+
+FORMAT = "atbsn"
+FORMAT_VERSION = "1"
+
+
+def build(config: ModelConfig) -> nn.Module:
+    """An untrained network for a config."""
+    return ATBSN(config=config) if config.is_teacher else Student(config=config)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(model: nn.Module, path: str | Path, extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model`` (an ATBSN or student) and its config to one ``.safetensors`` file, atomically."""
+    from safetensors.torch import save_file
+
+    config: ModelConfig = model.config  # type: ignore[assignment]
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json(), **(extra_metadata or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of one of our checkpoints (no weights are read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types
+        raise AtbsnError(f"{path}: not a readable safetensors checkpoint ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:160]
+
+
+def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """Tensors and (for our format) metadata, with every failure turned into one clear line."""
+    if not path.is_file():
+        raise AtbsnError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    is_zip_or_pickle = head[:2] == b"PK" or head[:1] == b"\x80"
+    if path.suffix == ".safetensors" or not is_zip_or_pickle:
+        from safetensors.torch import load_file
+
+        meta = read_metadata(path)
+        try:
+            return load_file(str(path)), meta
+        except Exception as e:
+            raise AtbsnError(f"{path}: truncated or corrupt safetensors checkpoint ({_reason(e)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise AtbsnError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_reason(e)})") from None
+    return obj, None
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """Strip wrappers and ``module.`` prefixes; return the state dict and the input scale it implies.
+
+    ``{"model_state_dict": ...}`` is how APR-RD releases its AT-BSN students, trained on 0..1 inputs;
+    the AT-BSN authors save bare state dicts on 0..255.
+    """
+    value_range = 255.0
+    if isinstance(obj, Mapping) and "model_state_dict" in obj:
+        obj, value_range = obj["model_state_dict"], 1.0
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AtbsnError(f"{path}: not an AT-BSN checkpoint (no state dict of tensors inside)")
+    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return sd, value_range
+
+
+def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> ModelConfig:
+    """Which network a bare state dict holds, from its key names and shapes."""
+    if "nin_A.weight" in sd and "unet.intro.conv.weight" in sd:
+        w = sd["unet.intro.conv.weight"]
+        return ModelConfig("atbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range)
+    if "unet.intro.conv.weight" in sd:
+        w = sd["unet.intro.conv.weight"]
+        return ModelConfig("C", width=w.shape[0], in_channels=w.shape[1], value_range=value_range)
+    if "enc1.conv.conv.weight" in sd:
+        return ModelConfig("A", in_channels=sd["enc1.conv.conv.weight"].shape[1], value_range=value_range)
+    if "enc1.conv1.conv.weight" in sd:
+        return ModelConfig("B", in_channels=sd["enc1.conv1.conv.weight"].shape[1], value_range=value_range)
+    sample = ", ".join(list(sd)[:3])
+    raise AtbsnError(f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student")
+
+
+def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
+    model = build(config)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise AtbsnError(f"{path}: weights do not fit a {config.arch} network ({lines[-1][:200]})") from None
+    return model.eval()
+
+
+def load(path: str | Path, part: str = "auto", map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a ready model (in eval mode) from our format or any of the authors' released files.
+
+    ``part`` picks a network from a file that holds two (an AT-BSN(D) release holds student and
+    teacher): ``"auto"`` (the student), ``"student"`` or ``"teacher"``.
+    """
+    path = Path(path)
+    raw, meta = _load_raw(path)
+    if meta is not None and meta.get("format") == FORMAT:
+        config = ModelConfig.from_json(meta["config"])
+        model = _instantiate(config, raw, path)
+        return model.to(map_location)
+    sd, value_range = _unwrap(raw, path)
+    pair = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("nbsn", "bsn")}
+    if pair["nbsn"] and pair["bsn"]:
+        prefix = "bsn" if part == "teacher" else "nbsn"
+        sd = pair[prefix]
+    config = _detect(sd, value_range, path)
+    if part == "teacher" and not config.is_teacher:
+        raise AtbsnError(f"{path}: holds no teacher (found student {config.arch})")
+    if part == "student" and config.is_teacher:
+        raise AtbsnError(f"{path}: holds no student (found an AT-BSN teacher)")
+    return _instantiate(config, sd, path).to(map_location)

@@ -1,0 +1,125 @@
+"""The non-blind students of AT-BSN(D): A (0.13M), B (0.86M) and C (1.00M parameters).
+
+Students see the centre pixel; they learn from the teachers, never from a blind spot. Inputs of any size
+are reflect-padded (replicate for inputs too small to reflect) to the multiple their poolings need, and
+cropped back.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blindspot import Conv, multiple_pad, upsample2
+from .config import ModelConfig
+from .unet import UNet, init_weights
+
+
+def _stage(channels: list[int], single_name: bool) -> nn.Sequential:
+    """A chain of replicate-padded, bias-free convs named like the authors' (``conv`` or ``conv1``..)."""
+    pairs = list(zip(channels[:-1], channels[1:]))
+    names = ["conv"] if single_name else [f"conv{i}" for i in range(1, len(pairs) + 1)]
+    return nn.Sequential(
+        OrderedDict((n, Conv(a, b, bias=False, padding_mode="replicate")) for n, (a, b) in zip(names, pairs))
+    )
+
+
+class _Student(nn.Module):
+    multiple = 1
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoise N x C x H x W images in 0..255."""
+        vr = self.config.value_range
+        h, w = x.shape[-2:]
+        ph, pw = multiple_pad(h, self.multiple), multiple_pad(w, self.multiple)
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        y = self.net(x * (vr / 255.0) if vr != 255.0 else x)
+        if vr != 255.0:
+            y = y * (255.0 / vr)
+        return y[..., :h, :w]
+
+
+class StudentC(_Student):
+    """The AT-BSN UNet with plain convs and 3 outputs (LeakyReLU after the last conv, as released)."""
+
+    multiple = 32
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.unet = UNet(config.in_channels, config.width, config.in_channels, blind=False)
+        with torch.no_grad():
+            init_weights(self)
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x)
+
+
+class _SmallStudent(_Student):
+    """Two poolings; A has one conv per stage, B three per encoder stage and four per decoder stage."""
+
+    multiple = 4
+
+    def __init__(self, config: ModelConfig, enc_convs: int, dec_convs: int) -> None:
+        super().__init__(config)
+        cin, single = config.in_channels, enc_convs == 1
+        self.enc1 = _stage([cin] + [48] * enc_convs, single)
+        self.enc2 = _stage([48] * (enc_convs + 1), single)
+        self.enc3 = _stage([48] + [96] * (enc_convs - 1) + [48] if enc_convs > 1 else [48, 48], single)
+        self.dec2 = _stage([96] * (dec_convs + 1), single)
+        self.dec1 = _stage([96 + cin] + [96] * (dec_convs - 1) + [cin], single)
+        with torch.no_grad():
+            init_weights(self)
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = F.max_pool2d(self.enc1(x), 2)
+        x2 = F.max_pool2d(self.enc2(x1), 2)
+        y = self.dec2(torch.cat((upsample2(self.enc3(x2)), x1), dim=1))
+        return self.dec1(torch.cat((upsample2(y), x), dim=1))
+
+
+class StudentA(_SmallStudent):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, enc_convs=1, dec_convs=1)
+
+
+class StudentB(_SmallStudent):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, enc_convs=3, dec_convs=4)
+
+
+_CLASSES = {"A": StudentA, "B": StudentB, "C": StudentC}
+
+
+def Student(kind: str = "C", in_channels: int = 3, *, config: ModelConfig | None = None) -> _Student:  # noqa: N802
+    """Build student ``"A"``, ``"B"`` or ``"C"`` (a plain ``nn.Module``; C is AT-BSN(D)'s network)."""
+    if config is None:
+        kind = str(kind).upper()
+        if kind not in _CLASSES:
+            raise ValueError(f"unknown student {kind!r}: choose A, B or C")
+        config = ModelConfig(arch=kind, in_channels=in_channels)
+    return _CLASSES[config.arch](config)
+
+
+def init_from_teacher(student: nn.Module, teacher: nn.Module) -> nn.Module:
+    """Copy the teacher's UNet weights into student C, all but dec1's two convs (as the paper does)."""
+    if not isinstance(student, StudentC):
+        raise ValueError("only student C shares the teacher's UNet; A and B cannot be initialised from it")
+    src = {k: v for k, v in teacher.unet.state_dict().items() if not k.startswith("dec1.")}
+    dst = student.unet.state_dict()
+    mismatched = [k for k, v in src.items() if dst[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(f"teacher and student widths differ ({mismatched[0]}); use the same width")
+    student.unet.load_state_dict(src, strict=False)
+    return student

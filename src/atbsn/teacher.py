@@ -1,0 +1,103 @@
+"""AT-BSN, the meta-teacher: one backbone, a blind spot of any size k chosen at run time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blindspot import NEG_SLOPE, multiple_pad, rotate, shift_for_k, validate_k
+from .config import ModelConfig
+from .unet import UNet, init_weights
+
+Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+DEFAULT_KS = (0, 1, 3, 5, 7, 9, 11)
+
+
+def _shift(x: torch.Tensor, direction: int, s: int) -> torch.Tensor:
+    """Shift a map by ``s`` pixels away from the half-plane its rotation looks at (zeros fill in).
+
+    Direction 0 (the unrotated branch) moves content down, 1 right, 2 up, 3 left: the image-frame
+    equivalent of the authors' "shift down in the rotated frame, then rotate back".
+    """
+    if s == 0:
+        return x
+    h, w = x.shape[-2:]
+    if direction in (0, 2) and s >= h or direction in (1, 3) and s >= w:
+        return torch.zeros_like(x)
+    if direction == 0:
+        return F.pad(x[..., : h - s, :], (0, 0, s, 0))
+    if direction == 1:
+        return F.pad(x[..., :, : w - s], (s, 0, 0, 0))
+    if direction == 2:
+        return F.pad(x[..., s:, :], (0, 0, 0, s))
+    return F.pad(x[..., :, s:], (0, s, 0, 0))
+
+
+class ATBSN(nn.Module):
+    """Asymmetric Tunable Blind-Spot Network (Chen et al., CVPR 2024).
+
+    ``net(x, k)`` takes N x C x H x W images in 0..255 of any size and hides a k x k square around each
+    pixel (k = 0 hides nothing). The input is zero-padded to a multiple of 32 inside (zeros keep the blind
+    spot exact) and the output cropped back.
+    """
+
+    def __init__(self, width: int = 48, in_channels: int = 3, *, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig(arch="atbsn", width=width, in_channels=in_channels)
+        c, cin = self.config.width, self.config.in_channels
+        self.unet = UNet(cin, c, 2 * c, blind=True)
+        self.nin_A = nn.Conv2d(8 * c, 8 * c, 1)
+        self.nin_B = nn.Conv2d(8 * c, 2 * c, 1)
+        self.nin_C = nn.Conv2d(2 * c, cin, 1)
+        with torch.no_grad():
+            init_weights(self)
+            nn.init.kaiming_normal_(self.nin_C.weight, nonlinearity="linear")
+
+    @property
+    def k_infer(self) -> int:
+        return self.config.k_infer
+
+    def features(self, x: torch.Tensor) -> Features:
+        """The four directional feature maps (looking up, left, down, right), in the image's frame.
+
+        Each map at a pixel depends only on input pixels on the looked-at side of it, its own row or
+        column included; ``head`` shifts them to exclude the blind spot.
+        """
+        x = x * (self.config.value_range / 255.0) if self.config.value_range != 255.0 else x
+        n, _, h, w = x.shape
+        ph, pw = multiple_pad(h, 32), multiple_pad(w, 32)
+        top, left = ph // 2, pw // 2
+        x = F.pad(x, (left, pw - left, top, ph - top))
+        rotated = [rotate(x, q) for q in range(4)]
+        if h + ph == w + pw:  # square after padding: one batch of four
+            out = self.unet(torch.cat(rotated, dim=0)).split(n, dim=0)
+        else:  # two shapes: (0, 180) and (90, 270)
+            a = self.unet(torch.cat((rotated[0], rotated[2]), dim=0)).split(n, dim=0)
+            b = self.unet(torch.cat((rotated[1], rotated[3]), dim=0)).split(n, dim=0)
+            out = (a[0], b[0], a[1], b[1])
+        return tuple(
+            rotate(f, -q)[..., top : top + h, left : left + w] for q, f in enumerate(out)
+        )  # type: ignore[return-value]
+
+    def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
+        """Shift the directional maps for blind spot k and mix them with the 1x1 convolutions."""
+        s = shift_for_k(self.config.k_infer if k is None else k)
+        x = torch.cat([_shift(f, d, s) for d, f in enumerate(features)], dim=1)
+        x = F.leaky_relu(self.nin_A(x), NEG_SLOPE, inplace=True)
+        x = F.leaky_relu(self.nin_B(x), NEG_SLOPE, inplace=True)
+        x = self.nin_C(x)
+        return x * (255.0 / self.config.value_range) if self.config.value_range != 255.0 else x
+
+    def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Denoise with blind spot k (default: the configured inference size k_b)."""
+        k = validate_k(self.config.k_infer if k is None else k)
+        return self.head(self.features(x), k)
+
+    def teachers(self, x: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> list[torch.Tensor]:
+        """One output per k from a single backbone pass: each k is only a shift plus the 1x1 head."""
+        ks = [validate_k(k) for k in ks]
+        feats = self.features(x)
+        return [self.head(feats, k) for k in ks]
