@@ -121,7 +121,9 @@ def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> M
     if "enc1.conv1.conv.weight" in sd:
         return ModelConfig("B", in_channels=sd["enc1.conv1.conv.weight"].shape[1], value_range=value_range)
     sample = ", ".join(list(sd)[:3])
-    raise AtbsnError(f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student")
+    raise AtbsnError(
+        f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student"
+    )
 
 
 def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path) -> nn.Module:

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import shared_path
+
+from atbsn import ATBSN, Student, init_from_teacher
+from atbsn.checkpoint import load
+
+
+@pytest.mark.parametrize(("kind", "params"), [("A", 128_385), ("B", 856_656), ("C", 1_003_011)])
+def test_parameter_counts_match_the_paper(kind, params):
+    assert sum(p.numel() for p in Student(kind).parameters()) == params
+
+
+@pytest.mark.parametrize("kind", ["A", "B", "C"])
+@pytest.mark.parametrize("shape", [(37, 53), (1, 1), (3, 70), (64, 64)])
+def test_any_size_in_same_size_out(kind, shape):
+    net = Student(kind).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, *shape) * 255).shape == (2, 3, *shape)
+
+
+def test_students_are_not_blind():
+    x = (torch.rand(1, 3, 20, 20) * 255).requires_grad_(True)
+    Student("C")(x)[0, :, 10, 10].sum().backward()
+    assert x.grad[0, :, 10, 10].abs().sum() > 0
+
+
+def test_unknown_student_is_refused():
+    with pytest.raises(ValueError, match="choose A, B or C"):
+        Student("D")
+
+
+def test_student_c_initialised_from_teacher_shares_all_but_dec1():
+    teacher, student = ATBSN(width=48), Student("C")
+    init_from_teacher(student, teacher)
+    t, s = teacher.unet.state_dict(), student.unet.state_dict()
+    for key in s:
+        if key.startswith("dec1."):  # freshly initialised (biases are zero in both, so compare weights)
+            assert key.endswith("bias") or s[key].shape != t[key].shape or not torch.equal(s[key], t[key])
+        else:
+            assert torch.equal(s[key], t[key]), key
+    with pytest.raises(ValueError):
+        init_from_teacher(Student("A"), teacher)
+
+
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [
+        ("atbsn_d_official_format.pth", "student_c"),
+        ("student_a_official_format.pth", "student_a"),
+        ("student_b_official_format.pth", "student_b"),
+    ],
+)
+def test_reproduces_the_authors_student_outputs(file, name):
+    d = shared_path("fixtures", "official")
+    expected = torch.load(d / "expected_outputs.pt")
+    net = load(d / file)
+    with torch.no_grad():
+        out = net(expected["input"])
+    ref = expected[name]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import torch
+from conftest import shared_path
+
+from atbsn import ATBSN
+from atbsn.checkpoint import load
+
+KS = (0, 1, 3, 5, 7, 9, 11)
+
+
+def test_parameter_count_matches_the_paper():
+    assert sum(p.numel() for p in ATBSN().parameters()) == 1_268_547
+
+
+def test_teachers_equal_one_call_per_k_from_one_backbone_pass(monkeypatch):
+    net = ATBSN(width=8).eval()
+    x = torch.rand(2, 3, 40, 29) * 255
+    calls = []
+    original = net.unet.forward
+    monkeypatch.setattr(net.unet, "forward", lambda t: calls.append(t.shape) or original(t))
+    with torch.no_grad():
+        outs = net.teachers(x, KS)
+        n_backbone = len(calls)
+        for k, out in zip(KS, outs):
+            assert torch.equal(out, net(x, k))
+    assert n_backbone == 2  # non-square: one batch per rotation shape, not one per k
+
+
+def test_features_and_head_compose_to_forward():
+    net = ATBSN(width=8).eval()
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        feats = net.features(x)
+        assert len(feats) == 4 and all(f.shape == (1, 16, 32, 32) for f in feats)
+        assert torch.equal(net.head(feats, 5), net(x, 5))
+
+
+def test_default_k_is_the_configured_inference_size():
+    net = ATBSN(width=8).eval()
+    net.config.k_infer = 5
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x, 5))
+
+
+def test_grayscale_teacher():
+    net = ATBSN(width=8, in_channels=1).eval()
+    assert net(torch.rand(1, 1, 20, 30) * 255, 3).shape == (1, 1, 20, 30)
+
+
+def test_reproduces_the_authors_outputs_at_every_k():
+    d = shared_path("fixtures", "official")
+    expected = torch.load(d / "expected_outputs.pt")
+    net = load(d / "atbsn_official_format.pth")
+    assert isinstance(net, ATBSN)
+    with torch.no_grad():
+        outs = net.teachers(expected["input"], KS)
+    for k, out in zip(KS, outs):
+        ref = expected[f"atbsn_k{k}"]
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
