@@ -69,8 +69,7 @@ class ATBSN(nn.Module):
         x = x * (self.config.value_range / 255.0) if self.config.value_range != 255.0 else x
         n, _, h, w = x.shape
         ph, pw = multiple_pad(h, 32), multiple_pad(w, 32)
-        top, left = ph // 2, pw // 2
-        x = F.pad(x, (left, pw - left, top, ph - top))
+        x = F.pad(x, (0, pw, 0, ph))  # bottom/right, so tiles on a 32-grid see the same pooling grid
         rotated = [rotate(x, q) for q in range(4)]
         if h + ph == w + pw:  # square after padding: one batch of four
             out = self.unet(torch.cat(rotated, dim=0)).split(n, dim=0)
@@ -78,9 +77,7 @@ class ATBSN(nn.Module):
             a = self.unet(torch.cat((rotated[0], rotated[2]), dim=0)).split(n, dim=0)
             b = self.unet(torch.cat((rotated[1], rotated[3]), dim=0)).split(n, dim=0)
             out = (a[0], b[0], a[1], b[1])
-        return tuple(
-            rotate(f, -q)[..., top : top + h, left : left + w] for q, f in enumerate(out)
-        )  # type: ignore[return-value]
+        return tuple(rotate(f, -q)[..., :h, :w] for q, f in enumerate(out))  # type: ignore[return-value]
 
     def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
         """Shift the directional maps for blind spot k and mix them with the 1x1 convolutions."""

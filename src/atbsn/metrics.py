@@ -1,0 +1,57 @@
+"""PSNR and SSIM with the conventions of the benchmarks, each one named.
+
+- ``psnr``: RGB, 0..255, on the output clipped and rounded to uint8 (SIDD benchmark, AP-BSN).
+- ``ssim_rgb``: Gaussian window (sigma 1.5), data range 255, averaged over RGB (most papers).
+- ``ssim_y``: the same SSIM on the BT.601 luma channel (the AT-BSN authors' code; higher numbers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_uint8(a: np.ndarray) -> np.ndarray:
+    """Clip to 0..255 and round (a no-op for uint8 arrays)."""
+    return a if a.dtype == np.uint8 else np.round(np.clip(a, 0, 255)).astype(np.uint8)
+
+
+def psnr(x: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR in dB of ``x`` against ``ref`` (both 0..255; ``x`` rounded to uint8 first)."""
+    mse = np.mean((to_uint8(x).astype(np.float64) - to_uint8(ref).astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, channel_axis: int | None) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(
+        structural_similarity(
+            a, b, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+            channel_axis=channel_axis,
+        )
+    )
+
+
+def luma(a: np.ndarray) -> np.ndarray:
+    """BT.601 Y (16..235) of an H x W x 3 RGB image in 0..255, as MATLAB's rgb2ycbcr computes it."""
+    a = a.astype(np.float64)
+    return 16.0 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255.0
+
+
+def ssim_rgb(x: np.ndarray, ref: np.ndarray) -> float:
+    a, b = to_uint8(x).astype(np.float64), to_uint8(ref).astype(np.float64)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a, b = a[..., 0], b[..., 0]
+    return _ssim(a, b, 2 if a.ndim == 3 else None)
+
+
+def ssim_y(x: np.ndarray, ref: np.ndarray) -> float:
+    a, b = to_uint8(x), to_uint8(ref)
+    if a.ndim == 3 and a.shape[2] == 3:
+        return _ssim(luma(a), luma(b), None)
+    return _ssim(a.reshape(a.shape[:2]).astype(np.float64), b.reshape(b.shape[:2]).astype(np.float64), None)
+
+
+def scores(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """All three metrics of one image."""
+    return {"psnr": psnr(x, ref), "ssim_rgb": ssim_rgb(x, ref), "ssim_y": ssim_y(x, ref)}
