@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -251,3 +252,60 @@ def denoise(
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
     return out[:, :, 0] if squeeze else out
+
+
+def denoise_files(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    model: nn.Module,
+    k: int | None = None,
+    tile: int | None = None,
+    margin: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    overwrite: bool = False,
+    progress: bool = True,
+    on_error: Callable[[str], None] | None = None,
+) -> tuple[list[Path], list[str]]:
+    """Denoise files, folders (recursively, keeping their layout) and globs into ``out_dir``.
+
+    Outputs keep name, format, size, bit depth and alpha. An output that would replace its own input is
+    refused; existing outputs are skipped unless ``overwrite``. A file that fails is reported (one line
+    naming it) and the rest go on. Returns (written files, error lines).
+    """
+    from tqdm import tqdm
+
+    from .datasets import expand_inputs
+    from .images import read_image, write_image
+
+    out_root = Path(out_dir)
+    if out_root.exists() and not out_root.is_dir():
+        raise AtbsnError(f"{out_root}: output path exists and is not a folder")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AtbsnError(f"{out_root}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(out_root, os.W_OK):
+        raise AtbsnError(f"{out_root}: output folder is not writable")
+    if model.config.is_teacher and k is not None:
+        validate_k(k)
+    model_fn(model, k)  # refuse k for a student before any work
+    dev = resolve_device(device)
+    written, errors = [], []
+    for src, rel in tqdm(expand_inputs(inputs), desc="denoise", unit="img", disable=not progress):
+        dst = out_root / rel
+        try:
+            if dst.resolve() == src.resolve():
+                raise AtbsnError(f"{src}: output would overwrite the input; choose another output folder")
+            if dst.exists() and not overwrite:
+                if progress:
+                    tqdm.write(f"skip {dst} (exists; --overwrite to replace)")
+                continue
+            image = read_image(src)
+            write_image(dst, denoise(image, model, k, tile, margin, dev, precision))
+            written.append(dst)
+        except AtbsnError as e:
+            errors.append(str(e))
+            if on_error is not None:
+                on_error(str(e))
+    return written, errors

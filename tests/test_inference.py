@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atbsn import ATBSN, Student
+from atbsn.checkpoint import load
+from atbsn.errors import AtbsnError
+from atbsn.inference import denoise, denoise_tensor, plan_tiles, run_tiled
+from atbsn.images import read_image
+from conftest import shared_path
+
+
+def _image(h=300, w=517, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def test_tiled_equals_untiled_when_the_margin_covers_the_receptive_field():
+    torch.manual_seed(0)
+    model = Student("A")
+    img = _image()
+    full = denoise(img, model, tile=1024)
+    tiled = denoise(img, model, tile=128)
+    assert np.abs(full.astype(int) - tiled.astype(int)).max() == 0
+
+
+def test_tiled_and_untiled_agree_within_one_level_on_a_real_network():
+    model = load(shared_path("fixtures", "pretrained", "aprrd_student_c_sidd_medium.pth"))
+    img = read_image(shared_path("data", "real", "sidd9", "noisy", "sidd_3.png"))[:300, :517]
+    full = denoise(img, model, tile=1024)
+    tiled = denoise(img, model, tile=128)
+    assert np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_every_pixel_comes_from_exactly_one_window():
+    x = torch.rand(1, 3, 100, 70)
+    calls = []
+    out = run_tiled(lambda t: calls.append(t.shape) or t * 2, x, tile=32, margin=16)
+    assert torch.equal(out, x * 2) and len(calls) == 4 * 3
+    assert max(s[-2] for s in calls) <= 32 + 2 * 16
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_denoise_keeps_dtype_shape_and_alpha(dtype):
+    model = Student("A")
+    rng = np.random.default_rng(1)
+    if dtype == np.float32:
+        img = rng.random((33, 21, 4), dtype=np.float32)
+    else:
+        img = rng.integers(0, np.iinfo(dtype).max, size=(33, 21, 4), dtype=dtype)
+    out = denoise(img, model)
+    assert out.dtype == img.dtype and out.shape == img.shape
+    assert np.array_equal(out[..., 3], img[..., 3])
+
+
+def test_gray_images_through_an_rgb_model_and_back():
+    out = denoise(np.full((10, 12), 100, np.uint8), Student("A"))
+    assert out.shape == (10, 12) and out.dtype == np.uint8
+
+
+def test_k_is_for_teachers_only():
+    with pytest.raises(AtbsnError, match="no blind spot"):
+        denoise(np.zeros((8, 8, 3), np.uint8), Student("C"), k=3)
+    with pytest.raises(ValueError, match="odd"):
+        denoise(np.zeros((8, 8, 3), np.uint8), ATBSN(width=8), k=4)
+
+
+def test_teacher_uses_its_inference_k_by_default():
+    t = ATBSN(width=8)
+    x = torch.rand(1, 3, 40, 40) * 255
+    assert torch.allclose(denoise_tensor(x, t), denoise_tensor(x, t, k=3))
+
+
+def test_models_trained_on_small_crops_run_on_windows_of_that_crop():
+    s = Student("C")
+    s.config.train_crop = 96
+    tile, margin = plan_tiles(s, torch.device("cpu"))
+    assert tile + 2 * margin == 96
+    auto_tile, _ = plan_tiles(Student("C"), torch.device("cpu"), budget=1 << 30)
+    assert auto_tile % 32 == 0 and auto_tile >= 128
