@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from PIL import Image
 
 from atbsn import ATBSN, Student
@@ -15,7 +16,6 @@ from atbsn.checkpoint import save
 from atbsn.cli import main
 from atbsn.images import read_image, write_image
 from atbsn.metrics import psnr
-from conftest import shared_path
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
 from atbsn import ATBSN, Student
 from atbsn.checkpoint import load
 from atbsn.errors import AtbsnError
-from atbsn.inference import denoise, denoise_tensor, plan_tiles, run_tiled
 from atbsn.images import read_image
-from conftest import shared_path
+from atbsn.inference import denoise, denoise_tensor, plan_tiles, run_tiled
 
 
 def _image(h=300, w=517, seed=0):
