@@ -109,4 +109,4 @@ def rotate(x: torch.Tensor, quarter_turns: int) -> torch.Tensor:
 
 def multiple_pad(size: int, multiple: int) -> int:
     """Rows (or columns) to add so that ``size`` becomes a multiple of ``multiple``."""
-    return (-size) % multiple
+    return (multiple - size % multiple) % multiple  # no negative modulo: it exports to ONNX unambiguously

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+import numpy as np
+
+from .checkpoint import atomic_write
 from .errors import AtbsnError
+from .inference import to_model_range
+from .metrics import psnr
 
 
 def _model(path: str, part: str = "auto", k: int | None = None):
@@ -60,6 +66,66 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .datasets import load_pairs
+    from .evaluate import crops_by_k, sweep
+    from .plots import image_strip, plot_heatmap, plot_sweep
+
+    teachers = [_model(m, part="teacher") for m in a.model]
+    for path, t in zip(a.model, teachers):
+        if t.config.k_train is None:
+            t.config.k_train = a.k_train if a.k_train is not None else path  # label for the plot
+    pairs = load_pairs(a.data, a.limit)
+    rows = sweep(teachers, pairs, a.k, tile=a.tile, device=a.device)
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    noisy = float(np.mean([psnr(*(to_model_range(x)[0] for x in (p.noisy, p.clean))) for p in pairs]))
+    print(f"{'teacher':>8} {'k_a':>6} {'k_b':>4} {'PSNR':>7} {'SSIM-RGB':>9} {'SSIM-Y':>7}   (noisy {noisy:.2f} dB)")
+    for r in rows:
+        print(f"{r['teacher']:>8} {str(r['k_a'])[-6:]:>6} {r['k_b']:>4} {r['psnr']:7.2f} {r['ssim_rgb']:9.4f} "
+              f"{r['ssim_y']:7.4f}")
+    atomic_write(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2) + "\n"))
+    print(f"plot: {plot_sweep(rows, out / 'sweep.png', noisy)}")
+    if len(teachers) > 1:
+        print(f"heatmap: {plot_heatmap(rows, out / 'heatmap.png')}")
+    if a.crops:
+        p = pairs[0]
+        h, w = p.noisy.shape[:2]
+        size = min(a.crop_size, h, w)
+        box = (h // 2 - size // 2, w // 2 - size // 2, size, size)
+        crops = crops_by_k(teachers[0], p.noisy, box, a.k, tile=a.tile, device=a.device)
+        y, x = box[:2]
+        images = [p.noisy[y : y + size, x : x + size], *crops, p.clean[y : y + size, x : x + size]]
+        labels = ["noisy", *[f"k_b = {k}" for k in a.k], "clean"]
+        print(f"crops: {image_strip(images, labels, out / 'crops.png')}")
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from .submit import submit_dnd, submit_sidd
+
+    model = _model(a.model, k=a.k)
+    kw = {"k": a.k, "tile": a.tile, "device": a.device, "precision": a.precision}
+    if a.benchmark == "sidd":
+        out = a.output or "SubmitSrgb.csv"
+        print(f"wrote {submit_sidd(a.data, out, model, progress=not a.quiet, **kw)}")
+    else:
+        if not a.output:
+            raise AtbsnError("submit dnd needs -o OUTDIR for the per-image .mat files")
+        files = submit_dnd(a.data, a.output, model, progress=not a.quiet, **kw)
+        print(f"wrote {len(files)} files into {a.output}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    model = _model(a.model, k=a.k)
+    err = export_onnx(model, a.output, k=a.k)
+    print(f"wrote {a.output} (dynamic height and width; onnxruntime vs PyTorch max difference {err:.2g} on 0..255)")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     model = _model(a.model, a.part)
     n = sum(p.numel() for p in model.parameters())
@@ -94,6 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N pairs")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="score teachers at several inference blind-spot sizes k_b")
+    p.add_argument("data", help="folder of pairs or SIDD validation .mat")
+    p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
+    p.add_argument("--k", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9, 11], help="k_b values")
+    p.add_argument("--k-train", type=int, help="label for teachers whose checkpoint does not record k_a")
+    p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")
+    p.add_argument("--crops", action="store_true", help="also write the same crop at each k (crops.png)")
+    p.add_argument("--crop-size", type=int, default=96)
+    p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("submit", help="write a SIDD or DND benchmark submission")
+    p.add_argument("benchmark", choices=["sidd", "dnd"])
+    p.add_argument("data", help="sidd: BenchmarkNoisyBlocksSrgb.mat; dnd: the folder with info.mat and images_srgb/")
+    p.add_argument("-o", "--output", help="sidd: SubmitSrgb.csv (or .mat for the legacy format); dnd: a folder")
+    _inference_args(p)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("export", help="export to ONNX (dynamic height and width), checked with onnxruntime")
+    p.add_argument("--model", "-m", required=True)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--k", type=int, default=None, help="blind-spot size frozen into a teacher's graph")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="print a checkpoint's configuration")
     p.add_argument("model")

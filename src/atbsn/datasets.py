@@ -45,22 +45,25 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
 
 
 def _mat_variable(path: Path, names: Iterable[str]) -> np.ndarray:
-    """Read the first of ``names`` from a MATLAB file (v5 through scipy, v7.3 through h5py)."""
+    """Read the first of ``names`` from a MATLAB file (v5 through scipy, v7.3 = HDF5 through h5py)."""
+    import h5py
+
     names = list(names)
+    if not Path(path).is_file():
+        raise AtbsnError(f"{path}: no such file")
     try:
-        from scipy.io import loadmat
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                for n in names:
+                    if n in f:
+                        return np.asarray(f[n]).transpose()  # MATLAB is column-major
+        else:
+            from scipy.io import loadmat
 
-        data = loadmat(str(path))
-        for n in names:
-            if n in data:
-                return np.asarray(data[n])
-    except NotImplementedError:  # v7.3 = HDF5
-        import h5py
-
-        with h5py.File(path, "r") as f:
+            data = loadmat(str(path), variable_names=names)
             for n in names:
-                if n in f:
-                    return np.asarray(f[n]).transpose()  # MATLAB is column-major
+                if n in data:
+                    return np.asarray(data[n])
     except Exception as e:
         raise AtbsnError(f"{path}: unreadable .mat file ({str(e).splitlines()[0][:120]})") from None
     raise AtbsnError(f"{path}: none of the variables {', '.join(names)} found")

@@ -109,3 +109,15 @@ def sweep(
             _, s = evaluate(t, pairs, k=k, tile=tile, device=device)
             rows.append({"teacher": i, "k_a": t.config.k_train, "k_b": k, **{m: s[m] for m in METRICS}})
     return rows
+
+
+def crops_by_k(
+    teacher: nn.Module, image: np.ndarray, box: tuple[int, int, int, int], ks: Sequence[int], tile: int | None = None,
+    device: str | None = None,
+) -> list[np.ndarray]:
+    """The same crop (y, x, height, width) of ``image`` denoised at each k: the supplementary's Figure S4.
+
+    The whole image is denoised (so the crop has its real context), then cropped.
+    """
+    y, x, h, w = box
+    return [denoise(image, teacher, k=k, tile=tile, device=device)[y : y + h, x : x + w] for k in ks]

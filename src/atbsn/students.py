@@ -42,8 +42,9 @@ class _Student(nn.Module):
         vr = self.config.value_range
         h, w = x.shape[-2:]
         ph, pw = multiple_pad(h, self.multiple), multiple_pad(w, self.multiple)
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
+        exporting = torch.compiler.is_exporting()  # pad unconditionally: H and W are symbolic then
+        if ph or pw or exporting:
+            mode = "reflect" if exporting or ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         y = self.net(x * (vr / 255.0) if vr != 255.0 else x)
         if vr != 255.0:

@@ -25,7 +25,7 @@ def _shift(x: torch.Tensor, direction: int, s: int) -> torch.Tensor:
     if s == 0:
         return x
     h, w = x.shape[-2:]
-    if direction in (0, 2) and s >= h or direction in (1, 3) and s >= w:
+    if not torch.compiler.is_exporting() and (direction in (0, 2) and s >= h or direction in (1, 3) and s >= w):
         return torch.zeros_like(x)
     if direction == 0:
         return F.pad(x[..., : h - s, :], (0, 0, s, 0))
@@ -71,7 +71,9 @@ class ATBSN(nn.Module):
         ph, pw = multiple_pad(h, 32), multiple_pad(w, 32)
         x = F.pad(x, (0, pw, 0, ph))  # bottom/right, so tiles on a 32-grid see the same pooling grid
         rotated = [rotate(x, q) for q in range(4)]
-        if h + ph == w + pw:  # square after padding: one batch of four
+        if torch.compiler.is_exporting():  # symbolic sizes: one branch per rotation, no batch juggling
+            out = tuple(self.unet(r) for r in rotated)
+        elif h + ph == w + pw:  # square after padding: one batch of four
             out = self.unet(torch.cat(rotated, dim=0)).split(n, dim=0)
         else:  # two shapes: (0, 180) and (90, 270)
             a = self.unet(torch.cat((rotated[0], rotated[2]), dim=0)).split(n, dim=0)

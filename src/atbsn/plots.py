@@ -1,0 +1,79 @@
+"""Figures: PSNR over k_b, the k_a x k_b heatmap (the paper's Figure 7), crops per k, side-by-side panels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweep(rows: Sequence[dict], path: str | Path, noisy_psnr: float | None = None) -> Path:
+    """PSNR against inference blind-spot size k_b, one line per teacher (labelled by its k_a)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for t in sorted({r["teacher"] for r in rows}):
+        rr = [r for r in rows if r["teacher"] == t]
+        ax.plot([r["k_b"] for r in rr], [r["psnr"] for r in rr], "o-", label=f"k_a = {rr[0]['k_a']}")
+    if noisy_psnr is not None:
+        ax.axhline(noisy_psnr, color="grey", ls="--", label="noisy input")
+    ax.set_xlabel("inference blind-spot size k_b")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_heatmap(rows: Sequence[dict], path: str | Path) -> Path:
+    """PSNR for each (k_a, k_b): the training x inference blind-spot grid of the paper's Figure 7."""
+    plt = _pyplot()
+    kas = sorted({r["k_a"] for r in rows})
+    kbs = sorted({r["k_b"] for r in rows})
+    grid = np.full((len(kas), len(kbs)), np.nan)
+    for r in rows:
+        grid[kas.index(r["k_a"]), kbs.index(r["k_b"])] = r["psnr"]
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(kbs), 1 + 0.6 * len(kas)))
+    im = ax.imshow(grid, cmap="viridis")
+    for i in range(len(kas)):
+        for j in range(len(kbs)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xticks(range(len(kbs)), [str(k) for k in kbs])
+    ax.set_yticks(range(len(kas)), [str(k) for k in kas])
+    ax.set_xlabel("k_b (inference)")
+    ax.set_ylabel("k_a (training)")
+    fig.colorbar(im, ax=ax, label="PSNR (dB)")
+    return _save(fig, path)
+
+
+def image_strip(images: Sequence[np.ndarray], labels: Sequence[str], path: str | Path) -> Path:
+    """Images side by side with a label under each (uint8 H x W x C, same height)."""
+    plt = _pyplot()
+    n = len(images)
+    h, w = images[0].shape[:2]
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n * w / max(h, w), 2.5 * h / max(h, w)))
+    for ax, im, label in zip(np.atleast_1d(axes), images, labels):
+        ax.imshow(im.squeeze(), cmap="gray" if im.ndim == 2 or im.shape[2] == 1 else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    return _save(fig, path)

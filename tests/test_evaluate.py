@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+from atbsn import ATBSN, Student
+from atbsn.checkpoint import save
+from atbsn.cli import main
+from atbsn.datasets import load_pairs
+from atbsn.evaluate import evaluate
+from atbsn.images import write_image
+
+
+def _pairs_folder(root, n=2, size=(40, 50)):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        clean = rng.integers(60, 200, size=(*size, 3)).astype(np.uint8)
+        noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+        write_image(root / "noisy" / f"im{i}.png", noisy)
+        write_image(root / "clean" / f"im{i}.png", clean)
+    return root
+
+
+def test_pairs_by_name_by_csv_and_sidd_mat(tmp_path):
+    folder = _pairs_folder(tmp_path / "f")
+    assert [p.name for p in load_pairs(folder)] == ["im0", "im1"]
+    (folder / "pairs.csv").write_text("noisy,clean\nnoisy/im1.png,clean/im1.png\n")
+    assert [p.name for p in load_pairs(folder)] == ["im1"]
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (2, 2, 32, 32, 3), dtype=np.uint8)
+    savemat(tmp_path / "ValidationNoisyBlocksSrgb.mat", {"ValidationNoisyBlocksSrgb": blocks})
+    savemat(tmp_path / "ValidationGtBlocksSrgb.mat", {"ValidationGtBlocksSrgb": blocks[::-1]})
+    pairs = load_pairs(tmp_path / "ValidationNoisyBlocksSrgb.mat")
+    assert len(pairs) == 4 and np.array_equal(pairs[1].clean, blocks[1, 1])
+
+
+def test_evaluate_reports_both_ssim_conventions_and_the_noisy_scores(tmp_path):
+    folder = _pairs_folder(tmp_path)
+    rows, summary = evaluate(Student("A"), folder)
+    assert len(rows) == 2
+    for key in ("psnr", "ssim_rgb", "ssim_y", "noisy_psnr", "noisy_ssim_rgb", "noisy_ssim_y"):
+        assert np.isfinite(summary[key])
+    assert 18 < summary["noisy_psnr"] < 25  # sigma 20 noise
+
+
+def test_sweep_table_plot_heatmap_and_crops(tmp_path, capsys):
+    folder = _pairs_folder(tmp_path / "d", n=1)
+    paths = []
+    for k_a in (1, 9):
+        torch.manual_seed(k_a)
+        t = ATBSN(width=8)
+        t.config.k_train = k_a
+        paths.append(str(save(t, tmp_path / f"t{k_a}.safetensors")))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(folder), "--model", *paths, "--k", "0", "3", "9", "-o", str(out), "--crops"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [(r["k_a"], r["k_b"]) for r in rows] == [(1, 0), (1, 3), (1, 9), (9, 0), (9, 3), (9, 9)]
+    for name in ("sweep.png", "heatmap.png", "crops.png"):
+        assert (out / name).stat().st_size > 1000
+    assert "k_b" in capsys.readouterr().out
+
+
+def test_bad_pairs_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--model", str(save(Student("A"), tmp_path / "a.safetensors"))]) == 2
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (16, 16)])
+def test_metrics_known_values(shape):
+    from atbsn.metrics import psnr, ssim_rgb, ssim_y
+
+    a = np.full(shape, 100, np.uint8)
+    b = a.copy()
+    b[0, 0] = 110
+    mse = 100 / a.size * (3 if len(shape) == 3 else 1)
+    assert psnr(b, a) == pytest.approx(10 * np.log10(255**2 / mse))
+    assert ssim_rgb(a, a) == pytest.approx(1.0) and ssim_y(a, a) == pytest.approx(1.0)
+    assert psnr(a.astype(np.float32) + 0.4, a) == float("inf")  # rounded to uint8 first
