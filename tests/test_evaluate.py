@@ -66,7 +66,8 @@ def test_sweep_table_plot_heatmap_and_crops(tmp_path, capsys):
 
 def test_bad_pairs_folder_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert main(["evaluate", str(tmp_path / "empty"), "--model", str(save(Student("A"), tmp_path / "a.safetensors"))]) == 2
+    model = str(save(Student("A"), tmp_path / "a.safetensors"))
+    assert main(["evaluate", str(tmp_path / "empty"), "--model", model]) == 2
 
 
 @pytest.mark.parametrize("shape", [(16, 16, 3), (16, 16)])

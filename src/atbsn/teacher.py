@@ -16,24 +16,29 @@ Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 DEFAULT_KS = (0, 1, 3, 5, 7, 9, 11)
 
 
-def _shift(x: torch.Tensor, direction: int, s: int) -> torch.Tensor:
-    """Shift a map by ``s`` pixels away from the half-plane its rotation looks at (zeros fill in).
-
-    Direction 0 (the unrotated branch) moves content down, 1 right, 2 up, 3 left: the image-frame
-    equivalent of the authors' "shift down in the rotated frame, then rotate back".
+def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
+    """Concatenate the four directional maps along channels, each shifted by ``s`` pixels away from the
+    half-plane it looks at (zeros fill in): direction 0 (the unrotated branch) moves down, 1 right,
+    2 up, 3 left. This is the image-frame equivalent of the authors' "shift down in the rotated frame,
+    then rotate back", written straight into one buffer (no separate pad and concat copies).
     """
     if s == 0:
-        return x
-    h, w = x.shape[-2:]
-    if not torch.compiler.is_exporting() and (direction in (0, 2) and s >= h or direction in (1, 3) and s >= w):
-        return torch.zeros_like(x)
-    if direction == 0:
-        return F.pad(x[..., : h - s, :], (0, 0, s, 0))
-    if direction == 1:
-        return F.pad(x[..., :, : w - s], (s, 0, 0, 0))
-    if direction == 2:
-        return F.pad(x[..., s:, :], (0, 0, 0, s))
-    return F.pad(x[..., :, s:], (0, s, 0, 0))
+        return torch.cat(list(features), dim=1)
+    f0 = features[0]
+    n, c, h, w = f0.shape
+    if torch.compiler.is_exporting():  # symbolic sizes: pad-and-slice, which exports cleanly
+        pads = [(0, 0, s, 0), (s, 0, 0, 0), (0, 0, 0, s), (0, s, 0, 0)]
+        cuts = [f0[:, :, : h - s], features[1][..., : w - s], features[2][:, :, s:], features[3][..., s:]]
+        return torch.cat([F.pad(t, p) for t, p in zip(cuts, pads)], dim=1)
+    fmt = torch.channels_last if f0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = f0.new_zeros(n, 4 * c, h, w).contiguous(memory_format=fmt)
+    if s < h:
+        out[:, 0:c, s:, :] = f0[:, :, : h - s, :]
+        out[:, 2 * c : 3 * c, : h - s, :] = features[2][:, :, s:, :]
+    if s < w:
+        out[:, c : 2 * c, :, s:] = features[1][:, :, :, : w - s]
+        out[:, 3 * c :, :, : w - s] = features[3][:, :, :, s:]
+    return out
 
 
 class ATBSN(nn.Module):
@@ -84,7 +89,7 @@ class ATBSN(nn.Module):
     def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
         """Shift the directional maps for blind spot k and mix them with the 1x1 convolutions."""
         s = shift_for_k(self.config.k_infer if k is None else k)
-        x = torch.cat([_shift(f, d, s) for d, f in enumerate(features)], dim=1)
+        x = _shifted_cat(features, s)
         x = F.leaky_relu(self.nin_A(x), NEG_SLOPE, inplace=True)
         x = F.leaky_relu(self.nin_B(x), NEG_SLOPE, inplace=True)
         x = self.nin_C(x)

@@ -1,0 +1,52 @@
+"""Shared by the benchmark scripts: timing, machine description, and writing results with their command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
+    """Best-of-``repeat`` wall time of ``fn()`` in seconds, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def write_results(name: str, data: dict, markdown: str) -> None:
+    """``results/<name>.json`` and ``results/<name>.md``, both naming the command that made them."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command(), "machine": machine(), **data}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    md = f"# {name}\n\nCommand: `{command()}`\n\nMachine: {json.dumps(machine())}\n\n{markdown}\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
