@@ -35,7 +35,8 @@ def main() -> None:
     data = {"size": a.size, "batch": a.batch, "ks": KS, "seconds": {"teachers_shared": t_shared,
             "naive_loop": t_naive, "single_forward": t_one}, "ratio_shared_to_naive": t_shared / t_naive}
     md = (
-        f"Seven teachers (k = {KS}) on a batch of {a.batch} x {a.size}^2, width 48, channels-last, outputs identical.\n\n"
+        f"Seven teachers (k = {KS}) on a batch of {a.batch} x {a.size}^2, width 48, channels-last, "
+        "outputs identical.\n\n"
         "| path | seconds | relative |\n|---|---|---|\n"
         f"| naive: one full forward per k | {t_naive:.3f} | 1.00 |\n"
         f"| `teachers()`: one backbone pass, seven heads | {t_shared:.3f} | {t_shared / t_naive:.2f} |\n"

@@ -126,6 +126,55 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(a: argparse.Namespace, task: str):
+    from .engine import RunConfig
+
+    fields = ["steps", "batch", "crop", "lr", "seed", "val", "val_every", "save_every", "log", "device",
+              "precision", "on_bad_file", "cache_gb", "val_limit"]
+    fields += ["width", "k_train", "k_infer"] if task == "train" else ["teacher", "student", "ks", "loss"]
+    overrides = {f: getattr(a, f) for f in fields}
+    if task == "distill":
+        overrides["init_from_teacher"] = a.init_from_teacher or None
+    return RunConfig.from_preset(task, a.preset, data=a.data, out=a.output, **overrides)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import train
+
+    summary = train(_run_config(a, "train"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet)
+    return 0 if summary["finished"] or a.stop_after else 130
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .distill import distill
+
+    summary = distill(_run_config(a, "distill"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet)
+    return 0 if summary["finished"] or a.stop_after else 130
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", help="folders of noisy photos, SIDD Medium, DND, or image files")
+    p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, resume state)")
+    p.add_argument("--preset", choices=["sidd", "dnd", "cpu"], help="sidd/dnd: the paper's recipe; cpu: minutes")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int, help="patches per step (per process under torchrun)")
+    p.add_argument("--crop", type=int, help="patch side in pixels")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val", help="noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")
+    p.add_argument("--val-limit", type=int, help="validate on the first N pairs (default 16)")
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--save-every", type=int, help="steps between resume checkpoints")
+    p.add_argument("--log", choices=["csv", "tensorboard"])
+    p.add_argument("--device", help="auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp16: CUDA)")
+    p.add_argument("--on-bad-file", choices=["fail", "skip"], help="an unreadable image stops the run or is skipped")
+    p.add_argument("--cache-gb", type=float, help="memory for decoded training images (default 2)")
+    p.add_argument("--resume", action="store_true", help="continue the run in -o exactly where it stopped")
+    p.add_argument("--stop-after", type=int, help="stop (resumably) after N more steps")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     model = _model(a.model, a.part)
     n = sum(p.numel() for p in model.parameters())
@@ -160,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N pairs")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train the AT-BSN teacher on noisy images (self-supervised)")
+    _training_args(p)
+    p.add_argument("--width", type=int, help="channels of the UNet (48 in the paper)")
+    p.add_argument("--k-train", type=int, help="blind-spot size k_a for training (9)")
+    p.add_argument("--k-infer", type=int, help="blind-spot size k_b recorded for inference (3)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
+    _training_args(p)
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors')")
+    p.add_argument("--student", choices=["A", "B", "C"])
+    p.add_argument("--ks", type=int, nargs="+", help="teacher blind-spot sizes (SIDD: 0 1 3 5 7 9 11)")
+    p.add_argument("--loss", choices=["multi", "mean"], help="multi: one L1 per teacher; mean: L1 to their mean")
+    p.add_argument("--init-from-teacher", action="store_true", help="start student C from the teacher's UNet")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sweep", help="score teachers at several inference blind-spot sizes k_b")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")

@@ -122,3 +122,135 @@ def load_pairs(source: str | Path, limit: int | None = None) -> list[Pair]:
             raise AtbsnError(f"{n}: shape {a.shape} differs from its clean reference {c} {b.shape}")
         out.append(Pair(name, a, b))
     return out
+
+
+# ------------------------------------------------------------------------------------ training sources
+@dataclass(frozen=True)
+class Source:
+    """One noisy image to train on: a photo file, or a DND ``.mat`` (variable ``InoisySRGB``)."""
+
+    path: Path
+    kind: str = "image"  # "image" | "dnd"
+
+    def load(self) -> tuple[np.ndarray, float]:
+        """The pixels as stored (H x W x C, alpha dropped; uint8 / uint16 stay compact in the cache) and
+        the factor that brings them to 0..255."""
+        if self.kind == "dnd":
+            a = _mat_variable(self.path, ["InoisySRGB"]).astype(np.float32)
+            return (a if a.ndim == 3 else a[:, :, None]), 255.0
+        a = read_image(self.path)
+        if a.shape[2] in (2, 4):
+            a = a[:, :, :-1]
+        return a, 255.0 / (65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0)
+
+
+def _sidd_noisy(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "_NOISY_SRGB_" in p.name.upper())
+
+
+def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
+    """The noisy images in the given files and folders, recognising the usual layouts:
+
+    - SIDD Medium sRGB (scene folders with ``*_NOISY_SRGB_*.PNG`` beside ``*_GT_SRGB_*``): noisy only,
+    - DND (``images_srgb/*.mat``): the noisy sRGB images,
+    - anything else: every PNG / JPEG / TIFF in the tree (a folder of your own photos).
+
+    A missing path, or a folder with no images, fails at once with a message naming it.
+    """
+    sources: list[Source] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise AtbsnError(f"{p}: no such file or folder")
+        if p.is_file():
+            sources.append(Source(p, "dnd" if p.suffix.lower() == ".mat" else "image"))
+            continue
+        dnd = p / "images_srgb" if (p / "images_srgb").is_dir() else p if p.name == "images_srgb" else None
+        if dnd is not None and any(dnd.glob("*.mat")):
+            found = [Source(m, "dnd") for m in sorted(dnd.glob("*.mat"))]
+        else:
+            sidd = _sidd_noisy(p)
+            files = sidd or [f for f, _ in expand_inputs([p])]
+            found = [Source(f) for f in files]
+        if not found:
+            raise AtbsnError(f"{p}: no images found (PNG, JPEG, TIFF, SIDD Medium or DND images_srgb/*.mat)")
+        sources += found
+    if not sources:
+        raise AtbsnError("no training data given")
+    return sources
+
+
+class PatchSampler:
+    """Random noisy patches, reproducible from (seed, step, rank) alone.
+
+    Every batch is drawn from its own generator seeded by (seed, step, rank), so a resumed run sees exactly
+    the batches an uninterrupted one would, with no sampler state to save; each data-parallel rank draws
+    different patches. Patches are C x P x P float32 in 0..255 with random flips and 90-degree rotations.
+    Images smaller than the crop are zero-padded and a mask marks the real pixels (zeros keep a blind
+    spot honest; a mirrored border would copy the hidden pixel's noise next to it).
+
+    Decoded images are cached up to ``cache_bytes``; an unreadable file is reported (once) and either
+    skipped (``on_bad_file="skip"``, another image is drawn) or fails the run (``"fail"``).
+    """
+
+    def __init__(self, sources: list[Source], crop: int, channels: int = 3, seed: int = 0, rank: int = 0,
+                 cache_bytes: int = 2 << 30, on_bad_file: str = "fail") -> None:
+        if on_bad_file not in ("skip", "fail"):
+            raise ValueError("on_bad_file must be 'skip' or 'fail'")
+        self.sources, self.crop, self.channels = sources, crop, channels
+        self.seed, self.rank, self.on_bad_file = seed, rank, on_bad_file
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, tuple[np.ndarray, float]] = {}
+        self._cached = 0
+        self.bad: set[int] = set()
+
+    def _image(self, i: int) -> tuple[np.ndarray, float] | None:
+        if i in self._cache:
+            return self._cache[i]
+        try:
+            a, scale = self.sources[i].load()
+        except AtbsnError as e:
+            if self.on_bad_file == "fail":
+                raise
+            if i not in self.bad:
+                log.warning("skipping unreadable training file: %s", e)
+            self.bad.add(i)
+            return None
+        if self._cached + a.nbytes <= self.cache_bytes:
+            self._cache[i] = (a, scale)
+            self._cached += a.nbytes
+        return a, scale
+
+    def _patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        for _ in range(100 * len(self.sources)):
+            loaded = self._image(int(rng.integers(len(self.sources))))
+            if loaded is not None:
+                break
+        else:
+            raise AtbsnError("no readable training image left")
+        a, scale = loaded
+        p = self.crop
+        h, w = a.shape[:2]
+        y = int(rng.integers(h - p + 1)) if h > p else 0
+        x = int(rng.integers(w - p + 1)) if w > p else 0
+        patch = np.zeros((p, p, self.channels), np.float32)
+        mask = np.zeros((p, p, 1), np.float32)
+        ph, pw = min(p, h), min(p, w)
+        crop = a[y : y + ph, x : x + pw].astype(np.float32) * scale
+        c = crop.shape[2]
+        if c != self.channels:  # gray photo for an RGB model, or the reverse
+            crop = np.repeat(crop, self.channels, axis=2) if c == 1 else crop.mean(axis=2, keepdims=True)
+        patch[:ph, :pw] = crop
+        mask[:ph, :pw] = 1.0
+        rot, flip = int(rng.integers(4)), bool(rng.integers(2))
+        patch, mask = np.rot90(patch, rot), np.rot90(mask, rot)
+        if flip:
+            patch, mask = patch[:, ::-1], mask[:, ::-1]
+        return patch.transpose(2, 0, 1), mask.transpose(2, 0, 1)
+
+    def batch(self, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(patches N x C x P x P, masks N x 1 x P x P) for training step ``step``."""
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        pairs = [self._patch(rng) for _ in range(size)]
+        return (np.ascontiguousarray(np.stack([p for p, _ in pairs])),
+                np.ascontiguousarray(np.stack([m for _, m in pairs])))

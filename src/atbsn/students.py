@@ -103,13 +103,18 @@ class StudentB(_SmallStudent):
 _CLASSES = {"A": StudentA, "B": StudentB, "C": StudentC}
 
 
-def Student(kind: str = "C", in_channels: int = 3, *, config: ModelConfig | None = None) -> _Student:  # noqa: N802
-    """Build student ``"A"``, ``"B"`` or ``"C"`` (a plain ``nn.Module``; C is AT-BSN(D)'s network)."""
+def Student(  # noqa: N802
+    kind: str = "C", in_channels: int = 3, width: int = 48, *, config: ModelConfig | None = None
+) -> _Student:
+    """Build student ``"A"``, ``"B"`` or ``"C"`` (a plain ``nn.Module``; C is AT-BSN(D)'s network).
+
+    ``width`` applies to C, which is the teacher's UNet made non-blind; A and B have fixed widths.
+    """
     if config is None:
         kind = str(kind).upper()
         if kind not in _CLASSES:
             raise ValueError(f"unknown student {kind!r}: choose A, B or C")
-        config = ModelConfig(arch=kind, in_channels=in_channels)
+        config = ModelConfig(arch=kind, in_channels=in_channels, width=width if kind == "C" else 48)
     return _CLASSES[config.arch](config)
 
 
