@@ -42,13 +42,28 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
-def save(model: nn.Module, path: str | Path, extra_metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``model`` (an ATBSN or student) and its config to one ``.safetensors`` file, atomically."""
+TEACHER_PREFIX = "teacher."
+
+
+def _tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+
+
+def save(model: nn.Module, path: str | Path, teacher: nn.Module | None = None) -> Path:
+    """Write ``model`` (an ATBSN or student) and its config to one ``.safetensors`` file, atomically.
+
+    With ``teacher``, the file is a bundle (like the authors' AT-BSN(D) release): the student loads by
+    default and the teacher with ``load(path, part="teacher")``.
+    """
     from safetensors.torch import save_file
 
-    config: ModelConfig = model.config  # type: ignore[assignment]
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json(), **(extra_metadata or {})}
+    tensors = _tensors(model)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    if teacher is not None:
+        if model.config.is_teacher or not teacher.config.is_teacher:
+            raise ValueError("a bundle holds a student and its teacher")
+        tensors.update(_tensors(teacher, TEACHER_PREFIX))
+        meta["teacher_config"] = teacher.config.to_json()
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return Path(path)
 
@@ -146,8 +161,15 @@ def load(path: str | Path, part: str = "auto", map_location: str | torch.device 
     raw, meta = _load_raw(path)
     if meta is not None and meta.get("format") == FORMAT:
         config = ModelConfig.from_json(meta["config"])
-        model = _instantiate(config, raw, path)
-        return model.to(map_location)
+        own = {k: v for k, v in raw.items() if not k.startswith(TEACHER_PREFIX)}
+        if part == "teacher" and not config.is_teacher:
+            if "teacher_config" not in meta:
+                raise AtbsnError(f"{path}: holds no teacher (found student {config.arch})")
+            config = ModelConfig.from_json(meta["teacher_config"])
+            own = {k[len(TEACHER_PREFIX):]: v for k, v in raw.items() if k.startswith(TEACHER_PREFIX)}
+        if part == "student" and config.is_teacher:
+            raise AtbsnError(f"{path}: holds no student (found an AT-BSN teacher)")
+        return _instantiate(config, own, path).to(map_location)
     sd, value_range = _unwrap(raw, path)
     pair = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("nbsn", "bsn")}
     if pair["nbsn"] and pair["bsn"]:

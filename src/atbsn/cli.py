@@ -175,6 +175,26 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
 
 
+def cmd_fit(a: argparse.Namespace) -> int:
+    from .fit import FitConfig, fit
+
+    cfg = FitConfig()
+    for name in ("width", "crop", "batch", "teacher_steps", "student_steps", "student", "ks", "minutes", "seed",
+                 "device", "precision", "on_bad_file"):
+        value = getattr(a, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    fit(a.photos, a.output, cfg, progress=not a.quiet)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(a.output, minutes=a.minutes, level=a.noise, progress=not a.quiet, device=a.device)
+    return 0 if summary["student_gain_db"] > 0 else 1
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     model = _model(a.model, a.part)
     n = sum(p.numel() for p in model.parameters())
@@ -225,6 +245,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["multi", "mean"], help="multi: one L1 per teacher; mean: L1 to their mean")
     p.add_argument("--init-from-teacher", action="store_true", help="start student C from the teacher's UNet")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("fit", help="train a teacher and distill a student from a folder of noisy photos")
+    p.add_argument("photos", nargs="+", help="folders or files of noisy photos (no clean images needed)")
+    p.add_argument("-o", "--output", required=True, help="the model file to write (.safetensors)")
+    p.add_argument("--minutes", type=float, help="time budget for both phases (sets the step counts)")
+    p.add_argument("--teacher-steps", type=int)
+    p.add_argument("--student-steps", type=int)
+    p.add_argument("--student", choices=["A", "B", "C"])
+    p.add_argument("--ks", type=int, nargs="+")
+    p.add_argument("--width", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--on-bad-file", choices=["fail", "skip"])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("demo", help="the whole method on bundled sample photos with simulated camera noise")
+    p.add_argument("-o", "--output", default="demo", help="folder for images, model, table and picture")
+    p.add_argument("--minutes", type=float, default=3.5, help="training budget (more minutes, better quality)")
+    p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="score teachers at several inference blind-spot sizes k_b")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import numpy as np
+
+from atbsn.checkpoint import load
+from atbsn.cli import main
+from atbsn.images import read_image, write_image
+from atbsn.noise import add_camera_noise
+
+TINY = ["--width", "8", "--crop", "32", "--batch", "2", "--teacher-steps", "3", "--student-steps", "2", "-q"]
+
+
+def _photos(root):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        clean = np.clip(np.linspace(30, 220, 48 * 64).reshape(48, 64, 1) + rng.normal(0, 10, (48, 64, 3)), 0, 255)
+        write_image(root / f"p{i}.png", add_camera_noise(clean.astype(np.uint8), rng=i))
+    return root
+
+
+def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    model = tmp_path / "model.safetensors"
+    assert main(["fit", str(photos), "-o", str(model), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "teacher AT-BSN" in out and "student C" in out and "min" in out  # the plan, with a time estimate
+    student, teacher = load(model), load(model, part="teacher")
+    assert student.config.arch == "C" and teacher.config.arch == "atbsn" and teacher.config.k_train == 9
+    assert main(["denoise", str(photos), "-o", str(tmp_path / "den"), "--model", str(model), "-q"]) == 0
+    assert read_image(tmp_path / "den" / "p0.png").shape == (48, 64, 3)
+    assert main(["denoise", str(photos / "p0.png"), "-o", str(tmp_path / "den_t"), "--model", str(model), "-q"]) == 0
+
+    assert main(["fit", str(photos), "-o", str(model), *TINY]) == 0  # again: both phases are kept, not redone
+    assert capsys.readouterr().out.count("already finished") == 2
+
+
+def test_fit_refuses_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "none").mkdir()
+    assert main(["fit", str(tmp_path / "none"), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert "no images found" in capsys.readouterr().err
