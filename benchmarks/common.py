@@ -38,6 +38,18 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
     return best
 
 
+def count_macs(model, x: torch.Tensor, k: int | None = None) -> float:
+    """Multiply-accumulates of the convolutions in one forward (torch's FLOP counter / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x, k) if k is not None else model(x)
+    conv = {"convolution", "_convolution", "conv2d", "cudnn_convolution", "mkldnn_convolution"}
+    flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op).split(".")[1] in conv)
+    return flops / 2
+
+
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 

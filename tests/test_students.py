@@ -61,3 +61,15 @@ def test_reproduces_the_authors_student_outputs(file, name):
         out = net(expected["input"])
     ref = expected[name]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["A", "B", "C"])
+def test_fast_path_equals_the_layer_by_layer_reference(kind):
+    from atbsn.reference import student_reference
+
+    torch.manual_seed(4)
+    net = Student(kind).eval()
+    x = torch.rand(2, 3, 64, 96) * 255
+    with torch.no_grad():
+        ref = student_reference(net, x)
+        torch.testing.assert_close(net(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

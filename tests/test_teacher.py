@@ -59,3 +59,18 @@ def test_reproduces_the_authors_outputs_at_every_k():
     for k, out in zip(KS, outs):
         ref = expected[f"atbsn_k{k}"]
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_fast_path_equals_the_layer_by_layer_reference():
+    from atbsn.reference import teacher_reference
+
+    torch.manual_seed(3)
+    net = ATBSN(width=16).eval()
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        for k in (0, 1, 3, 9):
+            ref = teacher_reference(net, x, k)
+            torch.testing.assert_close(net(x, k), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+            cl = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), k)
+            torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+            net.to(memory_format=torch.contiguous_format)
