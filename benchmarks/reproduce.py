@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import RESULTS, count_macs, timeit, write_results
 
 from atbsn import ATBSN, Student
 from atbsn.checkpoint import load
@@ -33,11 +34,10 @@ from atbsn.inference import denoise, denoise_tensor, to_model_range
 from atbsn.metrics import scores
 from atbsn.plots import image_strip, plot_sweep
 from atbsn.train import train
-from common import RESULTS, count_macs, timeit, write_results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SETS = {"sidd9": (SHARED / "sidd9", None), "polyu100": (SHARED / "polyu100", 20)}
-CONFIG = {"width": 24, "crop": 64, "batch": 8, "teacher_steps": 1500, "student_steps": 800, "lr": 3e-4, "seed": 0}
+CONFIG = {"width": 16, "crop": 64, "batch": 8, "teacher_steps": 2000, "student_steps": 1000, "lr": 1e-3, "seed": 0}
 KS = SIDD_KS
 
 
@@ -91,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("set", choices=list(SETS))
     ap.add_argument("--work", default=None, help="folder for runs (default results/work_<set>)")
+    ap.add_argument("--smoke", action="store_true", help="2 steps per run, results named *_smoke (a dry run)")
     a = ap.parse_args()
     root, limit = SETS[a.set]
     if not root.exists():
@@ -99,7 +100,10 @@ def main() -> None:
     pairs = load_pairs(root, limit)
     work = Path(a.work) if a.work else RESULTS / f"work_{a.set}"
     data = _train_set(pairs, work / "noisy")
-    c = CONFIG
+    c = {**CONFIG, "teacher_steps": 2, "student_steps": 2} if a.smoke else CONFIG
+    tag = f"{a.set}_smoke" if a.smoke else a.set
+    if a.smoke:
+        work = work.with_name(work.name + "_smoke")
     common = {"data": data, "batch": c["batch"], "crop": c["crop"], "lr": c["lr"], "seed": c["seed"],
               "val_every": 10**9, "save_every": 250}
     t0 = time.perf_counter()
@@ -173,13 +177,13 @@ def main() -> None:
                      "s_per_mp": float("nan")})
 
     # pictures
-    plot_sweep(sweep, RESULTS / f"reproduce_{a.set}_sweep.png", noisy_scores["psnr"])
+    plot_sweep(sweep, RESULTS / f"reproduce_{tag}_sweep.png", noisy_scores["psnr"])
     i = int(np.argmin([p.noisy.shape[0] * p.noisy.shape[1] for p in pairs]))
     h, w = pairs[i].noisy.shape[:2]
     s = min(128, h, w)
     crop = (slice(h // 2 - s // 2, h // 2 - s // 2 + s), slice(w // 2 - s // 2, w // 2 - s // 2 + s))
     image_strip([pairs[i].noisy[crop], *[outputs_by_k[k][i][crop] for k in KS], pairs[i].clean[crop]],
-                ["noisy", *[f"k_b={k}" for k in KS], "clean"], RESULTS / f"reproduce_{a.set}_crops.png")
+                ["noisy", *[f"k_b={k}" for k in KS], "clean"], RESULTS / f"reproduce_{tag}_crops.png")
 
     md = [f"Set: `{root.name}` ({len(pairs)} pairs), fully self-supervised: every network trained only on the "
           f"noisy images it is scored on. Configuration shared by all learned variants: {json.dumps(c)}; "
@@ -194,7 +198,7 @@ def main() -> None:
     md += [f"| {r['method']} | {r['params']:,} | {r['gmac_512']:.1f} | {r['s_per_mp']:.2f} |" for r in cost]
     md += ["", "Training time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
            f"Total {time.perf_counter() - t0:.0f} s."]
-    write_results(f"reproduce_{a.set}", {"config": c, "pairs": len(pairs), "rows": rows, "sweep": sweep,
+    write_results(f"reproduce_{tag}", {"config": c, "pairs": len(pairs), "rows": rows, "sweep": sweep,
                                          "cost": cost, "training_seconds": timings}, "\n".join(md))
 
 

@@ -15,12 +15,12 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from common import count_macs, timeit, write_results
 
 from atbsn import ATBSN, Student
 from atbsn.engine import SIDD_KS, masked_l1
 from atbsn.inference import autocast
 from atbsn.reference import student_reference, teacher_reference
-from common import count_macs, timeit, write_results
 
 CL = torch.channels_last
 
@@ -60,10 +60,10 @@ def main() -> None:
             teacher = net.config.is_teacher
             macs = count_macs(net, x, 3 if teacher else None)
 
-            def ref(net=net, teacher=teacher):
+            def ref(net=net, teacher=teacher, x=x):
                 return teacher_reference(net, x, 3) if teacher else student_reference(net, x)
 
-            def fast(net=net, teacher=teacher):
+            def fast(net=net, teacher=teacher, xc=xc):
                 return net(xc, 3) if teacher else net(xc)
 
             reps = 1 if size >= 1024 and teacher else r

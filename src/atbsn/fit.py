@@ -28,9 +28,13 @@ from .train import TeacherTask, train
 
 @dataclass
 class FitConfig:
-    """Defaults: a laptop-sized recipe (width 24, 64-pixel crops) that learns in minutes on 2 cores."""
+    """Defaults: a laptop-sized recipe (width 16, 64-pixel crops, lr 1e-3) that learns in minutes on 2 cores.
 
-    width: int = 24
+    Measured on the demo's photos: width 16 for 700 steps at lr 1e-3 gained 1.2 dB at k_b = 3 in two
+    minutes, where width 24 for 400 steps (the same time) gained 0.9 dB.
+    """
+
+    width: int = 16
     crop: int = 64
     batch: int = 8
     teacher_steps: int = 1_500
@@ -39,7 +43,7 @@ class FitConfig:
     ks: list[int] = field(default_factory=lambda: list(SIDD_KS))
     k_train: int = 9
     k_infer: int = 3
-    lr: float = 3e-4
+    lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
