@@ -12,6 +12,7 @@ ceiling (48 -> 48, as the issue defines it). Also one training step of the teach
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,21 @@ def main() -> None:
         steps[name] = {"reference": t_ref, "fast": t_fast, "speedup": t_ref / t_fast}
         print(name, steps[name], flush=True)
 
+    # the PSNR cost of bf16 on real noise, with the released SIDD-trained student C
+    quality = {}
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    real = shared / "fixtures" / "pretrained" / "aprrd_student_c_sidd_medium.pth"
+    if real.exists():
+        from atbsn.checkpoint import load
+        from atbsn.evaluate import evaluate
+
+        model = load(real)
+        for precision in ("fp32", "bf16"):
+            _, s = evaluate(model, shared / "data" / "real" / "sidd9", precision=precision)
+            quality[precision] = {"psnr": s["psnr"], "seconds_per_image": s["seconds_per_image"]}
+        quality["psnr_change_db"] = quality["bf16"]["psnr"] - quality["fp32"]["psnr"]
+        print(quality, flush=True)
+
     md = ["Convolution ceiling, 3x3 on 4 x C x 256 x 256 (GMAC/s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()), "",
           f"Forward passes (batch 1, no grad). Fraction = GMAC/s over the channels-last fp32 48 -> 48 ceiling "
@@ -121,7 +137,13 @@ def main() -> None:
            "pass per k, as the authors' code; fast: one backbone pass, `teachers()`):", "",
            "| step | reference (s) | fast (s) | speed-up |", "|---|---|---|---|"]
     md += [f"| {k} | {v['reference']:.2f} | {v['fast']:.2f} | {v['speedup']:.2f}x |" for k, v in steps.items()]
-    write_results("speed", {"ceiling_gmac_per_s": ceiling, "forward": rows, "steps": steps}, "\n".join(md))
+    if quality:
+        md += ["", "bf16 on real noise: the released SIDD student C on `sidd9` scores "
+               f"{quality['fp32']['psnr']:.3f} dB in fp32 and {quality['bf16']['psnr']:.3f} dB in bf16 "
+               f"(change {quality['psnr_change_db']:+.3f} dB; {quality['fp32']['seconds_per_image']:.2f} vs "
+               f"{quality['bf16']['seconds_per_image']:.2f} s per image)."]
+    write_results("speed", {"ceiling_gmac_per_s": ceiling, "forward": rows, "steps": steps, "bf16_quality": quality},
+                  "\n".join(md))
 
 
 if __name__ == "__main__":
