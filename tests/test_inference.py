@@ -80,3 +80,15 @@ def test_models_trained_on_small_crops_run_on_windows_of_that_crop():
     assert tile + 2 * margin == 96
     auto_tile, _ = plan_tiles(Student("C"), torch.device("cpu"), budget=1 << 30)
     assert auto_tile % 32 == 0 and auto_tile >= 128
+
+
+def test_bf16_runs_on_cpu_close_to_fp32_and_fp16_needs_cuda():
+    torch.manual_seed(0)
+    model = Student("C")
+    x = torch.rand(1, 3, 48, 40) * 255
+    a = denoise_tensor(x, model)
+    b = denoise_tensor(x, model, precision="bf16")
+    assert b.dtype == torch.float32 and (a - b).abs().mean() < 0.02 * a.abs().mean()
+    if not torch.cuda.is_available():
+        with pytest.raises(AtbsnError, match="CUDA"):
+            denoise_tensor(x, model, precision="fp16")
