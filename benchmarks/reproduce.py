@@ -59,12 +59,16 @@ def _run(fn, config: RunConfig) -> Path:
     out = Path(config.out)
     done = out / "summary.json"
     if not (done.exists() and json.loads(done.read_text()).get("finished")):
-        fn(config, resume=(out / "state.pt").exists(), progress=False)
+        summary = fn(config, resume=(out / "state.pt").exists(), progress=False)
+        if not summary["finished"]:  # stopped by a signal: resumable, but nothing later may use it
+            sys.exit(f"{out}: stopped at step {summary['step']}; run the same command again to resume")
     return out / "last.safetensors"
 
 
 def _mean_scores(outputs, pairs) -> dict:
-    rows = [scores(to_model_range(o)[0], to_model_range(p.clean)[0]) for o, p in zip(outputs, pairs)]
+    """Mean PSNR/SSIM of outputs (uint8 images, or float arrays already on the 0..255 scale)."""
+    rows = [scores(o if o.dtype != np.uint8 else o.astype(np.float32), to_model_range(p.clean)[0])
+            for o, p in zip(outputs, pairs)]
     return {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
 
 
@@ -142,7 +146,7 @@ def main() -> None:
     rows.append({"method": "AT-BSN 9/9 (symmetric)", **_mean_scores(outputs_by_k[9], pairs)})
     rows.append({"method": "k = 1 network, 1/1 (pixel-independent assumption)",
                  **_mean_scores([denoise(p.noisy, teacher1, k=1) for p in pairs], pairs)})
-    ensemble = [np.mean([to_model_range(outputs_by_k[k][i])[0] for k in KS], axis=0) for i in range(len(pairs))]
+    ensemble = [np.mean([outputs_by_k[k][i].astype(np.float32) for k in KS], axis=0) for i in range(len(pairs))]
     rows.append({"method": f"teacher ensemble (mean of k in {KS})", **_mean_scores(ensemble, pairs)})
     for name, path in students.items():
         _, s = evaluate(load(path), pairs)

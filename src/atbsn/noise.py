@@ -41,7 +41,7 @@ LEVELS = {
     "phone-indoor": CameraNoise(shot=0.0003, read=0.0015),
     "phone-low-light": CameraNoise(shot=0.001, read=0.003),
     "phone-night": CameraNoise(shot=0.004, read=0.008),  # a night shot: about SIDD's noisy PSNR (mid 20s dB)
-    "dslr-high-iso": CameraNoise(shot=0.0003, read=0.001, jpeg_quality=90),
+    "dslr-high-iso": CameraNoise(shot=0.0003, read=0.001),  # JPEG on top: with_jpeg("dslr-high-iso", 90)
 }
 
 
