@@ -134,20 +134,22 @@ def run_tiled(
     side (or the image border): no blending, so no averaging of two different predictions, and memory
     bounded by (tile + 2 margin)^2. Returns float32 on ``x``'s device.
     """
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     if margin is None:
         margin = default_margin(tile)
     if margin < 0:
         raise AtbsnError(f"tile margin must be >= 0, got {margin}")
     if h <= tile and w <= tile:
         return fn(x.to(device) if device is not None else x).float().to(x.device)
-    out = torch.empty(n, c, h, w, dtype=torch.float32, device=x.device)
+    out = None  # allocated from the first window: ``fn`` may return any number of channels
     rows, cols = _windows(h, tile, margin), _windows(w, tile, margin)
     total, done = len(rows) * len(cols), 0
     for y0, y1, cy0, cy1 in rows:
         for x0, x1, cx0, cx1 in cols:
             patch = x[:, :, y0:y1, x0:x1]
             y = fn(patch.to(device) if device is not None else patch)
+            if out is None:
+                out = torch.empty(n, y.shape[1], h, w, dtype=torch.float32, device=x.device)
             out[:, :, cy0:cy1, cx0:cx1] = y[:, :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].float().to(x.device)
             done += 1
             if progress is not None:
