@@ -28,10 +28,9 @@ def _model(path: str, part: str = "auto", k: int | None = None):
     return model
 
 
-def _inference_args(p: argparse.ArgumentParser, k: bool = True) -> None:
+def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="checkpoint: ours (.safetensors) or the authors' .pth")
-    if k:
-        p.add_argument("--k", type=int, default=None, help="blind-spot size for a teacher (default: its k_b)")
+    p.add_argument("--k", type=int, default=None, help="blind-spot size for a teacher (default: its k_b)")
     p.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: chosen from memory)")
     p.add_argument("--margin", type=int, default=None, help="context around each tile (default per model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
