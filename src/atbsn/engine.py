@@ -218,7 +218,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.task: Task = task_factory(config, self.device)
         self.model = self.task.model.to(self.device)
-        if self.device.type == "cpu":  # channels-last convolutions are about 1.5x faster on CPU
+        if self.device.type == "cpu":  # channels-last: the inference layout (see speed.md for training)
             self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model
         if self.dist.world > 1:
