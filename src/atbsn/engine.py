@@ -167,6 +167,7 @@ class MetricLog:
 
     def __init__(self, out: Path, kind: str) -> None:
         self.path = out / "log.csv"
+        self._file = None
         self.tb = None
         if kind == "tensorboard":
             try:
@@ -178,18 +179,22 @@ class MetricLog:
             raise AtbsnError(f"unknown log kind {kind!r} (csv or tensorboard)")
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.writer(f)
+        if self._file is None:  # opened once, appended to (survives resume); flushed every write
+            new = not self.path.exists()
+            self._file = open(self.path, "a", newline="")  # noqa: SIM115
+            self._csv = csv.writer(self._file)
             if new:
-                w.writerow(["step", "name", "value"])
-            for k, v in values.items():
-                w.writerow([step, k, f"{v:.6g}"])
+                self._csv.writerow(["step", "name", "value"])
+        for k, v in values.items():
+            self._csv.writerow([step, k, f"{v:.6g}"])
+        self._file.flush()
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
         if self.tb is not None:
             self.tb.close()
 
