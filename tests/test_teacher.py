@@ -74,3 +74,22 @@ def test_fast_path_equals_the_layer_by_layer_reference():
             cl = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), k)
             torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
             net.to(memory_format=torch.contiguous_format)
+
+
+def test_training_path_matches_the_reference_in_outputs_and_gradients():
+    """With gradients on, the teacher takes its training path (padded convolutions, concatenated shifts)."""
+    from atbsn.reference import teacher_reference
+
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, 64, 64) * 255
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net = ATBSN(width=16).to(memory_format=fmt)
+        ref = teacher_reference(net, x, 9)
+        ref.abs().mean().backward()
+        ref_grads = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        out = net(x.contiguous(memory_format=fmt), 9)
+        out.abs().mean().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        for p, g in zip(net.parameters(), ref_grads):
+            torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4 * g.abs().max().item())  # sums of ~1e5 terms

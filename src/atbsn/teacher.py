@@ -26,19 +26,34 @@ def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
         return torch.cat(list(features), dim=1)
     f0 = features[0]
     n, c, h, w = f0.shape
-    if torch.compiler.is_exporting():  # symbolic sizes: pad-and-slice, which exports cleanly
-        pads = [(0, 0, s, 0), (s, 0, 0, 0), (0, 0, 0, s), (0, s, 0, 0)]
-        cuts = [f0[:, :, : h - s], features[1][..., : w - s], features[2][:, :, s:], features[3][..., s:]]
-        return torch.cat([F.pad(t, p) for t, p in zip(cuts, pads)], dim=1)
     fmt = torch.channels_last if f0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = f0.new_zeros(n, 4 * c, h, w).contiguous(memory_format=fmt)
-    if s < h:
-        out[:, 0:c, s:, :] = f0[:, :, : h - s, :]
-        out[:, 2 * c : 3 * c, : h - s, :] = features[2][:, :, s:, :]
-    if s < w:
-        out[:, c : 2 * c, :, s:] = features[1][:, :, :, : w - s]
-        out[:, 3 * c :, :, : w - s] = features[3][:, :, :, s:]
+    if torch.compiler.is_exporting() or torch.is_grad_enabled():
+        # exporting: symbolic sizes need pad-and-slice; training: slice-assignments into a buffer would
+        # each clone the whole gradient in the backward (measured), a concatenation of pads does not.
+        # The pads come out in the layout of their input, so the two transposed maps are made
+        # channels-last first, else the concatenation (and the 1x1 convolution after it) would not be.
+        sh, sw = (s, s) if torch.compiler.is_exporting() else (min(s, h), min(s, w))  # tiny maps: all zeros
+        pads = [(0, 0, sh, 0), (sw, 0, 0, 0), (0, 0, 0, sh), (0, sw, 0, 0)]
+        cuts = [f0[:, :, : h - sh], features[1][..., : w - sw], features[2][:, :, sh:], features[3][..., sw:]]
+        if fmt == torch.channels_last and not torch.compiler.is_exporting():
+            cuts = [t.contiguous(memory_format=fmt) for t in cuts]
+        return torch.cat([F.pad(t, p) for t, p in zip(cuts, pads)], dim=1)
+    out = torch.empty((n, 4 * c, h, w), dtype=f0.dtype, device=f0.device, memory_format=fmt)
+    sh, sw = min(s, h), min(s, w)
+    out[:, 0:c, sh:, :] = f0[:, :, : h - sh, :]
+    out[:, 0:c, :sh, :] = 0  # only the strips the shift uncovers are zeroed
+    out[:, c : 2 * c, :, sw:] = features[1][:, :, :, : w - sw]
+    out[:, c : 2 * c, :, :sw] = 0
+    out[:, 2 * c : 3 * c, : h - sh, :] = features[2][:, :, sh:, :]
+    out[:, 2 * c : 3 * c, h - sh :, :] = 0
+    out[:, 3 * c :, :, : w - sw] = features[3][:, :, :, sw:]
+    out[:, 3 * c :, :, w - sw :] = 0
     return out
+
+
+def _batch(images: Sequence[torch.Tensor], fmt: torch.memory_format | None) -> torch.Tensor:
+    x = torch.cat(list(images), dim=0)
+    return x.contiguous(memory_format=fmt) if fmt is not None else x
 
 
 class ATBSN(nn.Module):
@@ -76,15 +91,21 @@ class ATBSN(nn.Module):
         ph, pw = multiple_pad(h, 32), multiple_pad(w, 32)
         x = F.pad(x, (0, pw, 0, ph))  # bottom/right, so tiles on a 32-grid see the same pooling grid
         rotated = [rotate(x, q) for q in range(4)]
+        # the rotated input joins the last decoder stage's concatenation: keep it in the weights' layout
+        fmt = torch.channels_last if self.nin_A.weight.is_contiguous(memory_format=torch.channels_last) else None
         if torch.compiler.is_exporting():  # symbolic sizes: one branch per rotation, no batch juggling
             out = tuple(self.unet(r) for r in rotated)
         elif h + ph == w + pw:  # square after padding: one batch of four
-            out = self.unet(torch.cat(rotated, dim=0)).split(n, dim=0)
+            out = self.unet(_batch(rotated, fmt)).split(n, dim=0)
         else:  # two shapes: (0, 180) and (90, 270)
-            a = self.unet(torch.cat((rotated[0], rotated[2]), dim=0)).split(n, dim=0)
-            b = self.unet(torch.cat((rotated[1], rotated[3]), dim=0)).split(n, dim=0)
+            a = self.unet(_batch((rotated[0], rotated[2]), fmt)).split(n, dim=0)
+            b = self.unet(_batch((rotated[1], rotated[3]), fmt)).split(n, dim=0)
             out = (a[0], b[0], a[1], b[1])
-        return tuple(rotate(f, -q)[..., :h, :w] for q, f in enumerate(out))  # type: ignore[return-value]
+        if ph or pw or torch.compiler.is_exporting():  # a no-op crop would still cost a copy in the backward
+            out = tuple(rotate(f, -q)[..., :h, :w] for q, f in enumerate(out))
+        else:
+            out = tuple(rotate(f, -q) for q, f in enumerate(out))
+        return out  # type: ignore[return-value]
 
     def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
         """Shift the directional maps for blind spot k and mix them with the 1x1 convolutions."""
