@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import shared_path
 
@@ -24,7 +25,7 @@ def test_teachers_equal_one_call_per_k_from_one_backbone_pass(monkeypatch):
         n_backbone = len(calls)
         for k, out in zip(KS, outs):
             assert torch.equal(out, net(x, k))
-    assert n_backbone == 2  # non-square: one batch per rotation shape, not one per k
+    assert n_backbone == 4  # one per rotation, not one per k
 
 
 def test_features_and_head_compose_to_forward():
@@ -93,3 +94,23 @@ def test_training_path_matches_the_reference_in_outputs_and_gradients():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
         for p, g in zip(net.parameters(), ref_grads):
             torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4 * g.abs().max().item())  # sums of ~1e5 terms
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (53, 37), (5, 70)])
+def test_banded_inference_head_equals_the_whole_image_head(monkeypatch, shape):
+    """Without gradients the head runs band by band; bands of a few rows must not change a pixel."""
+    import atbsn.teacher as teacher
+
+    torch.manual_seed(5)
+    net = ATBSN(width=8)
+    x = torch.rand(2, 3, *shape) * 255
+    whole = {k: net(x, k).detach() for k in (0, 1, 3, 9, 11)}  # gradients on: one stack for the image
+    monkeypatch.setattr(teacher, "_HEAD_BAND_PIXELS", 3 * shape[1])  # bands of 3 rows
+    with torch.no_grad():
+        for k, ref in whole.items():
+            torch.testing.assert_close(net(x, k), ref, rtol=1e-5, atol=1e-4)
+        outs = net.teachers(x, list(whole))
+        feats = net.features(x)
+        for k, out in zip(whole, outs):
+            torch.testing.assert_close(out, whole[k], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(net.head(feats, k), whole[k], rtol=1e-5, atol=1e-4)
