@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts: timing, machine description, and writing results with their command."""
+# ruff: noqa: I001
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import atbsn  # noqa: F401  (first: it sets the allocator default that torch reads at its first allocation)
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -23,6 +25,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blindspot import Conv, multiple_pad, upsample2
+from .blindspot import NEG_SLOPE, Conv, multiple_pad, upsample2
 from .config import ModelConfig
 from .unet import UNet, init_weights
 
@@ -87,7 +87,32 @@ class _SmallStudent(_Student):
         x1 = F.max_pool2d(self.enc1(x), 2)
         x2 = F.max_pool2d(self.enc2(x1), 2)
         y = self.dec2(torch.cat((upsample2(self.enc3(x2)), x1), dim=1))
-        return self.dec1(torch.cat((upsample2(y), x), dim=1))
+        if len(self.dec1) == 1:  # student A: its single full-resolution conv, without the upsampled copy
+            return F.leaky_relu(_conv_after_upsample(self.dec1[0].conv.weight, y, x), NEG_SLOPE, inplace=True)
+        return self.dec1(torch.cat((upsample2(y), x.to(y.dtype)), dim=1))  # (no fp32 promotion under autocast)
+
+
+# Row (and column) taps of a 3x3 kernel applied to a nearest-upsampled map, seen from the low-resolution
+# map: output phase 0 reads low-res rows i-1, i with kernel rows (0, 1 + 2); phase 1 reads rows i, i+1
+# with kernel rows (0 + 1, 2). As 3-tap windows over the map padded by one: _PHASE_TAPS[phase][tap, row].
+_PHASE_TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1], [0, 0, 0]], [[0.0, 0, 0], [1, 1, 0], [0, 0, 1]]])
+
+
+def _conv_after_upsample(weight: torch.Tensor, y: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``conv3x3(replicate_pad(cat(upsample2(y), skip)), weight)`` without building the upsampled stack.
+
+    The upsampled part is four 2x2 convolutions on ``y`` itself, one per output phase, run as one 3x3
+    convolution with 4 x C_out channels and interleaved by ``pixel_shuffle``; the skip part is an ordinary
+    convolution. Replicate padding commutes with nearest upsampling, so the borders are exact. At 1024^2
+    this saves three full-resolution 99-channel copies (upsample, concatenation, padding) in student A.
+    """
+    cy, cout = y.shape[1], weight.shape[0]
+    taps = _PHASE_TAPS.to(weight)
+    phases = torch.einsum("apr,bqs,ocrs->oabcpq", taps, taps, weight[:, :cy]).reshape(4 * cout, cy, 3, 3)
+    if y.is_contiguous(memory_format=torch.channels_last):
+        phases = phases.contiguous(memory_format=torch.channels_last)
+    up = F.pixel_shuffle(F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), phases), 2)
+    return up + F.conv2d(F.pad(skip, (1, 1, 1, 1), mode="replicate"), weight[:, cy:])
 
 
 class StudentA(_SmallStudent):

@@ -31,7 +31,9 @@ class DecoderStage(nn.Module):
         self.up = up
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(self.conv1(torch.cat((x, skip), dim=1)))
+        # under autocast the network's input stays fp32 while x is bf16/fp16: concatenating them would
+        # promote the whole stack to fp32 (measured: a third of student C's bf16 time at 256^2)
+        x = self.conv2(self.conv1(torch.cat((x, skip.to(x.dtype)), dim=1)))
         return upsample2(x) if self.up else x
 
 
