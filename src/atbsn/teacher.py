@@ -112,10 +112,14 @@ class ATBSN(nn.Module):
         x = x * (self.config.value_range / 255.0) if self.config.value_range != 255.0 else x
         h, w = x.shape[-2:]
         x = F.pad(x, (0, multiple_pad(w, 32), 0, multiple_pad(h, 32)))  # bottom/right: tiles keep the pool grid
-        # one backbone pass per rotation: measured faster than one batch of four on CPU (at 256^2 0.36 vs
-        # 0.51 s), as a single image's cropped rows stay contiguous views and the working set is 4x smaller.
+        # inference: one backbone pass per rotation, measured faster than one batch of four on CPU (at 256^2
+        # 0.36 vs 0.51 s): a single image's cropped rows stay contiguous views, the working set is 4x smaller.
         # The rotated input joins the last decoder stage's concatenation: keep it in the weights' layout.
         cl = not torch.compiler.is_exporting() and self.nin_A.weight.is_contiguous(memory_format=torch.channels_last)
+        if torch.is_grad_enabled() and not torch.compiler.is_exporting() and x.shape[-1] == x.shape[-2]:
+            # training on square crops: one batch of four rotations (its backward measured ~6% faster)
+            b = torch.cat([rotate(x, q) for q in range(4)], dim=0)
+            return list(self.unet(b.contiguous(memory_format=torch.channels_last) if cl else b).chunk(4, dim=0))
         out = []
         for q in range(4):
             r = rotate(x, q)
