@@ -1,5 +1,4 @@
 """Shared by the benchmark scripts: timing, machine description, and writing results with their command."""
-# ruff: noqa: I001
 
 from __future__ import annotations
 
@@ -11,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import atbsn  # noqa: F401  (first: it sets the allocator default that torch reads at its first allocation)
 import torch
+
+import atbsn  # noqa: F401  (sets the allocator default, read by torch at its first large allocation)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,4 +1,5 @@
-"""Speed of the fast networks against the layer-by-layer reference (``atbsn.reference``), in one run.
+"""Speed of the fast networks against the layer-by-layer reference (``atbsn.reference``), in one run
+(each row in a fresh process, reference and fast path alternating inside it).
 
 Measures this CPU's convolution ceiling (3x3, 48 -> 48 and 96 -> 96 on 4 x C x 256 x 256; NCHW fp32,
 channels-last fp32, channels-last bf16), then for the teacher (k = 3) and students A, B, C at 256^2 and
@@ -7,11 +8,20 @@ ceiling (48 -> 48, as the issue defines it). Also one training step of the teach
 (reference: the authors' way, one full teacher pass per k; fast: one shared backbone pass), batch 2 x 128^2.
 
     python benchmarks/speed.py            # writes results/speed.json and results/speed.md
+
+Importing atbsn turns on PyTorch's huge-page allocation for large tensors (``THP_MEM_ALLOC_ENABLE=1``, see
+``atbsn/__init__.py``); the reference and the fast path both run under it, and so does the ceiling. To see
+what the allocator setting alone does: ``THP_MEM_ALLOC_ENABLE=0 python benchmarks/speed.py --tag nothp``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -35,81 +45,129 @@ def conv_ceiling(c: int, fmt, dtype, repeat: int) -> float:
         return macs / timeit(lambda: F.conv2d(x, w, padding=1), repeat) / 1e9
 
 
+NETS = {"teacher (k = 3)": lambda: ATBSN(), "student A": lambda: Student("A"), "student B": lambda: Student("B"),
+        "student C": lambda: Student("C")}
+
+
+def alternate(fns: dict, repeat: int) -> dict:
+    """Best time of each function, measured in alternating rounds so that drift hits all of them alike."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return best
+
+
+def forward_rows(name: str, size: int, repeat: int, ceiling: float) -> list[dict]:
+    """Reference, fast fp32 and fast bf16 forward of one network at one size (same weights)."""
+    net = NETS[name]().eval()
+    fast_net = copy.deepcopy(net).to(memory_format=CL)
+    teacher = net.config.is_teacher
+    x = torch.rand(1, 3, size, size) * 255
+    xc = x.contiguous(memory_format=CL)
+    macs = count_macs(net, x, 3 if teacher else None)
+
+    def ref():
+        return teacher_reference(net, x, 3) if teacher else student_reference(net, x)
+
+    def fast():
+        return fast_net(xc, 3) if teacher else fast_net(xc)
+
+    def bf16():
+        with autocast(torch.device("cpu"), "bf16"):
+            return fast()
+
+    with torch.no_grad():
+        rounds = 2 if size >= 1024 and teacher else repeat  # a 1024^2 teacher takes seconds per call
+        t0 = time.perf_counter()
+        fast()
+        rounds = max(rounds, min(30, int(1.0 / (time.perf_counter() - t0))))  # short calls: more rounds
+        t = alternate({"reference": ref, "fast fp32": fast, "fast bf16": bf16}, rounds)
+    return [{"model": name, "size": size, "path": path, "seconds": s, "gmac": macs / 1e9, "gmac_per_s": macs / s / 1e9,
+             "of_fp32_ceiling": macs / s / 1e9 / ceiling} for path, s in t.items()]
+
+
+def step_rows(repeat: int) -> dict:
+    """One teacher training step and one distillation step (seven k), reference against fast, batch 2 x 128^2."""
+    x = torch.rand(2, 3, 128, 128) * 255
+    xc = x.contiguous(memory_format=CL)
+    m = torch.ones(2, 1, 128, 128)
+    teacher, student, frozen = ATBSN(), Student("C"), ATBSN().eval()
+    fast_teacher, fast_student, fast_frozen = (
+        copy.deepcopy(n).to(memory_format=CL) for n in (teacher, student, frozen))
+
+    def train_ref() -> None:
+        masked_l1(teacher_reference(teacher, x, 9), x, m).backward()
+
+    def train_fast() -> None:
+        masked_l1(fast_teacher(xc, 9), x, m).backward()
+
+    def distill_ref() -> None:
+        with torch.no_grad():
+            targets = [teacher_reference(frozen, x, k) for k in SIDD_KS]  # the authors' loop
+        sum(masked_l1(student_reference(student, x), t, m) for t in targets).backward()
+
+    def distill_fast() -> None:
+        with torch.no_grad():
+            targets = fast_frozen.teachers(xc, SIDD_KS)
+        sum(masked_l1(fast_student(xc), t, m) for t in targets).backward()
+
+    steps = {}
+    for name, ref, fast in (("teacher training step", train_ref, train_fast),
+                            ("distillation step (7 k)", distill_ref, distill_fast)):
+        t = alternate({"reference": ref, "fast": fast}, 2 * repeat)
+        steps[name] = {**t, "speedup": t["reference"] / t["fast"]}
+    return steps
+
+
+def in_fresh_process(*args: str) -> object:
+    """Run this script with ``--only ARGS`` in a new process and return what it prints last (JSON).
+
+    Each measurement gets a fresh process: after a 1024^2 teacher has churned gigabytes, later timings in
+    the same process were measured up to 1.8x slower (allocator and page state), which would blur the
+    comparison. Reference and fast path of one row always share a process and alternate.
+    """
+    cmd = [sys.executable, __file__, "--only", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--tag", default="", help="suffix of the results file names")
+    ap.add_argument("--only", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement, JSON out
     a = ap.parse_args()
     torch.manual_seed(0)
     r = a.repeat
+    if a.only:
+        if a.only[0] == "steps":
+            print(json.dumps(step_rows(r)))
+        else:
+            print(json.dumps(forward_rows(a.only[0], int(a.only[1]), r, float(a.only[2]))))
+        return
+    rc = max(r, 10)  # the ceiling is one short call: more repeats for a stable best time
     ceiling = {
-        "48 NCHW fp32": conv_ceiling(48, torch.contiguous_format, torch.float32, r),
-        "48 channels-last fp32": conv_ceiling(48, CL, torch.float32, r),
-        "48 channels-last bf16": conv_ceiling(48, CL, torch.bfloat16, r),
-        "96 channels-last fp32": conv_ceiling(96, CL, torch.float32, r),
-        "96 channels-last bf16": conv_ceiling(96, CL, torch.bfloat16, r),
+        "48 NCHW fp32": conv_ceiling(48, torch.contiguous_format, torch.float32, rc),
+        "48 channels-last fp32": conv_ceiling(48, CL, torch.float32, rc),
+        "48 channels-last bf16": conv_ceiling(48, CL, torch.bfloat16, rc),
+        "96 channels-last fp32": conv_ceiling(96, CL, torch.float32, rc),
+        "96 channels-last bf16": conv_ceiling(96, CL, torch.bfloat16, rc),
     }
+    print(ceiling, flush=True)
     ref_ceiling = ceiling["48 channels-last fp32"]
-    cpu = torch.device("cpu")
-    nets = {"teacher (k = 3)": ATBSN().eval(), "student A": Student("A").eval(), "student B": Student("B").eval(),
-            "student C": Student("C").eval()}
     rows = []
     for size in a.sizes:
-        x = torch.rand(1, 3, size, size) * 255
-        xc = x.contiguous(memory_format=CL)
-        for name, net in nets.items():
-            teacher = net.config.is_teacher
-            macs = count_macs(net, x, 3 if teacher else None)
-
-            def ref(net=net, teacher=teacher, x=x):
-                return teacher_reference(net, x, 3) if teacher else student_reference(net, x)
-
-            def fast(net=net, teacher=teacher, xc=xc):
-                return net(xc, 3) if teacher else net(xc)
-
-            reps = 1 if size >= 1024 and teacher else r
-            with torch.no_grad():
-                t_ref = timeit(ref, reps)
-                net.to(memory_format=CL)
-                t_fast = timeit(fast, reps)
-                with autocast(cpu, "bf16"):
-                    t_bf16 = timeit(fast, reps)
-                net.to(memory_format=torch.contiguous_format)
-            for path, t in (("reference", t_ref), ("fast fp32", t_fast), ("fast bf16", t_bf16)):
-                rows.append({"model": name, "size": size, "path": path, "seconds": t, "gmac": macs / 1e9,
-                             "gmac_per_s": macs / t / 1e9, "of_fp32_ceiling": macs / t / 1e9 / ref_ceiling})
+        for name in NETS:
+            rows += in_fresh_process(name, str(size), str(ref_ceiling))
             print(rows[-3:], flush=True)
-
-    # training and distillation steps, batch 2 x 128^2
-    x = torch.rand(2, 3, 128, 128) * 255
-    m = torch.ones(2, 1, 128, 128)
-    teacher, student = ATBSN(), Student("C")
-    frozen = ATBSN().eval()
-    steps = {}
-
-    def train_step(fast: bool) -> None:
-        inp = x.contiguous(memory_format=CL) if fast else x
-        out = teacher(inp, 9) if fast else teacher_reference(teacher, inp, 9)
-        masked_l1(out, x, m).backward()
-
-    def distill_step(fast: bool) -> None:
-        with torch.no_grad():
-            if fast:
-                targets = frozen.teachers(x.contiguous(memory_format=CL), SIDD_KS)
-            else:
-                targets = [teacher_reference(frozen, x, k) for k in SIDD_KS]  # the authors' loop
-        pred = student(x.contiguous(memory_format=CL)) if fast else student_reference(student, x)
-        sum(masked_l1(pred, t, m) for t in targets).backward()
-
-    for name, fn in (("teacher training step", train_step), ("distillation step (7 k)", distill_step)):
-        t_ref = timeit(lambda fn=fn: fn(False), r)
-        for mod in (teacher, student, frozen):
-            mod.to(memory_format=CL)
-        t_fast = timeit(lambda fn=fn: fn(True), r)
-        for mod in (teacher, student, frozen):
-            mod.to(memory_format=torch.contiguous_format)
-        steps[name] = {"reference": t_ref, "fast": t_fast, "speedup": t_ref / t_fast}
-        print(name, steps[name], flush=True)
+    steps = in_fresh_process("steps")
+    print(steps, flush=True)
 
     # the PSNR cost of bf16 on real noise, with the released SIDD-trained student C
     quality = {}
@@ -142,7 +200,8 @@ def main() -> None:
                f"{quality['fp32']['psnr']:.3f} dB in fp32 and {quality['bf16']['psnr']:.3f} dB in bf16 "
                f"(change {quality['psnr_change_db']:+.3f} dB; {quality['fp32']['seconds_per_image']:.2f} vs "
                f"{quality['bf16']['seconds_per_image']:.2f} s per image)."]
-    write_results("speed", {"ceiling_gmac_per_s": ceiling, "forward": rows, "steps": steps, "bf16_quality": quality},
+    write_results("speed" + (f"_{a.tag}" if a.tag else ""),
+                  {"ceiling_gmac_per_s": ceiling, "forward": rows, "steps": steps, "bf16_quality": quality},
                   "\n".join(md))
 
 
