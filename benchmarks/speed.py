@@ -106,6 +106,11 @@ def step_rows(repeat: int) -> dict:
     def train_fast() -> None:
         masked_l1(fast_teacher(xc, 9), x, m).backward()
 
+    def train_bf16() -> None:
+        with autocast(torch.device("cpu"), "bf16"):
+            out = fast_teacher(xc, 9)
+        masked_l1(out.float(), x, m).backward()
+
     def distill_ref() -> None:
         with torch.no_grad():
             targets = [teacher_reference(frozen, x, k) for k in SIDD_KS]  # the authors' loop
@@ -116,11 +121,21 @@ def step_rows(repeat: int) -> dict:
             targets = fast_frozen.teachers(xc, SIDD_KS)
         sum(masked_l1(fast_student(xc), t, m) for t in targets).backward()
 
+    def distill_bf16() -> None:
+        with autocast(torch.device("cpu"), "bf16"):
+            with torch.no_grad():
+                targets = [t.float() for t in fast_frozen.teachers(xc, SIDD_KS)]
+            out = fast_student(xc).float()
+        sum(masked_l1(out, t, m) for t in targets).backward()
+
     steps = {}
-    for name, ref, fast in (("teacher training step", train_ref, train_fast),
-                            ("distillation step (7 k)", distill_ref, distill_fast)):
-        t = alternate({"reference": ref, "fast": fast}, 2 * repeat)
-        steps[name] = {**t, "speedup": t["reference"] / t["fast"]}
+    # fp32 training step: about 3x the forward's MACs (forward, input gradients, weight gradients)
+    train_gmac = 3 * count_macs(teacher, x, 9) / 1e9
+    for name, ref, fast, bf16 in (("teacher training step", train_ref, train_fast, train_bf16),
+                                  ("distillation step (7 k)", distill_ref, distill_fast, distill_bf16)):
+        t = alternate({"reference": ref, "fast": fast, "fast bf16": bf16}, 2 * repeat)
+        steps[name] = {**t, "speedup": t["reference"] / t["fast"], "bf16_speedup": t["reference"] / t["fast bf16"]}
+    steps["teacher training step"]["gmac"] = train_gmac
     return steps
 
 
@@ -193,8 +208,18 @@ def main() -> None:
            f"{q['gmac_per_s']:.0f} | {q['of_fp32_ceiling']:.0%} |" for q in rows]
     md += ["", "Training steps, batch 2 x 128^2, forward + backward (reference distillation: one full teacher "
            "pass per k, as the authors' code; fast: one backbone pass, `teachers()`):", "",
-           "| step | reference (s) | fast (s) | speed-up |", "|---|---|---|---|"]
-    md += [f"| {k} | {v['reference']:.2f} | {v['fast']:.2f} | {v['speedup']:.2f}x |" for k, v in steps.items()]
+           "| step | reference (s) | fast fp32 (s) | speed-up | fast bf16 autocast (s) | speed-up |",
+           "|---|---|---|---|---|---|"]
+    md += [f"| {k} | {v['reference']:.2f} | {v['fast']:.2f} | {v['speedup']:.2f}x | {v['fast bf16']:.2f} | "
+           f"{v['bf16_speedup']:.2f}x |" for k, v in steps.items()]
+    tg = steps["teacher training step"]["gmac"]
+    md += ["", f"The teacher training step is about {tg:.0f} GMAC (3x its forward): "
+           + ", ".join(f"{p} {tg / steps['teacher training step'][p] / ref_ceiling:.0%}" for p in ("reference", "fast"))
+           + " of the fp32 ceiling."]
+    by = {(q["model"], q["size"], q["path"]): q["seconds"] for q in rows}
+    md += ["", "bf16 / fp32 forward speed-up (fast paths): " + ", ".join(
+        f"{m} {sz}^2 {by[m, sz, 'fast fp32'] / by[m, sz, 'fast bf16']:.2f}x" for m, sz, p in by if p == "reference")
+        + f"; the ceiling's own ratio is {ceiling['48 channels-last bf16'] / ref_ceiling:.2f}x."]
     if quality:
         md += ["", "bf16 on real noise: the released SIDD student C on `sidd9` scores "
                f"{quality['fp32']['psnr']:.3f} dB in fp32 and {quality['bf16']['psnr']:.3f} dB in bf16 "
