@@ -39,6 +39,25 @@ def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
     return torch.cat([F.pad(t, p) for t, p in zip(cuts, pads)], dim=1)
 
 
+def _shifted_sum(projected: Sequence[torch.Tensor], s: int, bias: torch.Tensor) -> torch.Tensor:
+    """``nin_A(_shifted_cat(f))`` from the four maps already projected by nin_A's slices (``W_d f_d``).
+
+    A 1x1 convolution commutes with a shift (the zeros shifted in map to zeros), so the projections can be
+    made once and only shifted and summed per k: this is what makes many teachers cheap.
+    """
+    g0, g1, g2, g3 = projected
+    h, w = g0.shape[-2:]
+    sh, sw = min(s, h), min(s, w)
+    z = torch.empty_like(g0)
+    z.copy_(bias.view(1, -1, 1, 1).expand_as(z))
+    z[:, :, sh:] += g0[:, :, : h - sh]  # the same four moves as _shifted_cat: down, right, up, left
+    z[..., sw:] += g1[..., : w - sw]
+    z[:, :, : h - sh] += g2[:, :, sh:]
+    z[..., : w - sw] += g3[..., sw:]
+    return z
+
+
+_PROJECTED_HEAD_BYTES = 1 << 30  # above this, teachers() runs the banded head once per k (bounded memory)
 _HEAD_BAND_PIXELS = 4096  # pixels per band of the inference head (a 6 MB stack at width 48; 2k to 16k measured alike)
 
 
@@ -159,7 +178,9 @@ class ATBSN(nn.Module):
         return out
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.nin_A(x), NEG_SLOPE, inplace=True)
+        return self._mix_after_a(F.leaky_relu(self.nin_A(x), NEG_SLOPE, inplace=True))
+
+    def _mix_after_a(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.nin_B(x), NEG_SLOPE, inplace=True)
         x = self.nin_C(x)
         return x * (255.0 / self.config.value_range) if self.config.value_range != 255.0 else x
@@ -170,7 +191,21 @@ class ATBSN(nn.Module):
         return self._head(self._directional(x), (0, 1, 2, 3), *x.shape[-2:], k)
 
     def teachers(self, x: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> list[torch.Tensor]:
-        """One output per k from a single backbone pass: each k is only a shift plus the 1x1 head."""
+        """One output per k from a single backbone pass: each k is only a shift plus the 1x1 head.
+
+        For several k on a batch of moderate size (distillation), nin_A is applied to each direction once
+        and only its outputs are shifted per k (``_shifted_sum``): measured 1.85x faster for seven k on
+        8 x 128^2. The result equals ``net(x, k)`` up to float round-off (the sums run in another order).
+        """
         ks = [validate_k(k) for k in ks]
         maps = self._directional(x)
-        return [self._head(maps, (0, 1, 2, 3), *x.shape[-2:], k) for k in ks]
+        n, (h, w) = x.shape[0], x.shape[-2:]
+        projected_bytes = 4 * self.nin_A.out_channels * n * h * w * maps[0].element_size()
+        if len(ks) < 2 or torch.is_grad_enabled() or torch.compiler.is_exporting() or (
+                projected_bytes > _PROJECTED_HEAD_BYTES):
+            return [self._head(maps, (0, 1, 2, 3), h, w, k) for k in ks]
+        feats = _to_image_frame(maps, (0, 1, 2, 3), h, w)
+        wa, c = self.nin_A.weight, feats[0].shape[1]
+        projected = [F.conv2d(f, wa[:, d * c : (d + 1) * c]) for d, f in enumerate(feats)]
+        return [self._mix_after_a(F.leaky_relu(_shifted_sum(projected, shift_for_k(k), self.nin_A.bias), NEG_SLOPE,
+                                               inplace=True)) for k in ks]
