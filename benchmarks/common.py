@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -57,11 +58,22 @@ def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
+def strict_json(value: object) -> object:
+    """``value`` with every NaN or infinity replaced by None: JSON has no NaN (it marks "not applicable" here)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_results(name: str, data: dict, markdown: str) -> None:
     """``results/<name>.json`` and ``results/<name>.md``, both naming the command that made them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command(), "machine": machine(), **data}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    payload = strict_json({"command": command(), "machine": machine(), **data})
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     md = f"# {name}\n\nCommand: `{command()}`\n\nMachine: {json.dumps(machine())}\n\n{markdown}\n"
     (RESULTS / f"{name}.md").write_text(md)
     print(md)

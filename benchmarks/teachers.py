@@ -28,15 +28,17 @@ def main() -> None:
     with torch.no_grad():
         shared = torch.stack(net.teachers(x, KS))
         naive = torch.stack([net(x, k) for k in KS])
-        assert torch.equal(shared, naive)
+        rel = ((shared - naive).abs().max() / naive.abs().max()).item()
+        assert rel < 1e-5, rel  # nin_A runs per direction in teachers(): the same sums in another order
         t_shared = timeit(lambda: net.teachers(x, KS), a.repeat)
         t_naive = timeit(lambda: [net(x, k) for k in KS], a.repeat)
         t_one = timeit(lambda: net(x, 3), a.repeat)
     data = {"size": a.size, "batch": a.batch, "ks": KS, "seconds": {"teachers_shared": t_shared,
-            "naive_loop": t_naive, "single_forward": t_one}, "ratio_shared_to_naive": t_shared / t_naive}
+            "naive_loop": t_naive, "single_forward": t_one}, "ratio_shared_to_naive": t_shared / t_naive,
+            "max_relative_difference": rel}
     md = (
         f"Seven teachers (k = {KS}) on a batch of {a.batch} x {a.size}^2, width 48, channels-last, "
-        "outputs identical.\n\n"
+        f"outputs equal up to float round-off (max difference {rel:.1e} of the output range).\n\n"
         "| path | seconds | relative |\n|---|---|---|\n"
         f"| naive: one full forward per k | {t_naive:.3f} | 1.00 |\n"
         f"| `teachers()`: one backbone pass, seven heads | {t_shared:.3f} | {t_shared / t_naive:.2f} |\n"

@@ -103,6 +103,23 @@ def test_bad_data_fails_fast_or_is_skipped(tmp_path, photos, capsys):
     assert main(["train", str(bad), "-o", str(tmp_path / "r2"), "--steps", "2", "--on-bad-file", "skip", *TINY]) == 0
 
 
+def test_even_k_and_a_student_as_teacher_fail_with_one_line_and_write_nothing(tmp_path, photos, capsys):
+    from atbsn import Student, save
+
+    run = tmp_path / "even"
+    assert main(["train", str(photos), "-o", str(run), "--k-train", "4", "--steps", "1", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "k=4" in err and len(err.splitlines()) == 1
+    assert not (run / "last.safetensors").exists() and not (run / "state.pt").exists()
+    student = save(Student("C", width=8), tmp_path / "student.safetensors")
+    run = tmp_path / "wrong_teacher"
+    assert main(["distill", str(photos), "--teacher", str(student), "-o", str(run), "--steps", "1", "--crop", "32",
+                 "--batch", "2", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "student.safetensors" in err and "no teacher" in err and len(err.splitlines()) == 1
+    assert not (run / "last.safetensors").exists()
+
+
 def test_patches_are_reproducible_and_small_images_are_masked(photos):
     sources = collect_sources([photos])
     assert len(sources) == 6
