@@ -35,13 +35,33 @@ def test_teachers_for_large_inputs_take_the_banded_head_per_k(monkeypatch):
     torch.manual_seed(1)
     net = ATBSN(width=8).eval()
     x = torch.rand(1, 3, 33, 40) * 255
+    sums = []
+    original = teacher._shifted_sum
+    monkeypatch.setattr(teacher, "_shifted_sum", lambda *a: sums.append(a[1]) or original(*a))
     with torch.no_grad():
         projected = net.teachers(x, KS)
+        assert len(sums) == len(KS)  # small input: nin_A projected once, shifted per k
         monkeypatch.setattr(teacher, "_PROJECTED_HEAD_BYTES", 0)
         banded = net.teachers(x, KS)
+        assert len(sums) == len(KS)  # over the memory bound: the banded head, not the projections
         for k, a, b in zip(KS, projected, banded):
             assert torch.equal(b, net(x, k))  # the same code path as one forward: bit for bit
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+def test_teachers_under_bf16_autocast_stay_close_to_fp32():
+    from atbsn.inference import autocast
+
+    torch.manual_seed(2)
+    net = ATBSN(width=8).eval()
+    x = torch.rand(2, 3, 32, 45) * 255
+    with torch.no_grad():
+        full = net.teachers(x, KS)
+        with autocast(torch.device("cpu"), "bf16"):
+            half = net.teachers(x, KS)
+    for a, b in zip(full, half):
+        assert b.dtype == torch.bfloat16 and b.shape == a.shape
+        assert (b.float() - a).abs().mean() < 0.01 * a.abs().mean()  # bf16 keeps ~3 significant digits
 
 
 def test_features_and_head_compose_to_forward():

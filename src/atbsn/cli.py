@@ -306,9 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_LEFT_PROCESS_GROUP = False
-
-
 def _leave_process_group(ok: bool) -> None:
     """Wait for every rank, then tear down the torchrun process group (gloo or NCCL)."""
     import torch.distributed as dist
@@ -317,8 +314,6 @@ def _leave_process_group(ok: bool) -> None:
         if ok:
             dist.barrier()  # no rank leaves while another still talks to it
         dist.destroy_process_group()
-        global _LEFT_PROCESS_GROUP
-        _LEFT_PROCESS_GROUP = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,13 +340,14 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``atbsn`` command (and ``python -m atbsn``): ``main()``, then exit with its code.
 
-    After a data-parallel run the process ends with ``os._exit``: with the process group already torn down
-    and every output written and closed, interpreter teardown has nothing left to do, but in it some
-    distributed C++ thread was still joinable now and then and aborted the process ("terminate called
-    without an active exception", about 1 run in 20 of a 2-process CPU run on a loaded machine).
+    Launched by torchrun (WORLD_SIZE > 1), the process ends with ``os._exit``: with the process group
+    already torn down by ``main`` and every output written and closed, interpreter teardown has nothing
+    left to do, but in it some distributed C++ thread was still joinable now and then and aborted the
+    process ("terminate called without an active exception", about 1 run in 20 of a 2-process CPU run
+    on a loaded machine).
     """
     code = main()
-    if _LEFT_PROCESS_GROUP:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

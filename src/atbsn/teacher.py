@@ -16,12 +16,24 @@ Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 DEFAULT_KS = (0, 1, 3, 5, 7, 9, 11)
 
 
+def _moves(h: int, w: int, sh: int, sw: int) -> list[tuple[tuple, tuple, tuple[int, int, int, int]]]:
+    """The four shifts of the head as (source, destination, pad), one per direction: 0 moves down by ``sh``,
+    1 right by ``sw``, 2 up, 3 left. ``map[source]`` is the part that stays in the image, ``destination`` where
+    it lands, and ``pad`` (F.pad order) puts it there with zeros filling in."""
+    r = (slice(None), slice(None))
+    return [
+        ((*r, slice(0, h - sh)), (*r, slice(sh, None)), (0, 0, sh, 0)),
+        ((..., slice(0, w - sw)), (..., slice(sw, None)), (sw, 0, 0, 0)),
+        ((*r, slice(sh, None)), (*r, slice(0, h - sh)), (0, 0, 0, sh)),
+        ((..., slice(sw, None)), (..., slice(0, w - sw)), (0, sw, 0, 0)),
+    ]
+
+
 def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
     """Concatenate the four directional maps along channels, each shifted by ``s`` pixels away from the
-    half-plane it looks at (zeros fill in): direction 0 (the unrotated branch) moves down, 1 right,
-    2 up, 3 left. This is the image-frame equivalent of the authors' "shift down in the rotated frame,
-    then rotate back". Used when training and exporting; inference builds the same stack band by band
-    (``_shifted_band``).
+    half-plane it looks at (``_moves``; zeros fill in). This is the image-frame equivalent of the authors'
+    "shift down in the rotated frame, then rotate back". Used when training and exporting; inference builds
+    the same stack band by band (``_shifted_band``).
     """
     if s == 0:
         return torch.cat(list(features), dim=1)
@@ -29,14 +41,14 @@ def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
     h, w = f0.shape[-2:]
     exporting = torch.compiler.is_exporting()  # (layout queries on symbolic sizes would add shape guards)
     sh, sw = (s, s) if exporting else (min(s, h), min(s, w))  # tiny maps: all zeros
-    pads = [(0, 0, sh, 0), (sw, 0, 0, 0), (0, 0, 0, sh), (0, sw, 0, 0)]
-    cuts = [f0[:, :, : h - sh], features[1][..., : w - sw], features[2][:, :, sh:], features[3][..., sw:]]
+    moves = _moves(h, w, sh, sw)
+    cuts = [f[src] for f, (src, _, _) in zip(features, moves)]
     if not exporting and f0.is_contiguous(memory_format=torch.channels_last):
         # a pad keeps its input's layout: make the two transposed maps channels-last first, else the stack
         # (and the 1x1 convolution after it) would not be. Slice-assignments into one buffer instead would
         # each clone the whole gradient in the backward (measured slower).
         cuts = [t.contiguous(memory_format=torch.channels_last) for t in cuts]
-    return torch.cat([F.pad(t, p) for t, p in zip(cuts, pads)], dim=1)
+    return torch.cat([F.pad(t, pad) for t, (_, _, pad) in zip(cuts, moves)], dim=1)
 
 
 def _shifted_sum(projected: Sequence[torch.Tensor], s: int, bias: torch.Tensor) -> torch.Tensor:
@@ -45,15 +57,11 @@ def _shifted_sum(projected: Sequence[torch.Tensor], s: int, bias: torch.Tensor) 
     A 1x1 convolution commutes with a shift (the zeros shifted in map to zeros), so the projections can be
     made once and only shifted and summed per k: this is what makes many teachers cheap.
     """
-    g0, g1, g2, g3 = projected
-    h, w = g0.shape[-2:]
-    sh, sw = min(s, h), min(s, w)
-    z = torch.empty_like(g0)
+    h, w = projected[0].shape[-2:]
+    z = torch.empty_like(projected[0])
     z.copy_(bias.view(1, -1, 1, 1).expand_as(z))
-    z[:, :, sh:] += g0[:, :, : h - sh]  # the same four moves as _shifted_cat: down, right, up, left
-    z[..., sw:] += g1[..., : w - sw]
-    z[:, :, : h - sh] += g2[:, :, sh:]
-    z[..., : w - sw] += g3[..., sw:]
+    for g, (src, dst, _) in zip(projected, _moves(h, w, min(s, h), min(s, w))):
+        z[dst] += g[src]
     return z
 
 
