@@ -13,7 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import AtbsnError
+
 NEG_SLOPE = 0.1
+
+
+def execution_path() -> str:
+    """Which implementation the layers run, decided here for the whole package.
+
+    ``"export"``: inside ``torch.export`` (symbolic sizes: plain pads, no layout queries); ``"train"``:
+    autograd on (layouts whose backward is fast: pad then convolve, whole stacks); ``"infer"``: no autograd
+    (shifts folded into padding, the teacher's head in bands of rows, shared projections for many k).
+    Each choice is checked against the layer-by-layer reference (:mod:`atbsn.reference`) by the tests.
+    """
+    if torch.compiler.is_exporting():
+        return "export"
+    return "train" if torch.is_grad_enabled() else "infer"
 
 
 def validate_k(k: object) -> int:
@@ -25,7 +40,7 @@ def validate_k(k: object) -> int:
     except TypeError:
         value = -1
     if value != 0 and (value < 0 or value % 2 == 0):
-        raise ValueError(f"invalid blind-spot size k={k!r}: k must be 0 or a positive odd integer (1, 3, 5, ...)")
+        raise AtbsnError(f"invalid blind-spot size k={k!r}: k must be 0 or a positive odd integer (1, 3, 5, ...)")
     return value
 
 
@@ -67,7 +82,7 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.conv.weight, self.conv.bias
-        if self.blind and (torch.compiler.is_exporting() or torch.is_grad_enabled()):
+        if self.blind and execution_path() != "infer":
             # exporting: the plain pad handles symbolic sizes; training: the backward of the cropped
             # output is about twice as slow as that of the padded copy (channels-last, measured)
             x = F.conv2d(F.pad(x, (1, 1, 2, 0)), w, b)

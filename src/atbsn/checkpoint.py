@@ -1,13 +1,12 @@
 """Checkpoints: our single-file safetensors format, and import of the authors' released ``.pth`` files.
 
 Our format holds the weights plus, in the safetensors metadata, the model's :class:`ModelConfig` as JSON,
-so a checkpoint alone is enough to denoise. Files are written atomically (temporary file + rename).
+so a checkpoint alone is enough to denoise. Files are written atomically. Nothing read here runs code:
+safetensors holds only tensors, and ``.pth`` files are opened with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import AtbsnError
+from .files import atomic_write, reason
 from .students import Student
 from .teacher import ATBSN
 
@@ -26,20 +26,6 @@ FORMAT_VERSION = "1"
 def build(config: ModelConfig) -> nn.Module:
     """An untrained network for a config."""
     return ATBSN(config=config) if config.is_teacher else Student(config=config)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 TEACHER_PREFIX = "teacher."
@@ -61,7 +47,7 @@ def save(model: nn.Module, path: str | Path, teacher: nn.Module | None = None) -
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
     if teacher is not None:
         if model.config.is_teacher or not teacher.config.is_teacher:
-            raise ValueError("a bundle holds a student and its teacher")
+            raise AtbsnError("a bundle holds a student and its teacher")
         tensors.update(_tensors(teacher, TEACHER_PREFIX))
         meta["teacher_config"] = teacher.config.to_json()
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -76,12 +62,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types
-        raise AtbsnError(f"{path}: not a readable safetensors checkpoint ({_reason(e)})") from None
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:160]
+        raise AtbsnError(f"{path}: not a readable safetensors checkpoint ({reason(e)})") from None
 
 
 def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
@@ -98,11 +79,11 @@ def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | Non
         try:
             return load_file(str(path)), meta
         except Exception as e:
-            raise AtbsnError(f"{path}: truncated or corrupt safetensors checkpoint ({_reason(e)})") from None
+            raise AtbsnError(f"{path}: truncated or corrupt safetensors checkpoint ({reason(e)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise AtbsnError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_reason(e)})") from None
+        raise AtbsnError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({reason(e)})") from None
     return obj, None
 
 
@@ -148,7 +129,7 @@ def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise AtbsnError(f"{path}: weights do not fit a {config.arch} network ({lines[-1][:200]})") from None
-    return model.eval()
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 def load(path: str | Path, part: str = "auto", map_location: str | torch.device = "cpu") -> nn.Module:

@@ -1,41 +1,45 @@
-"""The ``atbsn`` command line: argument parsing only; every command is one call into the Python API."""
+"""The ``atbsn`` command line: argument parsing only; every command is one call into the Python API.
+
+The CLI owns the process: it shows the library's INFO messages on stdout, turns :class:`AtbsnError` into
+one line on stderr with exit code 2, sets the allocator (:func:`~atbsn.runtime.enable_huge_pages`) and
+tears down torchrun's process group. Option flags come from the config dataclasses (``config.option``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from .checkpoint import atomic_write
+from .config import PRESETS, RunConfig, add_options, given
 from .errors import AtbsnError
-from .inference import to_model_range
-from .metrics import psnr
+from .inference import InferenceOptions
 
 
 def _model(path: str, part: str = "auto", k: int | None = None):
     """Load a checkpoint and check that ``k`` suits it; errors name the checkpoint file."""
     from .checkpoint import load
-    from .inference import model_fn
+    from .inference import resolve_k
 
     model = load(path, part=part)
     try:
-        model_fn(model, k)
-    except (ValueError, AtbsnError) as e:
+        resolve_k(model, k)
+    except AtbsnError as e:
         raise AtbsnError(f"{path}: {e}") from None
     return model
 
 
-def _inference_args(p: argparse.ArgumentParser) -> None:
+def _options(a: argparse.Namespace) -> InferenceOptions:
+    return InferenceOptions(**given(a, InferenceOptions))
+
+
+def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) -> None:
     p.add_argument("--model", "-m", required=True, help="checkpoint: ours (.safetensors) or the authors' .pth")
-    p.add_argument("--k", type=int, default=None, help="blind-spot size for a teacher (default: its k_b)")
-    p.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: chosen from memory)")
-    p.add_argument("--margin", type=int, default=None, help="context around each tile (default per model)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_options(p, InferenceOptions, names)
 
 
 def cmd_denoise(a: argparse.Namespace) -> int:
@@ -43,8 +47,7 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 
     model = _model(a.model, k=a.k)
     written, errors = denoise_files(
-        a.inputs, a.output, model, k=a.k, tile=a.tile, margin=a.margin, device=a.device,
-        precision=a.precision, overwrite=a.overwrite, progress=not a.quiet,
+        a.inputs, a.output, model, _options(a), overwrite=a.overwrite, progress=not a.quiet,
         on_error=lambda msg: print(f"error: {msg}", file=sys.stderr),
     )
     print(f"denoised {len(written)} image(s) into {a.output}" + (f", {len(errors)} failed" if errors else ""))
@@ -55,10 +58,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_summary, write_report
 
     model = _model(a.model, k=a.k)
-    rows, summary = evaluate(
-        model, a.data, k=a.k, tile=a.tile, device=a.device, precision=a.precision, limit=a.limit,
-        save_dir=a.save_images, progress=not a.quiet,
-    )
+    rows, summary = evaluate(model, a.data, _options(a), limit=a.limit, save_dir=a.save_images,
+                             progress=not a.quiet)
     print(format_summary(summary))
     if a.output:
         csv_path, json_path = write_report(rows, summary, a.output)
@@ -67,37 +68,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from .datasets import load_pairs
-    from .evaluate import crops_by_k, sweep
-    from .plots import image_strip, plot_heatmap, plot_sweep
+    from .evaluate import format_sweep, sweep_report
 
     teachers = [_model(m, part="teacher") for m in a.model]
-    for path, t in zip(a.model, teachers):
-        if t.config.k_train is None:
-            t.config.k_train = a.k_train if a.k_train is not None else path  # label for the plot
-    pairs = load_pairs(a.data, a.limit)
-    rows = sweep(teachers, pairs, a.k, tile=a.tile, device=a.device)
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
-    noisy = float(np.mean([psnr(*(to_model_range(x)[0] for x in (p.noisy, p.clean))) for p in pairs]))
-    print(f"{'teacher':>8} {'k_a':>6} {'k_b':>4} {'PSNR':>7} {'SSIM-RGB':>9} {'SSIM-Y':>7}   (noisy {noisy:.2f} dB)")
-    for r in rows:
-        print(f"{r['teacher']:>8} {str(r['k_a'])[-6:]:>6} {r['k_b']:>4} {r['psnr']:7.2f} {r['ssim_rgb']:9.4f} "
-              f"{r['ssim_y']:7.4f}")
-    atomic_write(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2) + "\n"))
-    print(f"plot: {plot_sweep(rows, out / 'sweep.png', noisy)}")
-    if len(teachers) > 1:
-        print(f"heatmap: {plot_heatmap(rows, out / 'heatmap.png')}")
-    if a.crops:
-        p = pairs[0]
-        h, w = p.noisy.shape[:2]
-        size = min(a.crop_size, h, w)
-        box = (h // 2 - size // 2, w // 2 - size // 2, size, size)
-        crops = crops_by_k(teachers[0], p.noisy, box, a.k, tile=a.tile, device=a.device)
-        y, x = box[:2]
-        images = [p.noisy[y : y + size, x : x + size], *crops, p.clean[y : y + size, x : x + size]]
-        labels = ["noisy", *[f"k_b = {k}" for k in a.k], "clean"]
-        print(f"crops: {image_strip(images, labels, out / 'crops.png')}")
+    labels = [f"k_a = {t.config.k_train or a.k_train}" if (t.config.k_train or a.k_train) else Path(m).stem
+              for m, t in zip(a.model, teachers)]
+    report = sweep_report(teachers, a.data, a.output, a.k, _options(a), labels=labels, limit=a.limit,
+                          crop_size=a.crop_size if a.crops else None)
+    print(format_sweep(report["rows"], report["noisy_psnr"]))
+    for name, path in report["paths"].items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -105,7 +85,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from .submit import submit_dnd, submit_sidd
 
     model = _model(a.model, k=a.k)
-    kw = {"k": a.k, "tile": a.tile, "device": a.device, "precision": a.precision}
+    kw = given(a, InferenceOptions)
     if a.benchmark == "sidd":
         out = a.output or "SubmitSrgb.csv"
         print(f"wrote {submit_sidd(a.data, out, model, progress=not a.quiet, **kw)}")
@@ -126,16 +106,21 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(a: argparse.Namespace, task: str):
-    from .engine import RunConfig
+def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
+    """The run's configuration: preset, then the options given. On ``--resume``, the saved run's options
+    take the place of the preset, and any option given must agree with them (the trainer checks)."""
+    from .engine import saved_config
 
-    fields = ["steps", "batch", "crop", "lr", "seed", "val", "val_every", "save_every", "log", "device",
-              "precision", "on_bad_file", "cache_gb", "val_limit"]
-    fields += ["width", "k_train", "k_infer"] if task == "train" else ["teacher", "student", "ks", "loss"]
-    overrides = {f: getattr(a, f) for f in fields}
-    if task == "distill":
-        overrides["init_from_teacher"] = a.init_from_teacher or None
-    return RunConfig.from_preset(task, a.preset, data=a.data, out=a.output, **overrides)
+    overrides = {**given(a, RunConfig), "data": a.data, "out": a.output}
+    if getattr(a, "teacher", None):
+        overrides["teacher"] = a.teacher
+    saved = saved_config(a.output) if a.resume else None
+    if saved is None:
+        return RunConfig.from_preset(task, a.preset, **overrides)
+    values = asdict(saved)
+    values.update(PRESETS[task].get(a.preset, {}) if a.preset else {})
+    values.update(overrides)
+    return RunConfig(**values)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -152,24 +137,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0 if summary["finished"] or a.stop_after else 130
 
 
-def _training_args(p: argparse.ArgumentParser) -> None:
+_SHARED_RUN_OPTIONS = ["preset", "steps", "batch", "crop", "lr", "seed", "val", "val_limit", "val_every",
+                       "save_every", "log", "device", "precision", "on_bad_file", "cache_gb"]
+
+
+def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
     p.add_argument("data", nargs="+", help="folders of noisy photos, SIDD Medium, DND, or image files")
     p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, resume state)")
-    p.add_argument("--preset", choices=["sidd", "dnd", "cpu"], help="sidd/dnd: the paper's recipe; cpu: minutes")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch", type=int, help="patches per step (per process under torchrun)")
-    p.add_argument("--crop", type=int, help="patch side in pixels")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--val", help="noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")
-    p.add_argument("--val-limit", type=int, help="validate on the first N pairs (default 16)")
-    p.add_argument("--val-every", type=int)
-    p.add_argument("--save-every", type=int, help="steps between resume checkpoints")
-    p.add_argument("--log", choices=["csv", "tensorboard"])
-    p.add_argument("--device", help="auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp16: CUDA)")
-    p.add_argument("--on-bad-file", choices=["fail", "skip"], help="an unreadable image stops the run or is skipped")
-    p.add_argument("--cache-gb", type=float, help="memory for decoded training images (default 2)")
+    add_options(p, RunConfig, _SHARED_RUN_OPTIONS + task_options)
     p.add_argument("--resume", action="store_true", help="continue the run in -o exactly where it stopped")
     p.add_argument("--stop-after", type=int, help="stop (resumably) after N more steps")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -178,13 +153,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 def cmd_fit(a: argparse.Namespace) -> int:
     from .fit import FitConfig, fit
 
-    cfg = FitConfig()
-    for name in ("width", "crop", "batch", "teacher_steps", "student_steps", "student", "ks", "minutes", "seed",
-                 "device", "precision", "on_bad_file"):
-        value = getattr(a, name)
-        if value is not None:
-            setattr(cfg, name, value)
-    fit(a.photos, a.output, cfg, progress=not a.quiet)
+    fit(a.photos, a.output, FitConfig(**given(a, FitConfig)), progress=not a.quiet)
     return 0
 
 
@@ -198,14 +167,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     model = _model(a.model, a.part)
     n = sum(p.numel() for p in model.parameters())
-    from dataclasses import asdict
-
     print(json.dumps({"parameters": n, **asdict(model.config)}, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import SIDD_KS
+    from .fit import FitConfig
 
     parser = argparse.ArgumentParser(
         prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024)."
@@ -231,36 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train the AT-BSN teacher on noisy images (self-supervised)")
-    _training_args(p)
-    p.add_argument("--width", type=int, help="channels of the UNet (48 in the paper)")
-    p.add_argument("--k-train", type=int, help="blind-spot size k_a for training (9)")
-    p.add_argument("--k-infer", type=int, help="blind-spot size k_b recorded for inference (3)")
+    _training_args(p, ["width", "k_train", "k_infer"])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
-    _training_args(p)
+    _training_args(p, ["student", "ks", "loss", "init_from_teacher"])
     p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors')")
-    p.add_argument("--student", choices=["A", "B", "C"])
-    p.add_argument("--ks", type=int, nargs="+", help="teacher blind-spot sizes (SIDD: 0 1 3 5 7 9 11)")
-    p.add_argument("--loss", choices=["multi", "mean"], help="multi: one L1 per teacher; mean: L1 to their mean")
-    p.add_argument("--init-from-teacher", action="store_true", help="start student C from the teacher's UNet")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("fit", help="train a teacher and distill a student from a folder of noisy photos")
     p.add_argument("photos", nargs="+", help="folders or files of noisy photos (no clean images needed)")
     p.add_argument("-o", "--output", required=True, help="the model file to write (.safetensors)")
-    p.add_argument("--minutes", type=float, help="time budget for both phases (sets the step counts)")
-    p.add_argument("--teacher-steps", type=int)
-    p.add_argument("--student-steps", type=int)
-    p.add_argument("--student", choices=["A", "B", "C"])
-    p.add_argument("--ks", type=int, nargs="+")
-    p.add_argument("--width", type=int)
-    p.add_argument("--crop", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--on-bad-file", choices=["fail", "skip"])
+    add_options(p, FitConfig)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_fit)
 
@@ -275,13 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="score teachers at several inference blind-spot sizes k_b")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")
     p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
-    p.add_argument("--k", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9, 11], help="k_b values")
+    p.add_argument("--k", type=int, nargs="+", default=list(SIDD_KS), help="k_b values")
+    add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.add_argument("--k-train", type=int, help="label for teachers whose checkpoint does not record k_a")
     p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")
     p.add_argument("--crops", action="store_true", help="also write the same crop at each k (crops.png)")
     p.add_argument("--crop-size", type=int, default=96)
-    p.add_argument("--tile", type=int, default=None)
-    p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, help="only the first N pairs")
     p.set_defaults(func=cmd_sweep)
 
@@ -294,9 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("export", help="export to ONNX (dynamic height and width), checked with onnxruntime")
-    p.add_argument("--model", "-m", required=True)
+    _inference_args(p, ["k"])
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--k", type=int, default=None, help="blind-spot size frozen into a teacher's graph")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="print a checkpoint's configuration")
@@ -306,19 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _leave_process_group(ok: bool) -> None:
-    """Wait for every rank, then tear down the torchrun process group (gloo or NCCL)."""
-    import torch.distributed as dist
+class _Stdout(logging.Handler):
+    """The library's messages on whatever ``sys.stdout`` is when they are emitted."""
 
-    if dist.is_available() and dist.is_initialized():
-        if ok:
-            dist.barrier()  # no rank leaves while another still talks to it
-        dist.destroy_process_group()
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime import leave_process_group
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    lib_log, handler = logging.getLogger("atbsn"), _Stdout()
+    lib_log.addHandler(handler)
+    level, lib_log.level = lib_log.level, logging.INFO
     ok = False
     try:
         code = int(args.func(args) or 0)
@@ -327,14 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     except AtbsnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # invalid k and other argument values raised by the API
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        _leave_process_group(ok)
+        leave_process_group(ok)
+        lib_log.removeHandler(handler)
+        lib_log.setLevel(level)
 
 
 def entry() -> None:
@@ -346,6 +296,9 @@ def entry() -> None:
     process ("terminate called without an active exception", about 1 run in 20 of a 2-process CPU run
     on a loaded machine).
     """
+    from .runtime import enable_huge_pages
+
+    enable_huge_pages()  # this process is ours: large buffers on huge pages (see runtime)
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()

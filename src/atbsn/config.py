@@ -1,12 +1,24 @@
-"""Typed model configuration, stored inside every checkpoint so that a checkpoint alone can denoise."""
+"""Typed configuration, each option defined once: the model's (saved in every checkpoint) and a run's.
+
+:class:`ModelConfig` is what it takes to rebuild a network and use it correctly; it travels inside every
+checkpoint, so a checkpoint alone can denoise. :class:`RunConfig` defines a training or distillation run
+and is saved with its resume state. Option fields carry their help text, choices and lower bounds
+(:func:`option`): the command line is generated from them (:func:`add_options`) and every value is
+checked on construction (:func:`check_options`), so an option is written in exactly one place.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from .errors import AtbsnError
+
 ARCHS = ("atbsn", "A", "B", "C")
+SIDD_KS = (0, 1, 3, 5, 7, 9, 11)  # the paper's teachers for SIDD (and the default everywhere)
+DND_KS = (0, 1, 3, 5, 7, 9)  # milder noise: no k = 11
 
 
 @dataclass
@@ -31,7 +43,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+            raise AtbsnError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
 
     @property
     def is_teacher(self) -> bool:
@@ -45,3 +57,158 @@ class ModelConfig:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------ options
+def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,  # noqa: A002
+           cli: bool = True) -> Any:
+    """A dataclass field that is also a command-line option (``--name-with-dashes``).
+
+    ``low``: the smallest value allowed; ``choices``: the values allowed; ``cli=False``: API only.
+    """
+    meta = {"help": help, "choices": choices, "low": low, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _base_type(annotation: str) -> tuple[type, bool]:
+    """(element type, is a list) from a field's annotation string, e.g. ``list[int] | None``."""
+    text = annotation.replace(" | None", "").strip()
+    if text.startswith("list["):
+        return _TYPES[text[5:-1]], True
+    return _TYPES[text], False
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | None = None) -> None:
+    """Add ``--option`` flags for the fields of ``cls`` marked as options (all, or just ``names``).
+
+    Every flag defaults to None ("not given"), so a caller can tell what the user set.
+    """
+    for f in fields(cls):
+        if "help" not in f.metadata or not f.metadata["cli"] or (names is not None and f.name not in names):
+            continue
+        kind, many = _base_type(str(f.type))
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
+                                                             is not MISSING else None)
+        help_text = f.metadata["help"] + ("" if default in (None, False) else f" (default {_show(default)})")
+        if kind is bool:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=None,
+                                choices=f.metadata["choices"], help=help_text)
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of ``cls`` the user gave on the command line (flags left at None are not given)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(namespace).items() if k in names and v is not None}
+
+
+def check_options(obj: Any) -> None:
+    """Refuse a value outside its option's choices or below its lower bound, naming the flag."""
+    for f in fields(obj):
+        value, meta = getattr(obj, f.name), f.metadata
+        if value is None or "help" not in meta:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if meta["choices"] is not None and v not in meta["choices"]:
+                raise AtbsnError(f"{flag}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
+            if meta["low"] is not None and v < meta["low"]:
+                raise AtbsnError(f"{flag} must be at least {meta['low']:g}, got {v}")
+
+
+# ------------------------------------------------------------------------------------------ runs
+# The paper's recipes (sidd, dnd) and a laptop-sized one (cpu). Any field can be overridden.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "train": {
+        "sidd": {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4},
+        "dnd": {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4},
+        "cpu": {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "k_train": 9, "k_infer": 3, "lr": 3e-4,
+                "val_every": 250, "save_every": 250},
+    },
+    "distill": {
+        "sidd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": list(SIDD_KS), "lr": 3e-4},
+        "dnd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": list(DND_KS), "lr": 3e-4},
+        "cpu": {"steps": 1_000, "batch": 8, "crop": 64, "ks": list(SIDD_KS), "lr": 3e-4, "val_every": 250,
+                "save_every": 250},
+    },
+}
+TASKS = tuple(PRESETS)
+# Options a resumed run may change: where and how it runs, not what it computes.
+RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset"})
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training or distillation run (saved with its resume state)."""
+
+    task: str = "train"  # "train" (the AT-BSN teacher) | "distill" (a student)
+    data: list[str] = field(default_factory=list)
+    out: str = "run"
+    preset: str | None = option(None, "sidd/dnd: the paper's recipe; cpu: minutes on a laptop",
+                                choices=("sidd", "dnd", "cpu"))
+    steps: int = option(400_000, "optimisation steps", low=1)
+    batch: int = option(8, "patches per step (per process under torchrun)", low=1)
+    crop: int = option(256, "patch side in pixels", low=8)
+    lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0)
+    seed: int = option(0, "random seed: batches are a pure function of (seed, step, rank)", low=0)
+    # teacher
+    width: int = option(48, "channels of the UNet (48 in the paper)", low=1)
+    k_train: int = option(9, "blind-spot size k_a for training", low=1)
+    k_infer: int = option(3, "blind-spot size k_b recorded for inference", low=0)
+    # distillation
+    teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
+    student: str = option("C", "student network", choices=("A", "B", "C"))
+    ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes", low=0)
+    loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean", choices=("multi", "mean"))
+    init_from_teacher: bool = option(False, "start student C from the teacher's UNet")
+    # both
+    val: str | None = option(None, "noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")
+    val_limit: int | None = option(16, "validate on the first N pairs", low=1)
+    val_every: int = option(1_000, "steps between validations", low=1)
+    save_every: int = option(500, "steps between resume checkpoints", low=1)
+    log: str = option("csv", "training log format", choices=("csv", "tensorboard"))
+    device: str = option("auto", "auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
+    precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
+    on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
+    cache_gb: float = option(2.0, "memory for decoded training images", low=0.0)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise AtbsnError(f"unknown task {self.task!r} (choose {', '.join(TASKS)})")
+        check_options(self)
+
+    @classmethod
+    def from_preset(cls, task: str, preset: str | None, **overrides: Any) -> RunConfig:
+        """Preset values, then every override that is not None."""
+        values: dict[str, Any] = {"task": task, "preset": preset}
+        if preset is not None:
+            if preset not in PRESETS.get(task, {}):
+                raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(PRESETS.get(task, {}))})")
+            values.update(PRESETS[task][preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise AtbsnError(f"unknown run options: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def conflicts(self, other: RunConfig) -> list[str]:
+        """Options in which ``other`` differs from this run, among those a resume may not change."""
+        return [f.name for f in fields(self) if f.name not in RESUMABLE
+                and _canon(getattr(self, f.name)) != _canon(getattr(other, f.name))]
+
+
+def _canon(value: Any) -> Any:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else value

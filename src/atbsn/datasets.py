@@ -196,7 +196,7 @@ class PatchSampler:
     def __init__(self, sources: list[Source], crop: int, channels: int = 3, seed: int = 0, rank: int = 0,
                  cache_bytes: int = 2 << 30, on_bad_file: str = "fail") -> None:
         if on_bad_file not in ("skip", "fail"):
-            raise ValueError("on_bad_file must be 'skip' or 'fail'")
+            raise AtbsnError("on_bad_file must be 'skip' or 'fail'")
         self.sources, self.crop, self.channels = sources, crop, channels
         self.seed, self.rank, self.on_bad_file = seed, rank, on_bad_file
         self.cache_bytes = cache_bytes

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write, load
+from .checkpoint import load
 from .evaluate import evaluate
+from .files import write_text
 from .fit import FitConfig, fit
 from .images import write_image
 from .noise import add_camera_noise
 from .plots import image_strip
+from .runtime import log
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -43,7 +45,7 @@ def run_demo(out_dir: str | Path = "demo", minutes: float = 3.5, level: str = "p
     for name, noisy, clean in pairs:
         write_image(out / "noisy" / f"{name}.png", noisy)
         write_image(out / "clean" / f"{name}.png", clean)
-    print(f"demo: {len(pairs)} scikit-image photos with simulated '{level}' camera noise in {out / 'noisy'}")
+    log.info(f"demo: {len(pairs)} scikit-image photos with simulated '{level}' camera noise in {out / 'noisy'}")
     model_path = fit([out / "noisy"], out / "model.safetensors", FitConfig(minutes=minutes, device=device),
                      progress=progress)
     fit_seconds = time.perf_counter() - t_start
@@ -81,8 +83,8 @@ def run_demo(out_dir: str | Path = "demo", minutes: float = 3.5, level: str = "p
     total = time.perf_counter() - t_start
     summary = {"level": level, "images": len(pairs), "rows": rows, "student_gain_db": gain,
                "fit_seconds": fit_seconds, "total_seconds": total, "picture": str(picture)}
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(table))
-    print("\n" + table)
-    print(f"student gain over the noisy input: {gain:+.2f} dB; total {total / 60:.1f} min; picture: {picture}")
+    write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out / "results.md", table)
+    log.info("\n" + table)
+    log.info(f"student gain over the noisy input: {gain:+.2f} dB; total {total / 60:.1f} min; picture: {picture}")
     return summary

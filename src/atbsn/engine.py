@@ -1,16 +1,16 @@
-"""What training and distillation share: run configuration, presets, device and DDP, precision, logging,
-validation, atomic checkpoints and exact resume.
+"""The trainer: a network, a loss and noisy data -> optimisation steps, validation, checkpoints, resume.
 
-A run is a :class:`RunConfig` plus a task (``train.TeacherTask`` or ``distill.DistillTask``) that builds
-the trainable network and computes the loss of a batch. The loop is the same for both:
+A method is a :class:`Method` (a plain network, a :class:`~atbsn.losses.Loss`, a line describing it);
+the trainer runs any method the same way:
 
 - batches come from :class:`~atbsn.datasets.PatchSampler`, a pure function of (seed, step, rank), so a
   resumed run sees exactly the batches an uninterrupted one would;
 - Adam with cosine decay to 0 over ``steps``;
 - every ``save_every`` steps (and when stopped or interrupted) ``state.pt`` holds weights, optimizer,
-  scheduler, RNG and step, written atomically; ``last.safetensors`` is the same weights in our format;
-- every ``val_every`` steps: PSNR/SSIM at k_b on the validation pairs, or the self-supervised loss on
-  held-out patches; the best goes to ``best.safetensors``;
+  scheduler, RNG and step, written atomically and readable without unpickling code; ``last.safetensors``
+  is the same weights in our format;
+- every ``val_every`` steps: PSNR/SSIM at k_b on the validation pairs, or the loss on held-out patches;
+  the best goes to ``best.safetensors``;
 - data parallel when launched by ``torchrun`` (PyTorch DDP: gloo on CPU, NCCL on CUDA).
 """
 
@@ -20,137 +20,38 @@ import copy
 import csv
 import hashlib
 import json
-import logging
 import math
-import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import atomic_write, save
+from .checkpoint import save
+from .config import RunConfig
 from .datasets import PatchSampler, collect_sources, load_pairs
 from .errors import AtbsnError
-from .inference import autocast, resolve_device
-
-log = logging.getLogger("atbsn")
-
-SIDD_KS = [0, 1, 3, 5, 7, 9, 11]
-DND_KS = [0, 1, 3, 5, 7, 9]
-
-# The paper's recipes (sidd, dnd) and a laptop-sized one (cpu). Any field can be overridden.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "train": {
-        "sidd": {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4},
-        "dnd": {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4},
-        "cpu": {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "k_train": 9, "k_infer": 3, "lr": 3e-4,
-                "val_every": 250, "save_every": 250},
-    },
-    "distill": {
-        "sidd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": SIDD_KS, "lr": 3e-4},
-        "dnd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": DND_KS, "lr": 3e-4},
-        "cpu": {"steps": 1_000, "batch": 8, "crop": 64, "ks": SIDD_KS, "lr": 3e-4, "val_every": 250,
-                "save_every": 250},
-    },
-}
+from .files import atomic_write, reason, write_text
+from .losses import Loss
+from .runtime import autocast, init_distributed, log, progress_bar
 
 
 @dataclass
-class RunConfig:
-    """Everything that defines a training or distillation run (saved in ``state.pt``)."""
+class Method:
+    """What the trainer needs from a method: the network it trains, its loss, and a line for the user."""
 
-    task: str = "train"  # "train" (the AT-BSN teacher) | "distill" (a student)
-    data: list[str] = field(default_factory=list)
-    out: str = "run"
-    preset: str | None = None
-    steps: int = 400_000
-    batch: int = 8
-    crop: int = 256
-    lr: float = 3e-4
-    seed: int = 0
-    # teacher
-    width: int = 48
-    k_train: int = 9
-    k_infer: int = 3
-    # distillation
-    teacher: str | None = None
-    student: str = "C"
-    ks: list[int] = field(default_factory=lambda: list(SIDD_KS))
-    loss: str = "multi"  # "multi": one L1 term per teacher | "mean": L1 to the teachers' mean
-    init_from_teacher: bool = False
-    # both
-    val: str | None = None
-    val_limit: int | None = 16
-    val_every: int = 1_000
-    save_every: int = 500
-    log: str = "csv"  # "csv" | "tensorboard"
-    device: str = "auto"
-    precision: str = "fp32"
-    on_bad_file: str = "fail"  # "fail" | "skip"
-    cache_gb: float = 2.0
-
-    @classmethod
-    def from_preset(cls, task: str, preset: str | None, **overrides: Any) -> RunConfig:
-        """Preset values, then every override that is not None."""
-        values: dict[str, Any] = {"task": task, "preset": preset}
-        if preset is not None:
-            if preset not in PRESETS[task]:
-                raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(PRESETS[task])})")
-            values.update(PRESETS[task][preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise AtbsnError(f"unknown run options: {', '.join(sorted(unknown))}")
-        return cls(**values)
+    model: nn.Module
+    loss: Loss
+    description: str
 
 
-class Task(Protocol):
-    """What the loop needs from a training task."""
-
-    model: nn.Module  # the network being trained (its .config describes it)
-
-    def loss(self, net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
-
-    def describe(self) -> str: ...
-
-
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the real pixels (mask 1) of zero-padded patches."""
-    return ((pred.float() - target.float()).abs() * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1.0)
-
-
-# ----------------------------------------------------------------------------------------------- DDP
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> tuple[Dist, torch.device]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), resolve_device(device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local), dev
+MethodFactory = Callable[[RunConfig, torch.device], Method]
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -159,6 +60,19 @@ def weights_digest(model: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def saved_config(out: str | Path) -> RunConfig | None:
+    """The configuration of the run in ``out`` (None when it holds none), without loading weights."""
+    state = Path(out) / "state.pt"
+    return RunConfig(**json.loads(_load_state(state)["config"])) if state.exists() else None
+
+
+def _load_state(path: Path) -> dict:
+    try:  # plain tensors, numbers and strings only: no code runs from a run folder
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise AtbsnError(f"{path}: unreadable resume state ({reason(e, 120)})") from None
 
 
 # ------------------------------------------------------------------------------------------- logging
@@ -175,8 +89,6 @@ class MetricLog:
             except ImportError:
                 raise AtbsnError("--log tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self.tb = SummaryWriter(str(out / "tensorboard"))
-        elif kind != "csv":
-            raise AtbsnError(f"unknown log kind {kind!r} (csv or tensorboard)")
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if self._file is None:  # opened once, appended to (survives resume); flushed every write
@@ -201,30 +113,22 @@ class MetricLog:
 
 # ------------------------------------------------------------------------------------------- the loop
 class Trainer:
-    """Runs a task to ``config.steps``; ``stop_after`` halts early (as a kill would) leaving resumable state."""
+    """Runs a method to ``config.steps``; ``stop_after`` halts early (as a kill would) leaving resumable state.
 
-    def __init__(self, config: RunConfig, task_factory, resume: bool = False) -> None:
+    With ``resume``, the run in ``config.out`` continues; options that would change what it computes
+    (anything but where and how it runs) must equal the saved ones.
+    """
+
+    def __init__(self, config: RunConfig, method: MethodFactory, resume: bool = False) -> None:
         self.out = Path(config.out)
         self.state_path = self.out / "state.pt"
-        saved = None
-        if resume:
-            if not self.state_path.exists():
-                raise AtbsnError(f"{self.out}: nothing to resume (no state.pt); start without --resume")
-            try:
-                saved = torch.load(self.state_path, map_location="cpu", weights_only=False)
-            except Exception as e:
-                reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-                raise AtbsnError(f"{self.state_path}: unreadable resume state ({reason})") from None
-            config = RunConfig(**saved["config"])
-        elif self.state_path.exists():
-            raise AtbsnError(f"{self.out}: already holds a run; use --resume to continue it or choose another -o")
+        saved = self._saved_state(config, resume)
         self.config = config
         self.dist, self.device = init_distributed(config.device)
         torch.manual_seed(config.seed)
-        self.task: Task = task_factory(config, self.device)
-        self.model = self.task.model.to(self.device)
-        if self.device.type == "cpu":  # channels-last: the inference layout (see speed.md for training)
-            self.model.to(memory_format=torch.channels_last)
+        self.method = method(config, self.device)
+        self.model = self.method.model.to(self.device, memory_format=torch.channels_last)
+        self.loss = self.method.loss
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -235,23 +139,44 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.step, self.best, self.elapsed = 0, None, 0.0
         if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            self.opt.load_state_dict(saved["optimizer"])
-            self.sched.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
-            torch.set_rng_state(saved["rng"])
-            self.step, self.best, self.elapsed = saved["step"], saved["best"], saved.get("elapsed", 0.0)
+            self._restore(saved)
         sources = collect_sources(config.data)
-        self.sampler = PatchSampler(sources, config.crop, self.model.config.in_channels, config.seed,
-                                    self.dist.rank, int(config.cache_gb * (1 << 30)), config.on_bad_file)
+        channels = self.model.config.in_channels
+        self.sampler = PatchSampler(sources, config.crop, channels, config.seed, self.dist.rank,
+                                    int(config.cache_gb * (1 << 30)), config.on_bad_file)
         self.n_sources = len(sources)
         self.val_pairs = load_pairs(config.val, config.val_limit) if config.val else None
         self.val_batch = None if self.val_pairs else PatchSampler(
-            sources, config.crop, self.model.config.in_channels, config.seed + 1_000_003, 0,
-            0, config.on_bad_file).batch(0, max(config.batch, 8))
+            sources, config.crop, channels, config.seed + 1_000_003, 0, 0, config.on_bad_file
+        ).batch(0, max(config.batch, 8))
         self._stop_signal = False
 
     # -------------------------------------------------------------------------------- state on disk
+    def _saved_state(self, config: RunConfig, resume: bool) -> dict | None:
+        if not resume:
+            if self.state_path.exists():
+                raise AtbsnError(f"{self.out}: already holds a run; use --resume to continue it or choose another -o")
+            return None
+        if not self.state_path.exists():
+            raise AtbsnError(f"{self.out}: nothing to resume (no state.pt); start without --resume")
+        saved = _load_state(self.state_path)
+        before = RunConfig(**json.loads(saved["config"]))
+        changed = before.conflicts(config)
+        if changed:
+            diffs = ", ".join(f"{n} {getattr(before, n)!r} -> {getattr(config, n)!r}" for n in changed)
+            raise AtbsnError(f"{self.out}: --resume cannot change the run's options ({diffs}); "
+                             "resume without them or start a new run")
+        return saved
+
+    def _restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"])
+        self.step, self.elapsed = int(saved["step"]), float(saved["elapsed"])
+        self.best = json.loads(saved["best"])
+
     def _export_config(self) -> None:
         cfg = self.model.config
         cfg.train_crop = self.config.crop
@@ -263,8 +188,8 @@ class Trainer:
             return
         self._export_config()
         state = {
-            "config": asdict(self.config), "step": self.step, "best": self.best, "elapsed": self.elapsed,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "config": json.dumps(asdict(self.config)), "step": self.step, "best": json.dumps(self.best),
+            "elapsed": self.elapsed, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
         }
@@ -273,9 +198,9 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- validation
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """PSNR/SSIM at k_b on pairs (higher is better), else held-out self-supervised loss (lower)."""
-        model = copy.deepcopy(self.model).eval().to(memory_format=torch.contiguous_format)
+    def _validate(self) -> dict[str, float]:
+        """PSNR/SSIM at k_b on pairs (higher is better), else held-out loss (lower)."""
+        model = copy.deepcopy(self.model).eval()
         self._export_config()
         model.config = copy.deepcopy(self.model.config)
         if self.val_pairs:
@@ -285,7 +210,7 @@ class Trainer:
             return {"val_psnr": s["psnr"], "val_ssim_rgb": s["ssim_rgb"], "val_ssim_y": s["ssim_y"]}
         x, m = (torch.from_numpy(a).to(self.device) for a in self.val_batch)
         with autocast(self.device, self.config.precision):
-            return {"val_loss": float(self.task.loss(model, x, m))}
+            return {"val_loss": float(self.loss(model, x.contiguous(memory_format=torch.channels_last), m))}
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
         score = metrics.get("val_psnr", -metrics.get("val_loss", math.inf))
@@ -298,58 +223,54 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_signal = True
 
-    def run(self, stop_after: int | None = None, progress: bool = True) -> dict:
-        from tqdm import tqdm
+    def _step(self, xb, mb) -> float:
+        """One optimisation step on a batch (numpy, from the sampler); returns the loss."""
+        x = torch.from_numpy(xb).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        m = torch.from_numpy(mb).to(self.device, non_blocking=True)
+        with autocast(self.device, self.config.precision):
+            loss = self.loss(self.net, x, m)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step += 1
+        return float(loss.detach())
 
-        cfg = self.config
+    def _announce(self) -> None:
+        cfg, procs = self.config, f" x {self.dist.world} processes" if self.dist.world > 1 else ""
+        log.info(self.method.description)
+        log.info(f"data: {self.n_sources} image(s); {cfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches on "
+                 f"{self.device}{procs}{f', resuming at step {self.step}' if self.step else ''}; writing to {self.out}")
+
+    def run(self, stop_after: int | None = None, progress: bool = True) -> dict:
+        cfg, main = self.config, self.dist.main
         self.out.mkdir(parents=True, exist_ok=True)
-        logger = MetricLog(self.out, cfg.log) if self.dist.main else None
-        if self.dist.main:
-            print(self.task.describe(), flush=True)
-            print(f"data: {self.n_sources} image(s); {cfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches"
-                  f" on {self.device}{f' x {self.dist.world} processes' if self.dist.world > 1 else ''}"
-                  f"{f', resuming at step {self.step}' if self.step else ''}; writing to {self.out}", flush=True)
+        logger = MetricLog(self.out, cfg.log) if main else None
+        if main:
+            self._announce()
         old = signal.signal(signal.SIGTERM, self._on_signal) if _main_thread() else None
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.task, unit="it", disable=not (progress and
-                   self.dist.main), dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc=cfg.task, show=progress and main)
         pool = ThreadPoolExecutor(1)  # decodes the next batch while this one trains
         nxt = pool.submit(self.sampler.batch, self.step, cfg.batch) if self.step < end else None
         self.model.train()
         last_loss, t0, interrupted = float("nan"), time.perf_counter(), False
         try:
-            while self.step < end:
-                xb, mb = nxt.result()
+            while self.step < end and not interrupted:
+                batch = nxt.result()
                 nxt = pool.submit(self.sampler.batch, self.step + 1, cfg.batch) if self.step + 1 < end else None
-                x = torch.from_numpy(xb).to(self.device).contiguous(memory_format=torch.channels_last)
-                m = torch.from_numpy(mb).to(self.device)
-                with autocast(self.device, cfg.precision):
-                    loss = self.task.loss(self.net, x, m)
-                self.opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.opt)
-                self.scaler.update()
-                self.sched.step()
-                self.step += 1
-                last_loss = float(loss.detach())
+                last_loss = self._step(*batch)
+                lr = self.sched.get_last_lr()[0]
                 bar.update()
-                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{self.sched.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
                 if logger is not None:
-                    logger.write(self.step, {"loss": last_loss, "lr": self.sched.get_last_lr()[0]})
-                if self.dist.main and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
-                    metrics = self.validate()
-                    better = self._is_better(metrics)
-                    logger.write(self.step, metrics)
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                              + (" (best)" if better else ""))
-                    if better:
-                        self._export_config()
-                        save(self.model, self.out / "best.safetensors")
-                if self.step % cfg.save_every == 0 or self._stop_signal:
+                    logger.write(self.step, {"loss": last_loss, "lr": lr})
+                if main and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                    self._validate_and_keep_best(logger, bar)
+                interrupted = self._stop_signal
+                if self.step % cfg.save_every == 0 or interrupted:
                     self.save_state()
-                if self._stop_signal:
-                    interrupted = True
-                    break
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -358,6 +279,21 @@ class Trainer:
             pool.shutdown(wait=True)
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
+        return self._finish(logger, last_loss, interrupted)
+
+    def _validate_and_keep_best(self, logger: MetricLog, bar) -> None:
+        metrics = self._validate()
+        better = self._is_better(metrics)
+        logger.write(self.step, metrics)
+        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                  + (" (best)" if better else ""))
+        if better:
+            self._export_config()
+            save(self.model, self.out / "best.safetensors")
+
+    def _finish(self, logger: MetricLog | None, last_loss: float, interrupted: bool) -> dict:
+        """Final state, ``best.safetensors`` when no validation ran, the summary, a check that ranks agree."""
+        cfg = self.config
         self.save_state()
         if self.dist.main and not (self.out / "best.safetensors").exists():
             save(self.model, self.out / "best.safetensors")  # no validation yet: the latest is the best known
@@ -366,11 +302,11 @@ class Trainer:
                    "interrupted": interrupted, "last_loss": last_loss, "best": self.best,
                    "seconds": self.elapsed, "world_size": self.dist.world, "rank_weight_digests": digests}
         if self.dist.main:
-            atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+            write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             if logger is not None:
                 logger.close()
             if not summary["finished"]:
-                print(f"stopped at step {self.step} of {cfg.steps}; continue with --resume", flush=True)
+                log.info(f"stopped at step {self.step} of {cfg.steps}; continue with --resume")
         if len(set(digests)) > 1:
             raise AtbsnError(f"data-parallel ranks hold different weights after training: {digests}")
         return summary
@@ -385,6 +321,4 @@ class Trainer:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -10,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
 from .errors import AtbsnError
+from .files import atomic_write
 from .inference import model_fn
 
 
@@ -41,7 +42,9 @@ def export_onnx(
         import onnxruntime as ort
     except ImportError:
         raise AtbsnError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'atbsn[export]'") from None
-    wrapped = _Fixed(model.eval().float().cpu(), k).eval()
+    # a contiguous copy: channels-last weights make the exporter guard on the batch size
+    plain = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
+    wrapped = _Fixed(plain, k).eval()
     c = model.config.in_channels
     example = torch.rand(1, c, 64, 96) * 255
     dims = {"x": {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1),

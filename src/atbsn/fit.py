@@ -14,17 +14,20 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, load, save
+from .checkpoint import load, save
+from .config import SIDD_KS, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
-from .distill import DistillTask, distill
-from .engine import SIDD_KS, RunConfig, init_distributed
+from .distill import distill, distill_method
+from .engine import Method
 from .errors import AtbsnError
-from .train import TeacherTask, train
+from .files import write_text
+from .runtime import autocast, init_distributed, log
+from .train import teacher_method, train
 
 
 @dataclass
@@ -35,38 +38,43 @@ class FitConfig:
     minutes, where width 24 for 400 steps (the same time) gained 0.9 dB.
     """
 
-    width: int = 16
-    crop: int = 64
-    batch: int = 8
-    teacher_steps: int = 1_500
-    student_steps: int = 600
-    student: str = "C"
-    ks: list[int] = field(default_factory=lambda: list(SIDD_KS))
-    k_train: int = 9
-    k_infer: int = 3
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    on_bad_file: str = "fail"
-    init_from_teacher: bool = True
-    minutes: float | None = None  # budget for both phases; overrides the step counts
-    student_share: float = 0.3  # of the budget, for distillation
+    width: int = option(16, "channels of the teacher's UNet", low=1)
+    crop: int = option(64, "patch side in pixels", low=8)
+    batch: int = option(8, "patches per step", low=1)
+    teacher_steps: int = option(1_500, "teacher training steps", low=1)
+    student_steps: int = option(600, "distillation steps", low=1)
+    student: str = option("C", "student network", choices=("A", "B", "C"))
+    ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes the student learns from", low=0)
+    k_train: int = option(9, "blind-spot size k_a for training", low=1)
+    k_infer: int = option(3, "blind-spot size k_b of the teacher", low=0)
+    lr: float = option(1e-3, "Adam learning rate of both phases", low=0.0)
+    seed: int = option(0, "random seed", low=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
+    on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
+    init_from_teacher: bool = option(True, "start student C from the teacher's UNet", cli=False)
+    minutes: float | None = option(None, "time budget for both phases (sets the step counts)", low=0.1)
+    student_share: float = option(0.3, "share of the budget for distillation", low=0.0)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
-def _step_seconds(task, config: RunConfig, device: torch.device, data: list[str]) -> float:
-    """Seconds per optimisation step of a task: the median of three steps after two warm-up steps (the second
-    step alone was measured up to 2x slower than the steady state, which left half the budget unused)."""
-    sampler = PatchSampler(collect_sources(data), config.crop, 3, config.seed, on_bad_file=config.on_bad_file)
-    model = task.model.to(device)
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
+def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
+    """Seconds per optimisation step of a method as the run will make it (precision, channels, layout): the
+    median of three steps after two warm-up steps (the second step alone was measured up to 2x slower than
+    the steady state, which left half the budget unused)."""
+    channels = method.model.config.in_channels
+    sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed,
+                           on_bad_file=config.on_bad_file)
+    model = method.model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     times = []
     for step in range(5):
         x, m = (torch.from_numpy(a).to(device) for a in sampler.batch(step, config.batch))
         t0 = time.perf_counter()
-        loss = task.loss(model, x.contiguous(memory_format=torch.channels_last), m)
+        with autocast(device, config.precision):
+            loss = method.loss(model, x.contiguous(memory_format=torch.channels_last), m)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -77,7 +85,7 @@ def _step_seconds(task, config: RunConfig, device: torch.device, data: list[str]
 def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
     summary = run_dir / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("finished"):
-        print(f"{run_dir.name}: already finished, kept", flush=True)
+        log.info(f"{run_dir.name}: already finished, kept")
         return
     fn(config, resume=(run_dir / "state.pt").exists(), progress=progress)
 
@@ -111,34 +119,28 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
         tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
     else:
         torch.manual_seed(cfg.seed)
-        t_step = _step_seconds(TeacherTask(tcfg, device), tcfg, device, data)
-        # the student step: the teacher's forward (no grad) plus a student step; time it with an untrained teacher
-        probe = work / "probe_teacher.safetensors"
-        save(TeacherTask(tcfg, device).model, probe)
-        s_step = _step_seconds(DistillTask(RunConfig(**{**scfg.__dict__, "teacher": str(probe)}), device), scfg,
-                               device, data)
-        probe.unlink()
+        probe = teacher_method(tcfg, device)
+        t_step = _step_seconds(probe, tcfg, device)
+        # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
+        s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model), scfg, device)
         if cfg.minutes is not None:
             budget = cfg.minutes * 60
             tcfg.steps = max(50, int(budget * (1 - cfg.student_share) / t_step))
             scfg.steps = max(25, int(budget * cfg.student_share / s_step))
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write(plan_path, lambda tmp: Path(tmp).write_text(json.dumps(
-            {"teacher_steps": tcfg.steps, "student_steps": scfg.steps, "teacher_step_seconds": t_step,
-             "student_step_seconds": s_step})))
-    print(f"fit: {n_images} noisy image(s) -> {output}", flush=True)
-    print(f"  1. teacher AT-BSN, width {cfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
-          f"k_a = {cfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""), flush=True)
-    print(f"  2. student {cfg.student}, {scfg.steps} steps distilled at k in {cfg.ks}"
-          + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device}", flush=True)
+        write_text(plan_path, json.dumps({"teacher_steps": tcfg.steps, "student_steps": scfg.steps,
+                                          "teacher_step_seconds": t_step, "student_step_seconds": s_step}))
+    log.info(f"fit: {n_images} noisy image(s) -> {output}")
+    log.info(f"  1. teacher AT-BSN, width {cfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
+             f"k_a = {cfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
+    log.info(f"  2. student {cfg.student}, {scfg.steps} steps distilled at k in {cfg.ks}"
+             + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device}")
     if resuming:
-        print(f"  resuming the work in {work}", flush=True)
+        log.info(f"  resuming the work in {work}")
 
     _phase(work / "teacher", tcfg, train, progress)
     _phase(work / "student", scfg, distill, progress)
     student = load(work / "student" / "last.safetensors")
     teacher = load(teacher_ckpt)
     save(student, output, teacher=teacher)
-    print(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))",
-          flush=True)
+    log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
     return output

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
 from .errors import AtbsnError
+from .files import atomic_write, reason
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 _EXIF_ORIENTATION = 274
@@ -98,8 +98,7 @@ def read_image(path: str | Path) -> np.ndarray:
     except AtbsnError:
         raise
     except Exception as e:  # Pillow, tifffile and OpenCV each raise their own types
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise AtbsnError(f"{path}: unreadable image ({reason})") from None
+        raise AtbsnError(f"{path}: unreadable image ({reason(e, 160)})") from None
 
 
 def write_image(path: str | Path, a: np.ndarray, quality: int = 95) -> Path:
@@ -121,9 +120,8 @@ def write_image(path: str | Path, a: np.ndarray, quality: int = 95) -> Path:
             import cv2
 
             b = a if a.ndim == 2 else a[:, :, [2, 1, 0, 3][: a.shape[2]]]
-            if not cv2.imwrite(tmp + ".png", b):
+            if not cv2.imwrite(tmp, b):  # the temporary name ends in .png (below)
                 raise OSError("OpenCV could not encode the PNG")
-            Path(tmp + ".png").replace(tmp)
         else:
             from PIL import Image
 
@@ -136,7 +134,7 @@ def write_image(path: str | Path, a: np.ndarray, quality: int = 95) -> Path:
             im.save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
 
     try:
-        atomic_write(path, write)
+        atomic_write(path, write, suffix=suffix)
     except AtbsnError:
         raise
     except OSError as e:

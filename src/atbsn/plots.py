@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -28,12 +28,12 @@ def _pyplot():
 
 
 def plot_sweep(rows: Sequence[dict], path: str | Path, noisy_psnr: float | None = None) -> Path:
-    """PSNR against inference blind-spot size k_b, one line per teacher (labelled by its k_a)."""
+    """PSNR against inference blind-spot size k_b, one line per teacher (labelled by its k_a or its name)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for t in sorted({r["teacher"] for r in rows}):
         rr = [r for r in rows if r["teacher"] == t]
-        ax.plot([r["k_b"] for r in rr], [r["psnr"] for r in rr], "o-", label=f"k_a = {rr[0]['k_a']}")
+        ax.plot([r["k_b"] for r in rr], [r["psnr"] for r in rr], "o-", label=rr[0]["label"])
     if noisy_psnr is not None:
         ax.axhline(noisy_psnr, color="grey", ls="--", label="noisy input")
     ax.set_xlabel("inference blind-spot size k_b")
@@ -46,11 +46,13 @@ def plot_sweep(rows: Sequence[dict], path: str | Path, noisy_psnr: float | None 
 def plot_heatmap(rows: Sequence[dict], path: str | Path) -> Path:
     """PSNR for each (k_a, k_b): the training x inference blind-spot grid of the paper's Figure 7."""
     plt = _pyplot()
-    kas = sorted({r["k_a"] for r in rows})
+    teachers = sorted({r["teacher"] for r in rows}, key=lambda t: next((r["k_a"] or 0, t) for r in rows
+                                                                      if r["teacher"] == t))
+    kas = [next(r["label"] for r in rows if r["teacher"] == t) for t in teachers]
     kbs = sorted({r["k_b"] for r in rows})
     grid = np.full((len(kas), len(kbs)), np.nan)
     for r in rows:
-        grid[kas.index(r["k_a"]), kbs.index(r["k_b"])] = r["psnr"]
+        grid[teachers.index(r["teacher"]), kbs.index(r["k_b"])] = r["psnr"]
     fig, ax = plt.subplots(figsize=(1 + 0.7 * len(kbs), 1 + 0.6 * len(kas)))
     im = ax.imshow(grid, cmap="viridis")
     for i in range(len(kas)):
@@ -58,9 +60,9 @@ def plot_heatmap(rows: Sequence[dict], path: str | Path) -> Path:
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
     ax.set_xticks(range(len(kbs)), [str(k) for k in kbs])
-    ax.set_yticks(range(len(kas)), [str(k) for k in kas])
+    ax.set_yticks(range(len(kas)), kas)
     ax.set_xlabel("k_b (inference)")
-    ax.set_ylabel("k_a (training)")
+    ax.set_ylabel("teacher (k_a: training)")
     fig.colorbar(im, ax=ax, label="PSNR (dB)")
     return _save(fig, path)
 

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blindspot import NEG_SLOPE, Conv, multiple_pad, upsample2
+from .blindspot import NEG_SLOPE, Conv, execution_path, multiple_pad, upsample2
 from .config import ModelConfig
+from .errors import AtbsnError
 from .unet import UNet, init_weights
 
 
@@ -37,15 +38,25 @@ class _Student(nn.Module):
     def net(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _channels_last(self) -> bool:
+        w = next(self.parameters())
+        return w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last)
+
+    def _ready(self) -> None:
+        """Call at the end of ``__init__``: weights in the channels-last layout, the fast one for convolutions."""
+        self.to(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Denoise N x C x H x W images in 0..255."""
         vr = self.config.value_range
         h, w = x.shape[-2:]
         ph, pw = multiple_pad(h, self.multiple), multiple_pad(w, self.multiple)
-        exporting = torch.compiler.is_exporting()  # pad unconditionally: H and W are symbolic then
+        exporting = execution_path() == "export"  # pad unconditionally: H and W are symbolic then
         if ph or pw or exporting:
             mode = "reflect" if exporting or ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        if not exporting and self._channels_last():
+            x = x.contiguous(memory_format=torch.channels_last)  # the weights' layout: NCHW input is ~1.4x slower
         y = self.net(x * (vr / 255.0) if vr != 255.0 else x)
         if vr != 255.0:
             y = y * (255.0 / vr)
@@ -62,6 +73,7 @@ class StudentC(_Student):
         self.unet = UNet(config.in_channels, config.width, config.in_channels, blind=False)
         with torch.no_grad():
             init_weights(self)
+        self._ready()
 
     def net(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x)
@@ -82,6 +94,7 @@ class _SmallStudent(_Student):
         self.dec1 = _stage([96 + cin] + [96] * (dec_convs - 1) + [cin], single)
         with torch.no_grad():
             init_weights(self)
+        self._ready()
 
     def net(self, x: torch.Tensor) -> torch.Tensor:
         x1 = F.max_pool2d(self.enc1(x), 2)
@@ -138,7 +151,7 @@ def Student(  # noqa: N802
     if config is None:
         kind = str(kind).upper()
         if kind not in _CLASSES:
-            raise ValueError(f"unknown student {kind!r}: choose A, B or C")
+            raise AtbsnError(f"unknown student {kind!r}: choose A, B or C")
         config = ModelConfig(arch=kind, in_channels=in_channels, width=width if kind == "C" else 48)
     return _CLASSES[config.arch](config)
 
@@ -146,11 +159,11 @@ def Student(  # noqa: N802
 def init_from_teacher(student: nn.Module, teacher: nn.Module) -> nn.Module:
     """Copy the teacher's UNet weights into student C, all but dec1's two convs (as the paper does)."""
     if not isinstance(student, StudentC):
-        raise ValueError("only student C shares the teacher's UNet; A and B cannot be initialised from it")
+        raise AtbsnError("only student C shares the teacher's UNet; A and B cannot be initialised from it")
     src = {k: v for k, v in teacher.unet.state_dict().items() if not k.startswith("dec1.")}
     dst = student.unet.state_dict()
     mismatched = [k for k, v in src.items() if dst[k].shape != v.shape]
     if mismatched:
-        raise ValueError(f"teacher and student widths differ ({mismatched[0]}); use the same width")
+        raise AtbsnError(f"teacher and student widths differ ({mismatched[0]}); use the same width")
     student.unet.load_state_dict(src, strict=False)
     return student

@@ -10,26 +10,22 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .checkpoint import atomic_write
 from .datasets import _mat_variable
 from .errors import AtbsnError
-from .inference import denoise
-
-
-def _progress(total: int, desc: str, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="block", disable=not show)
+from .files import atomic_write
+from .inference import InferenceOptions, denoise
+from .runtime import progress_bar
 
 
 def denoise_sidd_blocks(blocks: np.ndarray, model: nn.Module, progress: bool = True, **kw) -> np.ndarray:
-    """Denoise an images x blocks x 256 x 256 x 3 uint8 array block by block."""
+    """Denoise an images x blocks x 256 x 256 x 3 uint8 array block by block (``kw``: inference options)."""
+    opts = InferenceOptions.of(**kw).for_model(model)
     out = np.empty_like(blocks)
     n, m = blocks.shape[:2]
-    with _progress(n * m, "sidd", progress) as bar:
+    with progress_bar(total=n * m, desc="sidd", unit="block", show=progress) as bar:
         for i in range(n):
             for j in range(m):
-                out[i, j] = denoise(blocks[i, j], model, **kw)
+                out[i, j] = denoise(blocks[i, j], model, opts)
                 bar.update()
     return out
 
@@ -118,15 +114,16 @@ def submit_dnd(dnd_dir: str | Path, out_dir: str | Path, model: nn.Module, progr
     root = Path(dnd_dir)
     if not (root / "info.mat").exists() or not (root / "images_srgb").is_dir():
         raise AtbsnError(f"{root}: expected a DND folder with info.mat and images_srgb/")
+    opts = InferenceOptions.of(**kw).for_model(model)
     boxes = read_dnd_boxes(root / "info.mat")
     written = []
-    with _progress(sum(len(b) for b in boxes), "dnd", progress) as bar:
+    with progress_bar(total=sum(len(b) for b in boxes), desc="dnd", unit="block", show=progress) as bar:
         for i, bb in enumerate(boxes):
             src = root / "images_srgb" / f"{i + 1:04d}.mat"
             noisy = _mat_variable(src, ["InoisySRGB"]).astype(np.float32)
             crops = np.empty((len(bb),), dtype=object)
             for j, (r0, r1, c0, c1) in enumerate(bb):
-                crops[j] = denoise(np.ascontiguousarray(noisy[r0:r1, c0:c1]), model, **kw)
+                crops[j] = denoise(np.ascontiguousarray(noisy[r0:r1, c0:c1]), model, opts)
                 bar.update()
             dst = Path(out_dir) / f"{i + 1:04d}.mat"
             data = {"Idenoised": crops, "israw": False, "eval_version": "1.0"}

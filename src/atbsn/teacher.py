@@ -1,4 +1,11 @@
-"""AT-BSN, the meta-teacher: one backbone, a blind spot of any size k chosen at run time."""
+"""AT-BSN, the meta-teacher: one backbone, a blind spot of any size k chosen at run time.
+
+``forward(x, k)`` is the paper's method: rotate the image four ways, run the blind backbone on each (every
+output pixel then sees only its own half-plane), shift each map ``s = (k + 1) // 2`` pixels away from the
+half-plane it looks at, rotate back, and mix the four with three 1x1 convolutions. The helpers below the
+class build the same result faster; which one runs is decided once per call, from
+:func:`~atbsn.blindspot.execution_path` (see :meth:`ATBSN._plan`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,144 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blindspot import NEG_SLOPE, multiple_pad, rotate, shift_for_k, validate_k
-from .config import ModelConfig
+from .blindspot import NEG_SLOPE, execution_path, multiple_pad, rotate, shift_for_k
+from .config import SIDD_KS, ModelConfig
 from .unet import UNet, init_weights
 
 Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-DEFAULT_KS = (0, 1, 3, 5, 7, 9, 11)
+TURNS = (0, 1, 2, 3)  # the four rotations: looking up, left, down, right
+_PROJECTED_HEAD_BYTES = 1 << 30  # above this, teachers() runs the banded head once per k (bounded memory)
+_HEAD_BAND_PIXELS = 4096  # pixels per band of the inference head (a 6 MB stack at width 48; 2k to 16k measured alike)
+
+
+class ATBSN(nn.Module):
+    """Asymmetric Tunable Blind-Spot Network (Chen et al., CVPR 2024).
+
+    ``net(x, k)`` takes N x C x H x W images in 0..255 of any size and hides a k x k square around each
+    pixel (k = 0 hides nothing). The input is zero-padded to a multiple of 32 inside (zeros keep the blind
+    spot exact) and the output cropped back. Weights are channels-last (the fast layout for convolutions).
+    """
+
+    def __init__(self, width: int = 48, in_channels: int = 3, *, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig(arch="atbsn", width=width, in_channels=in_channels)
+        c, cin = self.config.width, self.config.in_channels
+        self.unet = UNet(cin, c, 2 * c, blind=True)
+        self.nin_A = nn.Conv2d(8 * c, 8 * c, 1)
+        self.nin_B = nn.Conv2d(8 * c, 2 * c, 1)
+        self.nin_C = nn.Conv2d(2 * c, cin, 1)
+        with torch.no_grad():
+            init_weights(self)
+            nn.init.kaiming_normal_(self.nin_C.weight, nonlinearity="linear")
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def k_infer(self) -> int:
+        return self.config.k_infer
+
+    # ------------------------------------------------------------------------------------ the method
+    def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Denoise with blind spot k (default: the configured inference size k_b)."""
+        s = shift_for_k(self.config.k_infer if k is None else k)
+        plan = self._plan(x)
+        maps = self._backbone(x, plan)  # rotate, blind UNet (each map still in its rotated frame)
+        return self._head(maps, x.shape[-2:], s, plan)  # shift, rotate back, 1x1 mixing
+
+    def features(self, x: torch.Tensor) -> Features:
+        """The four directional feature maps (looking up, left, down, right), in the image's frame.
+
+        Each map at a pixel depends only on input pixels on the looked-at side of it, its own row or
+        column included; ``head`` shifts them to exclude the blind spot.
+        """
+        return _to_image_frame(self._backbone(x, self._plan(x)), TURNS, *x.shape[-2:])
+
+    def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
+        """Shift the directional maps (image frame) for blind spot k and mix them with the 1x1 convolutions."""
+        s = shift_for_k(self.config.k_infer if k is None else k)
+        return self._head(features, features[0].shape[-2:], s, self._plan(features[0]), turns=(0, 0, 0, 0))
+
+    def teachers(self, x: torch.Tensor, ks: Iterable[int] = SIDD_KS) -> list[torch.Tensor]:
+        """One output per k from a single backbone pass: each k is only a shift plus the 1x1 head.
+
+        For several k on a batch of moderate size (distillation), nin_A is applied to each direction once
+        and only its outputs are shifted per k (``_shifted_sum``): measured 1.85x faster for seven k on
+        8 x 128^2. The result equals ``net(x, k)`` up to float round-off (the sums run in another order).
+        """
+        shifts = [shift_for_k(k) for k in ks]
+        plan = self._plan(x)
+        maps = self._backbone(x, plan)
+        n, (h, w) = x.shape[0], x.shape[-2:]
+        projected_bytes = 4 * self.nin_A.out_channels * n * h * w * maps[0].element_size()
+        if len(shifts) < 2 or plan["path"] != "infer" or projected_bytes > _PROJECTED_HEAD_BYTES:
+            return [self._head(maps, (h, w), s, plan) for s in shifts]
+        feats = _to_image_frame(maps, TURNS, h, w)
+        wa, c = self.nin_A.weight, feats[0].shape[1]
+        projected = [F.conv2d(f, wa[:, d * c : (d + 1) * c]) for d, f in enumerate(feats)]
+        return [self._mix_after_a(F.leaky_relu(_shifted_sum(projected, s, self.nin_A.bias), NEG_SLOPE, inplace=True))
+                for s in shifts]
+
+    # ------------------------------------------------------------------------------------ the paths
+    def _plan(self, x: torch.Tensor) -> dict:
+        """The one place that picks the implementation for a call (outputs are the same up to round-off).
+
+        - ``path`` (:func:`execution_path`): "train", "export" or "infer";
+        - ``batched``: training on square crops runs the four rotations as one batch (its backward measured
+          ~6% faster); otherwise one backbone pass per rotation (inference at 256^2: 0.36 vs 0.51 s, since
+          a single image's rows stay contiguous views and the working set is 4x smaller);
+        - ``channels_last``: keep activations in the weights' layout (not while exporting);
+        - the head: a whole shifted stack when training or exporting, bands of rows without autograd.
+        """
+        path = execution_path()
+        return {"path": path, "batched": path == "train" and x.shape[-1] == x.shape[-2],
+                "channels_last": path != "export" and self.nin_A.weight.is_contiguous(
+                    memory_format=torch.channels_last)}
+
+    def _backbone(self, x: torch.Tensor, plan: dict) -> list[torch.Tensor]:
+        """The blind UNet on the four rotations of ``x`` padded to 32: four maps, each in its rotated frame."""
+        x = x * (self.config.value_range / 255.0) if self.config.value_range != 255.0 else x
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, multiple_pad(w, 32), 0, multiple_pad(h, 32)))  # bottom/right: tiles keep the pool grid
+
+        def layout(t: torch.Tensor) -> torch.Tensor:
+            return t.contiguous(memory_format=torch.channels_last) if plan["channels_last"] else t
+
+        if plan["batched"]:
+            return list(self.unet(layout(torch.cat([rotate(x, q) for q in TURNS], dim=0))).chunk(4, dim=0))
+        return [self.unet(layout(rotate(x, q))) for q in TURNS]
+
+    def _head(self, maps: Sequence[torch.Tensor], size: Sequence[int], s: int, plan: dict,
+              turns: Sequence[int] = TURNS) -> torch.Tensor:
+        """Shift and mix maps that ``rotate(maps[i], -turns[i])[..., :h, :w]`` brings to the image frame.
+
+        Without autograd it runs on bands of rows: the 4C-channel shifted stack and the 1x1 layers' outputs
+        then stay small (at 1024^2 the whole stack is 1.6 GB, and the 384 -> 384 layer ran at a third of
+        its speed on it), and the rotations back to the image frame copy a band at a time.
+        """
+        h, w = size
+        if plan["path"] != "infer":
+            return self._mix(_shifted_cat(_to_image_frame(maps, turns, h, w), s, plan["path"] == "export"))
+        f0 = maps[0]
+        n = f0.shape[0]
+        fmt = torch.channels_last if f0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty((n, self.nin_C.out_channels, h, w), dtype=f0.dtype, device=f0.device, memory_format=fmt)
+        rows = max(1, _HEAD_BAND_PIXELS // w)
+        for a in range(0, h, rows):
+            b = min(a + rows, h)
+            out[:, :, a:b] = self._mix(_shifted_band(maps, turns, h, w, s, a, b, fmt))
+        return out
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix_after_a(F.leaky_relu(self.nin_A(x), NEG_SLOPE, inplace=True))
+
+    def _mix_after_a(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.nin_B(x), NEG_SLOPE, inplace=True)
+        x = self.nin_C(x)
+        return x * (255.0 / self.config.value_range) if self.config.value_range != 255.0 else x
+
+
+# ------------------------------------------------------------------------------------------------------
+# The shifts, written on image-frame slices. Direction d's map looks at one half-plane; the head moves it
+# ``s`` pixels away from that half-plane (zeros fill in), which hides the (2s - 1)-square around each pixel.
 
 
 def _moves(h: int, w: int, sh: int, sw: int) -> list[tuple[tuple, tuple, tuple[int, int, int, int]]]:
@@ -29,7 +168,7 @@ def _moves(h: int, w: int, sh: int, sw: int) -> list[tuple[tuple, tuple, tuple[i
     ]
 
 
-def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
+def _shifted_cat(features: Sequence[torch.Tensor], s: int, exporting: bool = False) -> torch.Tensor:
     """Concatenate the four directional maps along channels, each shifted by ``s`` pixels away from the
     half-plane it looks at (``_moves``; zeros fill in). This is the image-frame equivalent of the authors'
     "shift down in the rotated frame, then rotate back". Used when training and exporting; inference builds
@@ -39,7 +178,7 @@ def _shifted_cat(features: Sequence[torch.Tensor], s: int) -> torch.Tensor:
         return torch.cat(list(features), dim=1)
     f0 = features[0]
     h, w = f0.shape[-2:]
-    exporting = torch.compiler.is_exporting()  # (layout queries on symbolic sizes would add shape guards)
+    # exporting: no layout queries or clamps on symbolic sizes (they would add shape guards)
     sh, sw = (s, s) if exporting else (min(s, h), min(s, w))  # tiny maps: all zeros
     moves = _moves(h, w, sh, sw)
     cuts = [f[src] for f, (src, _, _) in zip(features, moves)]
@@ -65,14 +204,10 @@ def _shifted_sum(projected: Sequence[torch.Tensor], s: int, bias: torch.Tensor) 
     return z
 
 
-_PROJECTED_HEAD_BYTES = 1 << 30  # above this, teachers() runs the banded head once per k (bounded memory)
-_HEAD_BAND_PIXELS = 4096  # pixels per band of the inference head (a 6 MB stack at width 48; 2k to 16k measured alike)
-
-
 def _to_image_frame(maps: Sequence[torch.Tensor], turns: Sequence[int], h: int, w: int) -> Features:
     """Rotate each map back by its turns and crop the padding (views, but for the flips)."""
     out = [rotate(f, -q) if q else f for f, q in zip(maps, turns)]
-    if torch.compiler.is_exporting() or any(f.shape[-2:] != (h, w) for f in out):
+    if execution_path() == "export" or any(f.shape[-2:] != (h, w) for f in out):
         out = [f[..., :h, :w] for f in out]  # only when needed: a no-op crop still costs a backward copy
     return tuple(out)  # type: ignore[return-value]
 
@@ -108,112 +243,3 @@ def _shifted_band(maps: Sequence[torch.Tensor], turns: Sequence[int], h: int, w:
         band[:, c : 2 * c, :, sw:] = _image_rows(maps[1], turns[1], a, b)[..., : w - sw]
         band[:, 3 * c :, :, : w - sw] = _image_rows(maps[3], turns[3], a, b)[..., sw:w]
     return band
-
-
-class ATBSN(nn.Module):
-    """Asymmetric Tunable Blind-Spot Network (Chen et al., CVPR 2024).
-
-    ``net(x, k)`` takes N x C x H x W images in 0..255 of any size and hides a k x k square around each
-    pixel (k = 0 hides nothing). The input is zero-padded to a multiple of 32 inside (zeros keep the blind
-    spot exact) and the output cropped back.
-    """
-
-    def __init__(self, width: int = 48, in_channels: int = 3, *, config: ModelConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or ModelConfig(arch="atbsn", width=width, in_channels=in_channels)
-        c, cin = self.config.width, self.config.in_channels
-        self.unet = UNet(cin, c, 2 * c, blind=True)
-        self.nin_A = nn.Conv2d(8 * c, 8 * c, 1)
-        self.nin_B = nn.Conv2d(8 * c, 2 * c, 1)
-        self.nin_C = nn.Conv2d(2 * c, cin, 1)
-        with torch.no_grad():
-            init_weights(self)
-            nn.init.kaiming_normal_(self.nin_C.weight, nonlinearity="linear")
-
-    @property
-    def k_infer(self) -> int:
-        return self.config.k_infer
-
-    def _directional(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The backbone's four outputs, each still in its rotated frame, on the input padded to 32."""
-        x = x * (self.config.value_range / 255.0) if self.config.value_range != 255.0 else x
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, multiple_pad(w, 32), 0, multiple_pad(h, 32)))  # bottom/right: tiles keep the pool grid
-        # inference: one backbone pass per rotation, measured faster than one batch of four on CPU (at 256^2
-        # 0.36 vs 0.51 s): a single image's cropped rows stay contiguous views, the working set is 4x smaller.
-        # The rotated input joins the last decoder stage's concatenation: keep it in the weights' layout.
-        cl = not torch.compiler.is_exporting() and self.nin_A.weight.is_contiguous(memory_format=torch.channels_last)
-        if torch.is_grad_enabled() and not torch.compiler.is_exporting() and x.shape[-1] == x.shape[-2]:
-            # training on square crops: one batch of four rotations (its backward measured ~6% faster)
-            b = torch.cat([rotate(x, q) for q in range(4)], dim=0)
-            return list(self.unet(b.contiguous(memory_format=torch.channels_last) if cl else b).chunk(4, dim=0))
-        out = []
-        for q in range(4):
-            r = rotate(x, q)
-            out.append(self.unet(r.contiguous(memory_format=torch.channels_last) if cl else r))
-        return out
-
-    def features(self, x: torch.Tensor) -> Features:
-        """The four directional feature maps (looking up, left, down, right), in the image's frame.
-
-        Each map at a pixel depends only on input pixels on the looked-at side of it, its own row or
-        column included; ``head`` shifts them to exclude the blind spot.
-        """
-        return _to_image_frame(self._directional(x), (0, 1, 2, 3), *x.shape[-2:])
-
-    def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
-        """Shift the directional maps for blind spot k and mix them with the 1x1 convolutions."""
-        return self._head(features, (0, 0, 0, 0), *features[0].shape[-2:], k)
-
-    def _head(self, maps: Sequence[torch.Tensor], turns: Sequence[int], h: int, w: int, k: int | None) -> torch.Tensor:
-        """The head on maps that ``rotate(maps[i], -turns[i])[..., :h, :w]`` brings to the image frame.
-
-        Without gradients it runs on bands of rows: the 4C-channel shifted stack and the 1x1 layers' outputs
-        then stay small (at 1024^2 the whole stack is 1.6 GB, and the 384 -> 384 layer ran at a third of
-        its speed on it), and the rotations back to the image frame copy a band at a time.
-        """
-        s = shift_for_k(self.config.k_infer if k is None else k)
-        if torch.compiler.is_exporting() or torch.is_grad_enabled():
-            return self._mix(_shifted_cat(_to_image_frame(maps, turns, h, w), s))
-        f0 = maps[0]
-        n, c = f0.shape[:2]
-        fmt = torch.channels_last if f0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        out = torch.empty((n, self.nin_C.out_channels, h, w), dtype=f0.dtype, device=f0.device, memory_format=fmt)
-        rows = max(1, _HEAD_BAND_PIXELS // w)
-        for a in range(0, h, rows):
-            b = min(a + rows, h)
-            out[:, :, a:b] = self._mix(_shifted_band(maps, turns, h, w, s, a, b, fmt))
-        return out
-
-    def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mix_after_a(F.leaky_relu(self.nin_A(x), NEG_SLOPE, inplace=True))
-
-    def _mix_after_a(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.nin_B(x), NEG_SLOPE, inplace=True)
-        x = self.nin_C(x)
-        return x * (255.0 / self.config.value_range) if self.config.value_range != 255.0 else x
-
-    def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        """Denoise with blind spot k (default: the configured inference size k_b)."""
-        k = validate_k(self.config.k_infer if k is None else k)
-        return self._head(self._directional(x), (0, 1, 2, 3), *x.shape[-2:], k)
-
-    def teachers(self, x: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> list[torch.Tensor]:
-        """One output per k from a single backbone pass: each k is only a shift plus the 1x1 head.
-
-        For several k on a batch of moderate size (distillation), nin_A is applied to each direction once
-        and only its outputs are shifted per k (``_shifted_sum``): measured 1.85x faster for seven k on
-        8 x 128^2. The result equals ``net(x, k)`` up to float round-off (the sums run in another order).
-        """
-        ks = [validate_k(k) for k in ks]
-        maps = self._directional(x)
-        n, (h, w) = x.shape[0], x.shape[-2:]
-        projected_bytes = 4 * self.nin_A.out_channels * n * h * w * maps[0].element_size()
-        if len(ks) < 2 or torch.is_grad_enabled() or torch.compiler.is_exporting() or (
-                projected_bytes > _PROJECTED_HEAD_BYTES):
-            return [self._head(maps, (0, 1, 2, 3), h, w, k) for k in ks]
-        feats = _to_image_frame(maps, (0, 1, 2, 3), h, w)
-        wa, c = self.nin_A.weight, feats[0].shape[1]
-        projected = [F.conv2d(f, wa[:, d * c : (d + 1) * c]) for d, f in enumerate(feats)]
-        return [self._mix_after_a(F.leaky_relu(_shifted_sum(projected, shift_for_k(k), self.nin_A.bias), NEG_SLOPE,
-                                               inplace=True)) for k in ks]

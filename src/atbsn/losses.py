@@ -1,0 +1,78 @@
+"""Training losses. A loss is called as ``loss(model, y, mask)``: it runs ``model`` on the noisy batch
+``y`` the way its method needs (a blind spot, a sub-sampler, a frozen teacher) and returns a scalar.
+
+``mask`` is 1 on real pixels and 0 on the zero padding of patches cut from images smaller than the crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blindspot import validate_k
+from .errors import AtbsnError
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the real pixels (mask 1) of zero-padded patches."""
+    return ((pred.float() - target.float()).abs() * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1.0)
+
+
+class Loss(nn.Module):
+    """The contract every method's loss keeps (the trainer knows nothing else about the method)."""
+
+    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BlindSpotL1(Loss):
+    """AT-BSN's self-supervised loss: L1 between ``model(y, k_a)`` and the noisy ``y`` itself.
+
+    The k_a x k_b blind spot hides the pixel being predicted and its correlated neighbours, so the noisy
+    image can be its own target.
+    """
+
+    def __init__(self, k_train: int) -> None:
+        super().__init__()
+        self.k_train = validate_k(k_train)
+        if self.k_train == 0:
+            raise AtbsnError("k_train = 0 hides nothing: the network would learn the identity; use k_a >= 1")
+
+    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_l1(model(y, self.k_train), y, mask)
+
+
+DISTILL_MODES = ("multi", "mean")
+
+
+class DistillL1(Loss):
+    """Multi-teacher distillation from one frozen AT-BSN at several blind spots ``ks``.
+
+    ``multi`` (the paper's): one L1 term per teacher; ``mean``: L1 to the teachers' average (ablation).
+    The teacher's backbone runs once per batch (``ATBSN.teachers``); each k is a shift plus the 1x1 head.
+    The teacher is held outside the module tree, so it is neither trained nor saved with the student.
+    """
+
+    def __init__(self, teacher: nn.Module, ks: Sequence[int], mode: str = "multi") -> None:
+        super().__init__()
+        if mode not in DISTILL_MODES:
+            raise AtbsnError(f"unknown distillation loss {mode!r} ({' or '.join(DISTILL_MODES)})")
+        self.ks = [validate_k(k) for k in ks]
+        if not self.ks:
+            raise AtbsnError("distillation needs at least one k (--ks)")
+        self.mode = mode
+        self._teacher = [teacher.eval().requires_grad_(False)]
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = self.teacher.teachers(y, self.ks)
+        pred = model(y)
+        if self.mode == "mean":
+            return masked_l1(pred, torch.stack(targets).mean(0), mask)
+        return sum(masked_l1(pred, t, mask) for t in targets)

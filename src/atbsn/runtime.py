@@ -1,0 +1,126 @@
+"""Where code runs: device choice, precision (autocast), torchrun's process group, progress and messages.
+
+Nothing here knows about networks; everything above imports it. Library code reports through the
+``atbsn`` logger (the CLI shows INFO messages on stdout) and :func:`progress_bar`, never ``print``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import AtbsnError
+
+log = logging.getLogger("atbsn")
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AtbsnError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AtbsnError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+def check_precision(precision: str, device: torch.device | None = None) -> str:
+    """``precision`` if it is known and runs on ``device`` (fp16 needs CUDA)."""
+    if precision not in PRECISIONS:
+        raise AtbsnError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if precision == "fp16" and device is not None and device.type != "cuda":
+        raise AtbsnError("fp16 needs a CUDA device; use bf16 on the CPU")
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """A context that runs the forward in the requested precision (fp32: no-op)."""
+    if check_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory in bytes on the device (for CPU: available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def enable_huge_pages() -> None:
+    """Ask PyTorch's CPU allocator to put large tensors on transparent huge pages.
+
+    Called by the ``atbsn`` command, which owns its process; a library must not change its host's
+    allocator. The setting is read once, at the first allocation. Page faults on fresh buffers of hundreds
+    of MB otherwise dominate big images: measured 1.5x (student C) to 1.9x (student A) faster at 1024^2
+    on a 2-core machine. An explicit ``THP_MEM_ALLOC_ENABLE`` in the environment wins.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", show: bool = True,
+             initial: int = 0):
+    """A tqdm bar: live on a terminal; in a log file (not a terminal) one line every 30 s at most."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not show, initial=initial,
+                dynamic_ncols=tty, mininterval=0.1 if tty else 30.0, ascii=not tty)
+
+
+# ----------------------------------------------------------------------------------------------- DDP
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (a single process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), resolve_device(device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local), dev
+
+
+def leave_process_group(ok: bool) -> None:
+    """Wait for every rank, then tear down the torchrun process group (gloo or NCCL)."""
+    if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()  # no rank leaves while another still talks to it
+        dist.destroy_process_group()
