@@ -19,7 +19,8 @@ from common import write_results
 
 def child(arch: str, h: int, w: int) -> None:
     from atbsn import ATBSN, Student
-    from atbsn.inference import denoise, plan_tiles
+    from atbsn.inference import denoise
+    from atbsn.tiling import plan_tiles
 
     torch.manual_seed(0)
     model = ATBSN() if arch == "atbsn" else Student(arch)

@@ -26,13 +26,14 @@ from common import RESULTS, count_macs, timeit, write_results
 
 from atbsn import ATBSN, Student
 from atbsn.checkpoint import load
+from atbsn.config import SIDD_KS, RunConfig
 from atbsn.datasets import load_pairs
 from atbsn.distill import distill
-from atbsn.engine import SIDD_KS, RunConfig
 from atbsn.evaluate import evaluate
-from atbsn.inference import denoise, denoise_tensor, from_model_range, plan_tiles, prepare, run_tiled, to_model_range
+from atbsn.inference import denoise, denoise_tensor, from_model_range, prepare, to_model_range
 from atbsn.metrics import scores
 from atbsn.plots import image_strip, plot_sweep
+from atbsn.tiling import plan_tiles, run_tiled
 from atbsn.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"

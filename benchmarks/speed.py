@@ -9,9 +9,13 @@ ceiling (48 -> 48, as the issue defines it). Also one training step of the teach
 
     python benchmarks/speed.py            # writes results/speed.json and results/speed.md
 
-Importing atbsn turns on PyTorch's huge-page allocation for large tensors (``THP_MEM_ALLOC_ENABLE=1``, see
-``atbsn/__init__.py``); the reference and the fast path both run under it, and so does the ceiling. To see
-what the allocator setting alone does: ``THP_MEM_ALLOC_ENABLE=0 python benchmarks/speed.py --tag nothp``.
+Like the ``atbsn`` command, this script turns on PyTorch's huge-page allocation for large tensors
+(``THP_MEM_ALLOC_ENABLE=1``, :func:`atbsn.runtime.enable_huge_pages`); the reference and the fast path both run
+under it, and so does the ceiling. To see what the allocator setting alone does:
+``THP_MEM_ALLOC_ENABLE=0 python benchmarks/speed.py --tag nothp``.
+
+Two more paths per forward row show what a Python user gets: ``plain model(x)``, a freshly built network
+called on an ordinary NCHW tensor, and ``denoise_tensor`` on the same network (untiled).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from common import count_macs, timeit, write_results
 
-from atbsn import ATBSN, Student
-from atbsn.engine import SIDD_KS, masked_l1
-from atbsn.inference import autocast
+from atbsn import ATBSN, Student, denoise_tensor
+from atbsn.config import SIDD_KS
+from atbsn.losses import masked_l1
 from atbsn.reference import student_reference, teacher_reference
+from atbsn.runtime import autocast, enable_huge_pages
 
 CL = torch.channels_last
 
@@ -64,8 +69,9 @@ def alternate(fns: dict, repeat: int) -> dict:
 
 def forward_rows(name: str, size: int, repeat: int, ceiling: float) -> list[dict]:
     """Reference, fast fp32 and fast bf16 forward of one network at one size (same weights)."""
-    net = NETS[name]().eval()
+    net = NETS[name]().eval().to(memory_format=torch.contiguous_format)  # the reference, NCHW as written
     fast_net = copy.deepcopy(net).to(memory_format=CL)
+    user_net = NETS[name]().eval()  # as built (or loaded): the user passes NCHW tensors
     teacher = net.config.is_teacher
     x = torch.rand(1, 3, size, size) * 255
     xc = x.contiguous(memory_format=CL)
@@ -81,12 +87,19 @@ def forward_rows(name: str, size: int, repeat: int, ceiling: float) -> list[dict
         with autocast(torch.device("cpu"), "bf16"):
             return fast()
 
+    def plain():
+        return user_net(x, 3) if teacher else user_net(x)
+
+    def api():
+        return denoise_tensor(x, user_net, tile=size)
+
     with torch.no_grad():
         rounds = 4 if size >= 1024 and teacher else repeat  # a 1024^2 teacher takes seconds per call: best of 4
         t0 = time.perf_counter()
         fast()
         rounds = max(rounds, min(30, int(1.0 / (time.perf_counter() - t0))))  # short calls: more rounds
-        t = alternate({"reference": ref, "fast fp32": fast, "fast bf16": bf16}, rounds)
+        t = alternate({"reference": ref, "fast fp32": fast, "fast bf16": bf16, "plain model(x)": plain,
+                       "denoise_tensor": api}, rounds)
     return [{"model": name, "size": size, "path": path, "seconds": s, "gmac": macs / 1e9, "gmac_per_s": macs / s / 1e9,
              "of_fp32_ceiling": macs / s / 1e9 / ceiling} for path, s in t.items()]
 
@@ -96,7 +109,8 @@ def step_rows(repeat: int) -> dict:
     x = torch.rand(2, 3, 128, 128) * 255
     xc = x.contiguous(memory_format=CL)
     m = torch.ones(2, 1, 128, 128)
-    teacher, student, frozen = ATBSN(), Student("C"), ATBSN().eval()
+    teacher, student, frozen = (n.to(memory_format=torch.contiguous_format) for n in (ATBSN(), Student("C"),
+                                                                                       ATBSN().eval()))
     fast_teacher, fast_student, fast_frozen = (
         copy.deepcopy(n).to(memory_format=CL) for n in (teacher, student, frozen))
 
@@ -152,6 +166,7 @@ def in_fresh_process(*args: str) -> object:
 
 
 def main() -> None:
+    enable_huge_pages()
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
@@ -180,7 +195,7 @@ def main() -> None:
     for size in a.sizes:
         for name in NETS:
             rows += in_fresh_process(name, str(size), str(ref_ceiling))
-            print(rows[-3:], flush=True)
+            print(rows[-5:], flush=True)
     steps = in_fresh_process("steps")
     print(steps, flush=True)
 

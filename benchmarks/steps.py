@@ -1,7 +1,7 @@
 """Training iterations as the engine runs them: teacher training, distillation, and the naive distillation
 that runs the teacher once per k (the authors' loop), each with its peak memory.
 
-Every step is the real task's loss (``TeacherTask`` / ``DistillTask``) plus backward and an Adam update, on
+Every step is the real method's loss (``teacher_method`` / ``distill_method``) plus backward and an Adam update, on
 the paper's recipes by default (teacher: 8 x 256^2 at k_a = 9; distillation: 8 x 128^2, seven k, student C).
 Each configuration runs in a fresh process, so its peak resident memory (ru_maxrss) is its own.
 """
@@ -13,9 +13,7 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from common import write_results
@@ -28,44 +26,42 @@ KINDS = {
 
 
 def child(kind: str, batch: int, crop: int, steps: int, precision: str) -> dict:
-    from atbsn import ATBSN, save
-    from atbsn.distill import DistillTask
-    from atbsn.engine import RunConfig, masked_l1
-    from atbsn.inference import autocast
-    from atbsn.train import TeacherTask
+    from atbsn import ATBSN
+    from atbsn.config import RunConfig
+    from atbsn.distill import distill_method
+    from atbsn.losses import masked_l1
+    from atbsn.runtime import autocast
+    from atbsn.train import teacher_method
 
     torch.manual_seed(0)
     dev = torch.device("cpu")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with tempfile.TemporaryDirectory() as tmp:
-        if kind == "teacher":
-            task = TeacherTask(RunConfig(task="train", crop=crop, batch=batch), dev)
-        else:
-            path = Path(tmp) / "teacher.safetensors"
-            save(ATBSN(), path)
-            task = DistillTask(RunConfig(task="distill", teacher=str(path), crop=crop, batch=batch), dev)
-        net = task.model.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.Adam(net.parameters(), lr=3e-4)
-        x = (torch.rand(batch, 3, crop, crop) * 255).contiguous(memory_format=torch.channels_last)
-        m = torch.ones(batch, 1, crop, crop)
+    if kind == "teacher":
+        method = teacher_method(RunConfig(task="train", crop=crop, batch=batch), dev)
+    else:
+        method = distill_method(RunConfig(task="distill", crop=crop, batch=batch), dev, teacher=ATBSN())
+    net = method.model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+    x = (torch.rand(batch, 3, crop, crop) * 255).contiguous(memory_format=torch.channels_last)
+    m = torch.ones(batch, 1, crop, crop)
 
-        def loss() -> torch.Tensor:
-            if kind != "naive":
-                return task.loss(net, x, m)
-            with torch.no_grad():  # the authors' loop: a full teacher forward for every k
-                targets = [task.teacher(x, k) for k in task.ks]
-            pred = net(x)
-            return sum(masked_l1(pred, t, m) for t in targets)
+    def loss() -> torch.Tensor:
+        if kind != "naive":
+            return method.loss(net, x, m)
+        with torch.no_grad():  # the authors' loop: a full teacher forward for every k
+            targets = [method.loss.teacher(x, k) for k in method.loss.ks]
+        pred = net(x)
+        return sum(masked_l1(pred, t, m) for t in targets)
 
-        times = []
-        for _ in range(steps + 1):  # the first step warms up and is not counted
-            t0 = time.perf_counter()
-            with autocast(dev, precision):
-                value = loss()
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up and is not counted
+        t0 = time.perf_counter()
+        with autocast(dev, precision):
+            value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     best = min(times[1:])
     return {"kind": kind, "batch": batch, "crop": crop, "precision": precision, "seconds": best,

@@ -71,3 +71,17 @@ def test_bad_files_give_one_clear_line(tmp_path):
         assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(AtbsnError, match="no teacher"):
         load(tmp_path / "a.pth", part="teacher")
+
+
+@pytest.mark.parametrize("make", [lambda: ATBSN(width=8), lambda: Student("A"), lambda: Student("C", width=8)])
+def test_models_come_ready_to_run_fast_built_or_loaded(tmp_path, make):
+    """Channels-last weights (the fast layout) from construction and from load(); NCHW input still works."""
+    model = make()
+    back = load(save(model, tmp_path / "m.safetensors"))
+    for m in (model, back):
+        conv = next(p for p in m.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 40, 24) * 255
+    with torch.no_grad():
+        args = (x, 3) if model.config.is_teacher else (x,)
+        torch.testing.assert_close(back.eval()(*args), model.eval()(*args))
