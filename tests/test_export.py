@@ -11,12 +11,14 @@ from atbsn.checkpoint import load, save
 from atbsn.cli import main
 
 
-@pytest.mark.parametrize("kind", ["student", "teacher"])
+@pytest.mark.parametrize("kind", ["student", "teacher", "C102"])
 def test_onnx_matches_pytorch_at_any_size(tmp_path, kind):
     torch.manual_seed(0)
     real = SHARED / "fixtures" / "pretrained" / "aprrd_student_c_sidd_medium.pth"
     if kind == "teacher":
         model, k = ATBSN(width=8), ["--k", "3"]
+    elif kind == "C102":
+        model, k = Student("C102", width=8), []
     else:
         model, k = (load(real) if real.exists() else Student("A")), []
     ckpt = save(model, tmp_path / "m.safetensors")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import shared_path
@@ -8,12 +9,13 @@ from atbsn import ATBSN, Student, init_from_teacher
 from atbsn.checkpoint import load
 
 
-@pytest.mark.parametrize(("kind", "params"), [("A", 128_385), ("B", 856_656), ("C", 1_003_011)])
+@pytest.mark.parametrize(("kind", "params"), [("A", 128_385), ("B", 856_656), ("C", 1_003_011),
+                                              ("C102", 1_021_107)])
 def test_parameter_counts_match_the_paper(kind, params):
     assert sum(p.numel() for p in Student(kind).parameters()) == params
 
 
-@pytest.mark.parametrize("kind", ["A", "B", "C"])
+@pytest.mark.parametrize("kind", ["A", "B", "C", "C102"])
 @pytest.mark.parametrize("shape", [(37, 53), (1, 1), (3, 70), (64, 64)])
 def test_any_size_in_same_size_out(kind, shape):
     net = Student(kind).eval()
@@ -90,3 +92,40 @@ def test_student_a_gradients_equal_the_reference():
     net(x).square().mean().backward()
     for p, g in zip(net.parameters(), ref):
         torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4 * g.abs().max().item())
+
+
+# The 1.02M student that APR-RD and TM-BSN release, with the PSNR their own code reaches on sidd9, per image
+C102_REFERENCE = {
+    "tmbsn_nbsn102_sidd.pth": (38.16, [40.72, 38.68, 36.54, 42.39, 30.30, 37.97, 41.86, 43.33, 31.69]),
+    "aprrd_student_c102_sidd_medium.pth": (38.08, [40.44, 38.77, 35.74, 42.39, 30.54, 37.77, 42.42, 43.19, 31.45]),
+}
+
+
+@pytest.mark.parametrize("name", list(C102_REFERENCE))
+def test_released_1_02m_students_score_their_authors_psnr_per_image(name):
+    from atbsn.evaluate import evaluate
+
+    model = load(shared_path("fixtures", "pretrained", name))
+    assert model.config.arch == "C102" and model.config.value_range == 1.0
+    assert sum(p.numel() for p in model.parameters()) == 1_021_107
+    rows, summary = evaluate(model, shared_path("data", "real", "sidd9"))
+    mean, per_image = C102_REFERENCE[name]
+    assert abs(summary["psnr"] - mean) < 0.01
+    assert [round(r["psnr"], 2) for r in rows] == pytest.approx(per_image, abs=0.011)
+
+
+def test_released_1_02m_student_is_the_same_tiled_and_untiled():
+    from atbsn.images import read_image
+    from atbsn.inference import denoise
+
+    model = load(shared_path("fixtures", "pretrained", "tmbsn_nbsn102_sidd.pth"))
+    img = read_image(shared_path("data", "real", "sidd9", "noisy", "sidd_3.png"))[:300, :517]
+    full, tiled = denoise(img, model, tile=1024), denoise(img, model, tile=128)
+    assert np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_1_02m_student_cannot_start_from_a_teacher():
+    from atbsn.errors import AtbsnError
+
+    with pytest.raises(AtbsnError, match="C102"):
+        init_from_teacher(Student("C102"), ATBSN(width=48))

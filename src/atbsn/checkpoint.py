@@ -68,7 +68,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
     """Tensors and (for our format) metadata, with every failure turned into one clear line."""
     if not path.is_file():
-        raise AtbsnError(f"{path}: checkpoint not found")
+        from .registry import unknown
+
+        raise unknown(str(path))
     with open(path, "rb") as f:
         head = f.read(16)
     is_zip_or_pickle = head[:2] == b"PK" or head[:1] == b"\x80"
@@ -112,13 +114,17 @@ def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> M
     if "unet.intro.conv.weight" in sd:
         w = sd["unet.intro.conv.weight"]
         return ModelConfig("C", width=w.shape[0], in_channels=w.shape[1], value_range=value_range)
+    if "enc1.conv.weight" in sd and "dec1_1.weight" in sd:  # the 1.02M layout: released for 0..1 inputs only
+        w = sd["enc1.conv.weight"]
+        return ModelConfig("C102", width=w.shape[0], in_channels=w.shape[1], value_range=1.0)
     if "enc1.conv.conv.weight" in sd:
         return ModelConfig("A", in_channels=sd["enc1.conv.conv.weight"].shape[1], value_range=value_range)
     if "enc1.conv1.conv.weight" in sd:
         return ModelConfig("B", in_channels=sd["enc1.conv1.conv.weight"].shape[1], value_range=value_range)
     sample = ", ".join(list(sd)[:3])
     raise AtbsnError(
-        f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student"
+        f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student "
+        "(A, B, C or the 1.02M C)"
     )
 
 
@@ -132,13 +138,31 @@ def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path
     return model.eval().to(memory_format=torch.channels_last)
 
 
-def load(path: str | Path, part: str = "auto", map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a ready model (in eval mode) from our format or any of the authors' released files.
+PARTS = ("auto", "student", "teacher")
 
-    ``part`` picks a network from a file that holds two (an AT-BSN(D) release holds student and
-    teacher): ``"auto"`` (the student), ``"student"`` or ``"teacher"``.
+
+def load(source: str | Path, part: str = "auto", map_location: str | torch.device = "cpu",
+         progress: bool = True) -> nn.Module:
+    """Load a ready model (eval mode, channels-last) from a file or a released model's name.
+
+    ``source``: our ``.safetensors``, any of the authors' released ``.pth`` files, or a registry name
+    (``atbsn models``; downloaded and verified on first use). ``part`` picks a network from a file that
+    holds two (an AT-BSN(D) release holds student and teacher): ``"auto"`` (the student), ``"student"``
+    or ``"teacher"``.
     """
-    path = Path(path)
+    from .registry import resolve
+
+    if part not in PARTS:
+        raise AtbsnError(f"unknown part {part!r} (choose {', '.join(PARTS)})")
+    path, entry = resolve(source, progress=progress)
+    model = _load_file(path, part).to(map_location)
+    if entry is not None:  # the registry knows the input scale of a released file's networks and their origin
+        model.config.value_range = float(entry.value_range)
+        model.config.training = {**model.config.training, "released": entry.name}
+    return model
+
+
+def _load_file(path: Path, part: str) -> nn.Module:
     raw, meta = _load_raw(path)
     if meta is not None and meta.get("format") == FORMAT:
         config = ModelConfig.from_json(meta["config"])
@@ -150,7 +174,7 @@ def load(path: str | Path, part: str = "auto", map_location: str | torch.device 
             own = {k[len(TEACHER_PREFIX):]: v for k, v in raw.items() if k.startswith(TEACHER_PREFIX)}
         if part == "student" and config.is_teacher:
             raise AtbsnError(f"{path}: holds no student (found an AT-BSN teacher)")
-        return _instantiate(config, own, path).to(map_location)
+        return _instantiate(config, own, path)
     sd, value_range = _unwrap(raw, path)
     pair = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("nbsn", "bsn")}
     if pair["nbsn"] and pair["bsn"]:
@@ -161,4 +185,4 @@ def load(path: str | Path, part: str = "auto", map_location: str | torch.device 
         raise AtbsnError(f"{path}: holds no teacher (found student {config.arch})")
     if part == "student" and config.is_teacher:
         raise AtbsnError(f"{path}: holds no student (found an AT-BSN teacher)")
-    return _instantiate(config, sd, path).to(map_location)
+    return _instantiate(config, sd, path)

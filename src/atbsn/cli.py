@@ -38,7 +38,8 @@ def _options(a: argparse.Namespace) -> InferenceOptions:
 
 
 def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) -> None:
-    p.add_argument("--model", "-m", required=True, help="checkpoint: ours (.safetensors) or the authors' .pth")
+    p.add_argument("--model", "-m", required=True,
+                   help="checkpoint (ours or the authors' .pth) or a released model's name (atbsn models)")
     add_options(p, InferenceOptions, names)
 
 
@@ -171,6 +172,20 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(a: argparse.Namespace) -> int:
+    from .registry import cache_dir, table
+
+    rows = table()
+    print(f"{'name':<18} {'kind':<8} {'cached':<6} what / trained on / reported by its authors")
+    for r in rows:
+        print(f"{r['name']:<18} {r['kind']:<8} {'yes' if r['cached'] else 'no':<6} {r['what']}")
+        print(f"{'':<34} trained on {r['trained_on']}; reported: {r['reported'] or 'not stated'}")
+        if a.verbose:
+            print(f"{'':<34} {r['url']}\n{'':<34} licence: {r['licence']}")
+    print(f"cache: {cache_dir()} (ATBSN_HOME)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import SIDD_KS
@@ -205,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
     _training_args(p, ["student", "ks", "loss", "init_from_teacher"])
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors')")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors') or a released name")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("fit", help="train a teacher and distill a student from a folder of noisy photos")
@@ -247,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_args(p, ["k"])
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list the released models atbsn can fetch by name")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the download address and licence")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="print a checkpoint's configuration")
     p.add_argument("model")

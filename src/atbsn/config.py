@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import AtbsnError
 
-ARCHS = ("atbsn", "A", "B", "C")
+ARCHS = ("atbsn", "A", "B", "C", "C102")
+STUDENTS = ARCHS[1:]
 SIDD_KS = (0, 1, 3, 5, 7, 9, 11)  # the paper's teachers for SIDD (and the default everywhere)
 DND_KS = (0, 1, 3, 5, 7, 9)  # milder noise: no k = 11
 
@@ -169,7 +170,7 @@ class RunConfig:
     k_infer: int = option(3, "blind-spot size k_b recorded for inference", low=0)
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
-    student: str = option("C", "student network", choices=("A", "B", "C"))
+    student: str = option("C", "student network", choices=STUDENTS)
     ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes", low=0)
     loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean", choices=("multi", "mean"))
     init_from_teacher: bool = option(False, "start student C from the teacher's UNet")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load, save
-from .config import SIDD_KS, RunConfig, check_options, option
+from .config import SIDD_KS, STUDENTS, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
 from .distill import distill, distill_method
 from .engine import Method
@@ -43,7 +43,7 @@ class FitConfig:
     batch: int = option(8, "patches per step", low=1)
     teacher_steps: int = option(1_500, "teacher training steps", low=1)
     student_steps: int = option(600, "distillation steps", low=1)
-    student: str = option("C", "student network", choices=("A", "B", "C"))
+    student: str = option("C", "student network", choices=STUDENTS)
     ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes the student learns from", low=0)
     k_train: int = option(9, "blind-spot size k_a for training", low=1)
     k_infer: int = option(3, "blind-spot size k_b of the teacher", low=0)

@@ -1,4 +1,4 @@
-"""The non-blind students of AT-BSN(D): A (0.13M), B (0.86M) and C (1.00M parameters).
+"""The non-blind students of AT-BSN(D): A (0.13M), B (0.86M), C (1.00M) and C102 (1.02M parameters).
 
 Students see the centre pixel; they learn from the teachers, never from a blind spot. Inputs of any size
 are reflect-padded (replicate for inputs too small to reflect) to the multiple their poolings need, and
@@ -79,6 +79,41 @@ class StudentC(_Student):
         return self.unet(x)
 
 
+class StudentC102(_Student):
+    """Student C as the AT-BSN paper's 1.02M describes it, in the layout APR-RD and TM-BSN release.
+
+    A plain five-pool UNet without the input skip: ``enc1`` 3 -> w, then pool + conv five times (``enc2`` ..
+    ``enc6``); each decoder stage upsamples, joins the encoder map of its size and runs two convs to 2w
+    (``decN_2``, ``decN_1``); the last conv ``dec1_1`` maps 2w -> 3 without an activation. Zero-padded 3x3
+    convs, LeakyReLU 0.1. The released files take inputs in 0..1 (``value_range`` 1).
+    """
+
+    multiple = 32
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        c, cin = config.width, config.in_channels
+        self.enc1 = Conv(cin, c)
+        for i in range(2, 7):
+            setattr(self, f"enc{i}", Conv(c, c))
+        for i in range(5, 0, -1):
+            setattr(self, f"dec{i}_2", Conv(c + (c if i == 5 else 2 * c), 2 * c))
+            setattr(self, f"dec{i}_1", Conv(2 * c, 2 * c) if i > 1 else nn.Conv2d(2 * c, cin, 3, padding=1))
+        with torch.no_grad():
+            init_weights(self)
+        self._ready()
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.enc1(x)]
+        for i in range(2, 6):
+            skips.append(getattr(self, f"enc{i}")(F.max_pool2d(skips[-1], 2)))
+        y = self.enc6(F.max_pool2d(skips[-1], 2))
+        for i in range(5, 0, -1):
+            y = getattr(self, f"dec{i}_2")(torch.cat((upsample2(y), skips[i - 1]), dim=1))
+            y = getattr(self, f"dec{i}_1")(y)
+        return y
+
+
 class _SmallStudent(_Student):
     """Two poolings; A has one conv per stage, B three per encoder stage and four per decoder stage."""
 
@@ -138,28 +173,30 @@ class StudentB(_SmallStudent):
         super().__init__(config, enc_convs=3, dec_convs=4)
 
 
-_CLASSES = {"A": StudentA, "B": StudentB, "C": StudentC}
+_CLASSES = {"A": StudentA, "B": StudentB, "C": StudentC, "C102": StudentC102}
 
 
 def Student(  # noqa: N802
     kind: str = "C", in_channels: int = 3, width: int = 48, *, config: ModelConfig | None = None
 ) -> _Student:
-    """Build student ``"A"``, ``"B"`` or ``"C"`` (a plain ``nn.Module``; C is AT-BSN(D)'s network).
+    """Build student ``"A"``, ``"B"``, ``"C"`` or ``"C102"`` (a plain ``nn.Module``; C is AT-BSN(D)'s network).
 
-    ``width`` applies to C, which is the teacher's UNet made non-blind; A and B have fixed widths.
+    ``width`` applies to C, which is the teacher's UNet made non-blind, and to C102; A and B have fixed
+    widths. C102 takes 0..1 inputs inside, like the files released for it.
     """
     if config is None:
         kind = str(kind).upper()
         if kind not in _CLASSES:
-            raise AtbsnError(f"unknown student {kind!r}: choose A, B or C")
-        config = ModelConfig(arch=kind, in_channels=in_channels, width=width if kind == "C" else 48)
+            raise AtbsnError(f"unknown student {kind!r}: choose A, B or C (or C102, the 1.02M layout)")
+        config = ModelConfig(arch=kind, in_channels=in_channels, width=width if kind.startswith("C") else 48,
+                             value_range=1.0 if kind == "C102" else 255.0)
     return _CLASSES[config.arch](config)
 
 
 def init_from_teacher(student: nn.Module, teacher: nn.Module) -> nn.Module:
     """Copy the teacher's UNet weights into student C, all but dec1's two convs (as the paper does)."""
     if not isinstance(student, StudentC):
-        raise AtbsnError("only student C shares the teacher's UNet; A and B cannot be initialised from it")
+        raise AtbsnError("only student C shares the teacher's UNet; A, B and C102 cannot be initialised from it")
     src = {k: v for k, v in teacher.unet.state_dict().items() if not k.startswith("dec1.")}
     dst = student.unet.state_dict()
     mismatched = [k for k, v in src.items() if dst[k].shape != v.shape]
