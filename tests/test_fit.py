@@ -38,3 +38,41 @@ def test_fit_refuses_an_empty_folder(tmp_path, capsys):
     (tmp_path / "none").mkdir()
     assert main(["fit", str(tmp_path / "none"), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, capsys):
+    """``--from`` an AT-BSN(D)-like bundle: the teacher is fine-tuned, the student starts from the file's student,
+    and each is the better of start and result by the held-out self-supervised loss."""
+    import json
+
+    import torch
+
+    from atbsn import ATBSN, Student, save
+
+    photos = _photos(tmp_path / "photos")
+    torch.manual_seed(1)
+    teacher, student = ATBSN(width=8), Student("C", width=8)
+    released = save(student, tmp_path / "released.safetensors", teacher=teacher)
+    model = tmp_path / "mine.safetensors"
+    steps = ["--crop", "32", "--batch", "2", "--teacher-steps", "3", "--student-steps", "2", "-q"]
+    assert main(["fit", str(photos), "-o", str(model), "--from", str(released), *steps]) == 0
+    out = capsys.readouterr().out
+    assert f"starting from {released}" in out and "held-out loss" in out
+    report = json.loads((tmp_path / "mine.safetensors.fit" / "fit.json").read_text())
+    for part in ("teacher", "student"):
+        assert report[part]["kept"] in ("start", "result")
+        assert min(report[part]["start_loss"], report[part]["result_loss"]) <= report[part]["start_loss"]
+    fitted_teacher = load(model, part="teacher")
+    assert fitted_teacher.config.width == 8 and fitted_teacher.config.k_train == 9
+    kept_start = report["teacher"]["kept"] == "start"
+    same = all(torch.equal(a, b) for a, b in zip(fitted_teacher.state_dict().values(), teacher.state_dict().values()))
+    assert same == kept_start
+
+
+def test_fit_from_a_student_only_file_says_what_it_needs(tmp_path, capsys):
+    from atbsn import Student, save
+
+    photos = _photos(tmp_path / "photos")
+    only = save(Student("A"), tmp_path / "a.safetensors")
+    assert main(["fit", str(photos), "-o", str(tmp_path / "m.safetensors"), "--from", str(only)]) == 2
+    assert "holds no teacher to fine-tune" in capsys.readouterr().err

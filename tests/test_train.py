@@ -153,3 +153,12 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(tmp_path, phot
     digests = summary["rank_weight_digests"]
     assert summary["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
     assert load(run / "last.safetensors").config.training["completed_steps"] == 3
+
+
+def test_distill_into_the_1_02m_student(tmp_path, photos):
+    teacher = tmp_path / "t"
+    main(["train", str(photos), "-o", str(teacher), "--steps", "1", *TINY])
+    assert main(["distill", str(photos), "--teacher", str(teacher / "last.safetensors"), "-o", str(tmp_path / "s"),
+                 "--steps", "2", "--student", "C102", "--crop", "32", "--batch", "2", "-q"]) == 0
+    student = load(tmp_path / "s" / "last.safetensors")
+    assert student.config.arch == "C102" and student.config.value_range == 1.0

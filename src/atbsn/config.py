@@ -62,12 +62,12 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------ options
 def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,  # noqa: A002
-           cli: bool = True) -> Any:
-    """A dataclass field that is also a command-line option (``--name-with-dashes``).
+           cli: bool = True, flag: str | None = None) -> Any:
+    """A dataclass field that is also a command-line option (``--name-with-dashes``, or ``flag``).
 
     ``low``: the smallest value allowed; ``choices``: the values allowed; ``cli=False``: API only.
     """
-    meta = {"help": help, "choices": choices, "low": low, "cli": cli}
+    meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -93,14 +93,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
         if "help" not in f.metadata or not f.metadata["cli"] or (names is not None and f.name not in names):
             continue
         kind, many = _base_type(str(f.type))
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
                                                              is not MISSING else None)
         help_text = f.metadata["help"] + ("" if default in (None, False) else f" (default {_show(default)})")
         if kind is bool:
-            parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=None,
+            parser.add_argument(flag, dest=f.name, type=kind, nargs="+" if many else None, default=None,
                                 choices=f.metadata["choices"], help=help_text)
 
 
@@ -120,7 +120,7 @@ def check_options(obj: Any) -> None:
         value, meta = getattr(obj, f.name), f.metadata
         if value is None or "help" not in meta:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if meta["choices"] is not None and v not in meta["choices"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -11,10 +13,13 @@ from .engine import Method, Trainer
 from .errors import AtbsnError
 from .losses import DistillL1
 from .students import Student, init_from_teacher
+from .train import start_from
 
 
-def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module | None = None) -> Method:
-    """Student ``config.student`` and the distillation loss from ``teacher`` (else ``config.teacher``'s file)."""
+def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module | None = None,
+                   init: nn.Module | None = None) -> Method:
+    """Student ``config.student`` (fresh, or starting from the student ``init``) and the distillation loss from
+    ``teacher`` (else ``config.teacher``: a file or a released model's name)."""
     if teacher is None:
         if not config.teacher:
             raise AtbsnError("distillation needs a teacher checkpoint (--teacher)")
@@ -22,17 +27,24 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
     teacher = teacher.to(device, memory_format=torch.channels_last)
     loss = DistillL1(teacher, config.ks, config.loss)
     tc = teacher.config
-    model = Student(config.student, in_channels=tc.in_channels, width=tc.width)  # C: the teacher's UNet
-    if config.init_from_teacher:
+    width = init.config.width if init is not None else tc.width  # C: the teacher's UNet
+    model = Student(config.student, in_channels=tc.in_channels, width=width)
+    if init is not None:
+        start_from(model, init)
+    elif config.init_from_teacher:
         init_from_teacher(model, teacher)
     model.config.ks = list(loss.ks)
     model.config.train_crop = config.crop
     n = sum(p.numel() for p in model.parameters())
     return Method(model, loss, f"distilling student {config.student} ({n:,} parameters) from "
                                f"{config.teacher or 'the given teacher'} at k in {loss.ks} ({config.loss} loss)"
-                               + (", initialised from the teacher" if config.init_from_teacher else ""))
+                               + (", starting from the given student" if init is not None else
+                                  ", initialised from the teacher" if config.init_from_teacher else ""))
 
 
-def distill(config: RunConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
-    """Distill (or resume) a student; leaves ``last.safetensors`` and ``best.safetensors`` in ``config.out``."""
-    return Trainer(config, distill_method, resume=resume).run(stop_after=stop_after, progress=progress)
+def distill(config: RunConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True,
+            init: nn.Module | None = None) -> dict:
+    """Distill (or resume) a student, fresh or from ``init``; leaves ``last.safetensors`` and
+    ``best.safetensors`` in ``config.out``."""
+    return Trainer(config, partial(distill_method, init=init), resume=resume).run(stop_after=stop_after,
+                                                                                   progress=progress)

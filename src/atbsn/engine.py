@@ -62,6 +62,29 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out patches: another seed than any training batch
+
+
+def heldout_batch(config: RunConfig, channels: int, size: int | None = None) -> tuple:
+    """Patches of the run's photos that no training batch draws (another seed): the self-supervised
+    validation set when there are no clean pairs. numpy (images, masks)."""
+    sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed + HELDOUT_SEED_OFFSET,
+                           0, 0, config.on_bad_file)
+    return sampler.batch(0, size or max(config.batch, 8))
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, loss: Loss, batch: tuple, device: torch.device, precision: str = "fp32") -> float:
+    """``loss`` of ``model`` on a held-out batch (lower is better; comparable between models of one method)."""
+    was_training = model.training
+    model.eval()
+    x, m = (torch.from_numpy(a).to(device) for a in batch)
+    with autocast(device, precision):
+        value = float(loss(model, x.contiguous(memory_format=torch.channels_last), m))
+    model.train(was_training)
+    return value
+
+
 def saved_config(out: str | Path) -> RunConfig | None:
     """The configuration of the run in ``out`` (None when it holds none), without loading weights."""
     state = Path(out) / "state.pt"
@@ -146,9 +169,7 @@ class Trainer:
                                     int(config.cache_gb * (1 << 30)), config.on_bad_file)
         self.n_sources = len(sources)
         self.val_pairs = load_pairs(config.val, config.val_limit) if config.val else None
-        self.val_batch = None if self.val_pairs else PatchSampler(
-            sources, config.crop, channels, config.seed + 1_000_003, 0, 0, config.on_bad_file
-        ).batch(0, max(config.batch, 8))
+        self.val_batch = None if self.val_pairs else heldout_batch(config, channels)
         self._stop_signal = False
 
     # -------------------------------------------------------------------------------- state on disk
@@ -208,9 +229,7 @@ class Trainer:
 
             _, s = evaluate(model, self.val_pairs, device=self.device)
             return {"val_psnr": s["psnr"], "val_ssim_rgb": s["ssim_rgb"], "val_ssim_y": s["ssim_y"]}
-        x, m = (torch.from_numpy(a).to(self.device) for a in self.val_batch)
-        with autocast(self.device, self.config.precision):
-            return {"val_loss": float(self.loss(model, x.contiguous(memory_format=torch.channels_last), m))}
+        return {"val_loss": heldout_loss(model, self.loss, self.val_batch, self.device, self.config.precision)}
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
         score = metrics.get("val_psnr", -metrics.get("val_loss", math.inf))

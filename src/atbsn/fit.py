@@ -1,8 +1,14 @@
 """``fit``: the whole method in one call, for someone with a folder of noisy photos and nothing else.
 
-1. train the AT-BSN teacher on the photos (self-supervised, k_a = 9),
-2. distill a student (C by default) from it at several blind spots,
+1. train the AT-BSN teacher on the photos (self-supervised, k_a = 9), from scratch or, with ``from_model``,
+   starting from a released teacher (fine-tuning to the user's camera);
+2. distill a student (C by default) from it at several blind spots, starting from the released student
+   when the file has one (AT-BSN(D)), else from the teacher's UNet as the paper does;
 3. write one bundle file: the student (what ``denoise`` uses) with its teacher inside.
+
+Starting from a released model, neither network may end worse than it started by the measure available
+without clean images (the held-out self-supervised loss for the teacher, the held-out distillation loss for
+the student): the better of start and result is kept, and the choice is logged and written to ``fit.json``.
 
 Work happens in ``<output>.fit/`` (one run folder per phase); calling ``fit`` again with the same output
 resumes an interrupted phase and skips finished ones. With ``minutes``, the number of steps is chosen
@@ -15,6 +21,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,9 +30,10 @@ from .checkpoint import load, save
 from .config import SIDD_KS, STUDENTS, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
 from .distill import distill, distill_method
-from .engine import Method
+from .engine import Method, heldout_batch, heldout_loss
 from .errors import AtbsnError
 from .files import write_text
+from .losses import BlindSpotL1, DistillL1
 from .runtime import autocast, init_distributed, log
 from .train import teacher_method, train
 
@@ -53,6 +61,10 @@ class FitConfig:
     precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     init_from_teacher: bool = option(True, "start student C from the teacher's UNet", cli=False)
+    from_model: str | None = option(None, "start from a released model (name or file) with a teacher: fine-tune "
+                                    "it on the photos instead of training from scratch", flag="--from")
+    finetune_lr: float = option(1e-4, "learning rate of both phases when starting from a released model",
+                                low=0.0)
     minutes: float | None = option(None, "time budget for both phases (sets the step counts)", low=0.1)
     student_share: float = option(0.3, "share of the budget for distillation", low=0.0)
 
@@ -90,9 +102,44 @@ def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
     fn(config, resume=(run_dir / "state.pt").exists(), progress=progress)
 
 
+@dataclass
+class _Start:
+    """What a run starts from: a released teacher and, when the file has one, its student."""
+
+    teacher: torch.nn.Module
+    student: torch.nn.Module | None
+    source: str
+
+
+def _released_start(source: str) -> _Start:
+    try:
+        teacher = load(source, part="teacher")
+    except AtbsnError as e:
+        if "holds no teacher" not in str(e):
+            raise
+        raise AtbsnError(f"{source}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
+                         "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)") from None
+    try:
+        student = load(source, part="student")
+    except AtbsnError:
+        student = None
+    return _Start(teacher, student, source)
+
+
+def _keep_better(label: str, start: torch.nn.Module, result: torch.nn.Module, loss, batch, device,
+                 precision: str) -> tuple[torch.nn.Module, dict]:
+    """The one of ``start`` and ``result`` with the lower held-out ``loss``, and the numbers behind the choice."""
+    before = heldout_loss(start.to(device), loss, batch, device, precision)
+    after = heldout_loss(result.to(device), loss, batch, device, precision)
+    kept = "result" if after <= before else "start"
+    log.info(f"  {label}: held-out loss {before:.4f} at the start, {after:.4f} after; kept the "
+             + ("fine-tuned one" if kept == "result" else "starting one (fine-tuning did not improve it)"))
+    return (result if kept == "result" else start), {"start_loss": before, "result_loss": after, "kept": kept}
+
+
 def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None = None, progress: bool = True,
         work_dir: str | Path | None = None) -> Path:
-    """Train a teacher, distill a student, write ``output`` (a student + teacher bundle). Returns its path."""
+    """Train (or fine-tune) a teacher, distill a student, write ``output`` (a student + teacher bundle)."""
     cfg = config or FitConfig()
     output = Path(output)
     if output.suffix != ".safetensors":
@@ -100,47 +147,65 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
     work = Path(work_dir) if work_dir else output.with_name(output.name + ".fit")
     data = [str(p) for p in photos]
     n_images = len(collect_sources(data))  # fails at once on a wrong or empty folder
-    common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr, "seed": cfg.seed,
+    start = _released_start(cfg.from_model) if cfg.from_model else None
+    lr = cfg.finetune_lr if start else cfg.lr
+    common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": lr, "seed": cfg.seed,
               "device": cfg.device, "precision": cfg.precision, "on_bad_file": cfg.on_bad_file,
               "val_every": 10**9, "save_every": 100}
-    tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps, width=cfg.width,
-                     k_train=cfg.k_train, k_infer=cfg.k_infer, **common)
-    teacher_ckpt = work / "teacher" / "last.safetensors"
-    scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps, teacher=str(teacher_ckpt),
-                     student=cfg.student, ks=cfg.ks, init_from_teacher=cfg.init_from_teacher and cfg.student == "C",
-                     **common)
+    t0 = start.teacher.config if start else None
+    tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps,
+                     width=t0.width if t0 else cfg.width, k_train=(t0.k_train or cfg.k_train) if t0 else cfg.k_train,
+                     k_infer=t0.k_infer if t0 else cfg.k_infer, **common)
+    student_arch = start.student.config.arch if start and start.student is not None else cfg.student
+    scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
+                     teacher=str(work / "teacher.safetensors"), student=student_arch, ks=cfg.ks,
+                     init_from_teacher=cfg.init_from_teacher and student_arch == "C", **common)
     _, device = init_distributed(cfg.device)
-
-    plan_path = work / "plan.json"
-    resuming = plan_path.exists()
-    t_step = s_step = None
-    if resuming:  # the step counts chosen when the work began
-        plan = json.loads(plan_path.read_text())
-        tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
-    else:
-        torch.manual_seed(cfg.seed)
-        probe = teacher_method(tcfg, device)
-        t_step = _step_seconds(probe, tcfg, device)
-        # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
-        s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model), scfg, device)
-        if cfg.minutes is not None:
-            budget = cfg.minutes * 60
-            tcfg.steps = max(50, int(budget * (1 - cfg.student_share) / t_step))
-            scfg.steps = max(25, int(budget * cfg.student_share / s_step))
-        write_text(plan_path, json.dumps({"teacher_steps": tcfg.steps, "student_steps": scfg.steps,
-                                          "teacher_step_seconds": t_step, "student_step_seconds": s_step}))
-    log.info(f"fit: {n_images} noisy image(s) -> {output}")
-    log.info(f"  1. teacher AT-BSN, width {cfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
-             f"k_a = {cfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
-    log.info(f"  2. student {cfg.student}, {scfg.steps} steps distilled at k in {cfg.ks}"
+    t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start)
+    log.info(f"fit: {n_images} noisy image(s) -> {output}" + (f", starting from {start.source}" if start else ""))
+    log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
+             f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
+    log.info(f"  2. student {student_arch}, {scfg.steps} steps distilled at k in {cfg.ks}"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device}")
-    if resuming:
-        log.info(f"  resuming the work in {work}")
 
-    _phase(work / "teacher", tcfg, train, progress)
-    _phase(work / "student", scfg, distill, progress)
+    report: dict = {"from": start.source if start else None}
+    _phase(work / "teacher", tcfg, partial(train, init=start.teacher if start else None), progress)
+    teacher = load(work / "teacher" / "last.safetensors")
+    if start:
+        teacher, report["teacher"] = _keep_better("teacher", start.teacher, teacher, BlindSpotL1(tcfg.k_train),
+                                                  heldout_batch(tcfg, 3, 32), device, cfg.precision)
+    save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
+    _phase(work / "student", scfg, partial(distill, init=start.student if start else None), progress)
     student = load(work / "student" / "last.safetensors")
-    teacher = load(teacher_ckpt)
+    if start and start.student is not None:
+        student, report["student"] = _keep_better(
+            "student", start.student, student, DistillL1(load(scfg.teacher).to(device), cfg.ks),
+            heldout_batch(scfg, 3, 32), device, cfg.precision)
     save(student, output, teacher=teacher)
+    write_text(work / "fit.json", json.dumps(report, indent=2))
     log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
     return output
+
+
+def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device,
+          start: _Start | None) -> tuple[float | None, float | None]:
+    """Step counts: those chosen when the work began (resume), else from the budget and measured step times."""
+    plan_path = work / "plan.json"
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
+        log.info(f"  resuming the work in {work}")
+        return None, None
+    torch.manual_seed(cfg.seed)
+    probe = teacher_method(tcfg, device)
+    t_step = _step_seconds(probe, tcfg, device)
+    # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
+    student_init = start.student if start else None
+    s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model, init=student_init), scfg, device)
+    if cfg.minutes is not None:
+        budget = cfg.minutes * 60
+        tcfg.steps = max(50, int(budget * (1 - cfg.student_share) / t_step))
+        scfg.steps = max(25, int(budget * cfg.student_share / s_step))
+    write_text(plan_path, json.dumps({"teacher_steps": tcfg.steps, "student_steps": scfg.steps,
+                                      "teacher_step_seconds": t_step, "student_step_seconds": s_step}))
+    return t_step, s_step
