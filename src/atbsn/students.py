@@ -193,14 +193,33 @@ def Student(  # noqa: N802
     return _CLASSES[config.arch](config)
 
 
+def _copy_unet(dst: nn.Module, src: nn.Module) -> None:
+    """The UNet weights of ``src`` into ``dst``, all but dec1's two convs (where teacher and student differ)."""
+    weights = {k: v for k, v in src.unet.state_dict().items() if not k.startswith("dec1.")}
+    own = dst.unet.state_dict()
+    mismatched = [k for k, v in weights.items() if own[k].shape != v.shape]
+    if mismatched:
+        raise AtbsnError(f"teacher and student widths differ ({mismatched[0]}); use the same width")
+    dst.unet.load_state_dict(weights, strict=False)
+
+
 def init_from_teacher(student: nn.Module, teacher: nn.Module) -> nn.Module:
     """Copy the teacher's UNet weights into student C, all but dec1's two convs (as the paper does)."""
     if not isinstance(student, StudentC):
         raise AtbsnError("only student C shares the teacher's UNet; A, B and C102 cannot be initialised from it")
-    src = {k: v for k, v in teacher.unet.state_dict().items() if not k.startswith("dec1.")}
-    dst = student.unet.state_dict()
-    mismatched = [k for k, v in src.items() if dst[k].shape != v.shape]
-    if mismatched:
-        raise AtbsnError(f"teacher and student widths differ ({mismatched[0]}); use the same width")
-    student.unet.load_state_dict(src, strict=False)
+    _copy_unet(student, teacher)
     return student
+
+
+def init_teacher_from_student(teacher: nn.Module, student: nn.Module) -> nn.Module:
+    """The reverse: start a teacher's UNet from a trained student C, all but dec1's two convs.
+
+    Shifts and rotations act on feature maps only, so one UNet's weights serve both (the paper's supplementary
+    notes this); the teacher takes over the student's input scale. ``benchmarks/warm_start.py`` measures
+    whether it learns faster than a fresh teacher.
+    """
+    if not isinstance(student, StudentC):
+        raise AtbsnError(f"only student C shares the teacher's UNet (got {student.config.arch})")
+    _copy_unet(teacher, student)
+    teacher.config.value_range = student.config.value_range
+    return teacher
