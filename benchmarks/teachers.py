@@ -12,8 +12,9 @@ import torch
 from common import timeit, write_results
 
 from atbsn import ATBSN
+from atbsn.config import SIDD_KS
 
-KS = (0, 1, 3, 5, 7, 9, 11)
+KS = SIDD_KS
 
 
 def main() -> None:

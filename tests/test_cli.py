@@ -108,3 +108,17 @@ def test_real_sidd_student_scores_the_published_psnr(tmp_path, capsys):
     scores = [psnr(read_image(tmp_path / "den" / p.name), read_image(data / "clean" / p.name))
               for p in sorted((data / "noisy").iterdir())]
     assert abs(np.mean(scores) - 38.13) < 0.1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+    (["--tile", "0"], "--tile must be at least 1"),
+    (["--margin", "-1"], "--margin must be at least 0"),
+])
+def test_bad_inference_options_fail_once_before_any_work(tmp_path, student, capsys, flags, message):
+    write_image(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    write_image(tmp_path / "in" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    assert main(["denoise", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", student, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True

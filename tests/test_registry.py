@@ -62,6 +62,7 @@ def tiny(tmp_path, monkeypatch, server):
     monkeypatch.setattr(registry, "entries", lambda: {e.name: e for e in (good, blob_only, bad_sha)})
     monkeypatch.setenv("ATBSN_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("ATBSN_REGISTRY_URL", url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a proxy in the environment must not see the test server
     return tmp_path / "cache", root
 
 

@@ -40,3 +40,13 @@ def test_device_and_precision_errors_are_one_line():
         autocast(torch.device("cpu"), "fp16")
     with pytest.raises(AtbsnError, match="unknown precision"):
         check_precision("fp64")
+
+
+def test_progress_in_a_log_file_is_a_few_lines_not_one_per_step(capsys):
+    from atbsn.runtime import progress_bar
+
+    with progress_bar(total=2000, desc="train") as bar:  # pytest's stderr is not a terminal
+        for _ in range(2000):
+            bar.update()
+    err = capsys.readouterr().err
+    assert err.count("\r") + err.count("\n") <= 4 and "2000/2000" in err

@@ -18,7 +18,7 @@ from torch import nn
 from .blindspot import validate_k
 from .config import check_options, option
 from .errors import AtbsnError
-from .runtime import PRECISIONS, autocast, log, progress_bar, resolve_device
+from .runtime import PRECISIONS, autocast, check_precision, log, progress_bar, resolve_device
 from .tiling import plan_tiles, run_tiled
 
 
@@ -183,6 +183,7 @@ def denoise_files(
     if not os.access(out_root, os.W_OK):
         raise AtbsnError(f"{out_root}: output folder is not writable")
     opts = replace(opts, device=resolve_device(opts.device))
+    check_precision(opts.precision, opts.device)  # fp16 on a CPU: one line before any work, not one per image
     written, errors = [], []
     for src, rel in progress_bar(expand_inputs(inputs), desc="denoise", unit="img", show=progress):
         dst = out_root / rel
