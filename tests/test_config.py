@@ -28,7 +28,7 @@ def test_every_option_of_the_config_is_a_flag(command, cls, skip):
     flags = _flags(command)
     for f in dataclasses.fields(cls):
         if f.name not in skip:
-            assert "--" + f.name.replace("_", "-") in flags, f.name
+            assert (f.metadata.get("flag") or "--" + f.name.replace("_", "-")) in flags, f.name
 
 
 @pytest.mark.parametrize("argv, message", [

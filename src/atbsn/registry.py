@@ -103,7 +103,7 @@ def _check(path: Path, entry: Entry) -> None:
 
 
 def unknown(name: str) -> AtbsnError:
-    return AtbsnError(f"{name}: no such file and no released model of that name (atbsn models lists "
+    return AtbsnError(f"{name}: checkpoint not found, and no released model has that name (atbsn models lists "
                       f"{', '.join(entries())})")
 
 
