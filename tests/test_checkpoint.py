@@ -85,3 +85,11 @@ def test_models_come_ready_to_run_fast_built_or_loaded(tmp_path, make):
     with torch.no_grad():
         args = (x, 3) if model.config.is_teacher else (x,)
         torch.testing.assert_close(back.eval()(*args), model.eval()(*args))
+
+
+def test_load_parts_reads_every_network_of_a_file_once():
+    from atbsn.checkpoint import load_parts
+
+    parts = load_parts(shared_path("fixtures", "official", "atbsn_d_official_format.pth"))
+    assert parts["student"].config.arch == "C" and parts["teacher"].config.arch == "atbsn"
+    assert set(load_parts(shared_path("fixtures", "official", "student_a_official_format.pth"))) == {"student"}

@@ -139,6 +139,7 @@ def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path
 
 
 PARTS = ("auto", "student", "teacher")
+Contents = dict[str, tuple[ModelConfig, Mapping[str, torch.Tensor]]]  # "student" / "teacher" -> (config, weights)
 
 
 def load(source: str | Path, part: str = "auto", map_location: str | torch.device = "cpu",
@@ -150,39 +151,59 @@ def load(source: str | Path, part: str = "auto", map_location: str | torch.devic
     holds two (an AT-BSN(D) release holds student and teacher): ``"auto"`` (the student), ``"student"``
     or ``"teacher"``.
     """
-    from .registry import resolve
-
     if part not in PARTS:
         raise AtbsnError(f"unknown part {part!r} (choose {', '.join(PARTS)})")
+    path, entry, contents = _read(source, progress)
+    if part == "auto":
+        part = "student" if "student" in contents else "teacher"
+    if part not in contents:
+        found = contents["student"][0].arch if "student" in contents else None
+        raise AtbsnError(f"{path}: holds no teacher (found student {found})" if part == "teacher"
+                         else f"{path}: holds no student (found an AT-BSN teacher)")
+    return _ready(*contents[part], path, entry, map_location)
+
+
+def load_parts(source: str | Path, map_location: str | torch.device = "cpu",
+               progress: bool = True) -> dict[str, nn.Module]:
+    """Every network a file (or released model) holds, read once: ``{"teacher": ..., "student": ...}``."""
+    path, entry, contents = _read(source, progress)
+    return {part: _ready(config, sd, path, entry, map_location) for part, (config, sd) in contents.items()}
+
+
+def _read(source: str | Path, progress: bool) -> tuple[Path, object, Contents]:
+    from .registry import resolve
+
     path, entry = resolve(source, progress=progress)
-    model = _load_file(path, part).to(map_location)
+    return path, entry, _contents(path)
+
+
+def _ready(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path, entry,
+           map_location: str | torch.device) -> nn.Module:
+    model = _instantiate(config, sd, path).to(map_location)
     if entry is not None:  # the registry knows the input scale of a released file's networks and their origin
         model.config.value_range = float(entry.value_range)
         model.config.training = {**model.config.training, "released": entry.name}
     return model
 
 
-def _load_file(path: Path, part: str) -> nn.Module:
+def _part(config: ModelConfig) -> str:
+    return "teacher" if config.is_teacher else "student"
+
+
+def _contents(path: Path) -> Contents:
+    """The networks in a file, by part, as (config, weights): nothing is built yet."""
     raw, meta = _load_raw(path)
     if meta is not None and meta.get("format") == FORMAT:
         config = ModelConfig.from_json(meta["config"])
-        own = {k: v for k, v in raw.items() if not k.startswith(TEACHER_PREFIX)}
-        if part == "teacher" and not config.is_teacher:
-            if "teacher_config" not in meta:
-                raise AtbsnError(f"{path}: holds no teacher (found student {config.arch})")
-            config = ModelConfig.from_json(meta["teacher_config"])
-            own = {k[len(TEACHER_PREFIX):]: v for k, v in raw.items() if k.startswith(TEACHER_PREFIX)}
-        if part == "student" and config.is_teacher:
-            raise AtbsnError(f"{path}: holds no student (found an AT-BSN teacher)")
-        return _instantiate(config, own, path)
+        out = {_part(config): (config, {k: v for k, v in raw.items() if not k.startswith(TEACHER_PREFIX)})}
+        if "teacher_config" in meta:
+            out["teacher"] = (ModelConfig.from_json(meta["teacher_config"]),
+                              {k[len(TEACHER_PREFIX):]: v for k, v in raw.items() if k.startswith(TEACHER_PREFIX)})
+        return out
     sd, value_range = _unwrap(raw, path)
     pair = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("nbsn", "bsn")}
-    if pair["nbsn"] and pair["bsn"]:
-        prefix = "bsn" if part == "teacher" else "nbsn"
-        sd = pair[prefix]
+    if pair["nbsn"] and pair["bsn"]:  # an AT-BSN(D) release: the student under nbsn., its teacher under bsn.
+        return {"student": (_detect(pair["nbsn"], value_range, path), pair["nbsn"]),
+                "teacher": (_detect(pair["bsn"], value_range, path), pair["bsn"])}
     config = _detect(sd, value_range, path)
-    if part == "teacher" and not config.is_teacher:
-        raise AtbsnError(f"{path}: holds no teacher (found student {config.arch})")
-    if part == "student" and config.is_teacher:
-        raise AtbsnError(f"{path}: holds no student (found an AT-BSN teacher)")
-    return _instantiate(config, sd, path)
+    return {_part(config): (config, sd)}

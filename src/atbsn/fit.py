@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load, save
+from .checkpoint import load, load_parts, save
 from .config import SIDD_KS, STUDENTS, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
 from .distill import distill, distill_method
@@ -112,18 +112,11 @@ class _Start:
 
 
 def _released_start(source: str) -> _Start:
-    try:
-        teacher = load(source, part="teacher")
-    except AtbsnError as e:
-        if "holds no teacher" not in str(e):
-            raise
+    parts = load_parts(source)
+    if "teacher" not in parts:
         raise AtbsnError(f"{source}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
-                         "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)") from None
-    try:
-        student = load(source, part="student")
-    except AtbsnError:
-        student = None
-    return _Start(teacher, student, source)
+                         "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)")
+    return _Start(parts["teacher"], parts.get("student"), source)
 
 
 def _keep_better(label: str, start: torch.nn.Module, result: torch.nn.Module, loss, batch, device,

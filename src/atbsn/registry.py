@@ -53,10 +53,6 @@ class Entry:
     def filename(self) -> str:
         return f"{self.name}-{self.git_blob[:10]}{Path(self.path).suffix}"
 
-    @property
-    def has_teacher(self) -> bool:
-        return self.kind in ("teacher", "bundle")
-
 
 @cache
 def entries() -> dict[str, Entry]:
