@@ -81,6 +81,38 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, photos):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("method", ["n2n", "b2u", "apbsn"])
+def test_rival_methods_train_resume_exactly_and_denoise_like_any_model(tmp_path, photos, method):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    flags = ["--method", method, "--steps", "4", "--val-every", "2", *TINY]
+    assert main(["train", str(photos), "-o", str(straight), *flags]) == 0
+    assert main(["train", str(photos), "-o", str(resumed), *flags, "--stop-after", "2"]) == 0
+    assert main(["train", str(photos), "-o", str(resumed), "--resume", "-q"]) == 0
+    a, b = _weights(straight / "last.safetensors"), _weights(resumed / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the schedule and random pairs follow the step
+    model = load(straight / "best.safetensors")
+    assert model.config.training["method"] == method
+    assert model.config.arch == ("apbsn" if method == "apbsn" else "C")
+    out = denoise(np.full((45, 37, 3), 120, np.uint8), model)
+    assert out.shape == (45, 37, 3) and out.dtype == np.uint8
+    extra = ["--stride", "5", "--r3"] if method == "apbsn" else []
+    assert main(["denoise", str(photos / "a0.png"), "-o", str(tmp_path / "out"), "-m",
+                 str(straight / "best.safetensors"), "-q", *extra]) == 0
+    assert (tmp_path / "out" / "a0.png").exists()
+
+
+def test_rival_presets_are_their_authors_recipes_and_cpu_is_one_budget():
+    from atbsn.engine import RunConfig
+
+    ap = RunConfig.from_preset("train", None, method="apbsn")
+    assert (ap.width, ap.crop, ap.lr, ap.stride_train, ap.stride_infer) == (128, 120, 1e-4, 5, 2)
+    assert RunConfig.from_preset("train", None, method="n2n").batch == 4
+    cpu = {m: RunConfig.from_preset("train", "cpu", method=m) for m in ("atbsn", "n2n", "b2u", "apbsn")}
+    assert len({(c.steps, c.batch) for c in cpu.values()}) == 1
+    with pytest.raises(AtbsnError, match="--method"):
+        RunConfig.from_preset("train", None, method="noise2void")
+
+
 def test_a_second_run_into_the_same_folder_needs_resume(tmp_path, photos, capsys):
     run = tmp_path / "r"
     main(["train", str(photos), "-o", str(run), "--steps", "1", *TINY])

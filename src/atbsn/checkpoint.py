@@ -16,6 +16,7 @@ from torch import nn
 from .config import ModelConfig
 from .errors import AtbsnError
 from .files import atomic_write, reason
+from .methods.apbsn import APBSN
 from .students import Student
 from .teacher import ATBSN
 
@@ -25,6 +26,8 @@ FORMAT_VERSION = "1"
 
 def build(config: ModelConfig) -> nn.Module:
     """An untrained network for a config."""
+    if config.arch == "apbsn":
+        return APBSN(config)
     return ATBSN(config=config) if config.is_teacher else Student(config=config)
 
 
@@ -96,7 +99,9 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
     the AT-BSN authors save bare state dicts on 0..255.
     """
     value_range = 255.0
-    if isinstance(obj, Mapping) and "model_state_dict" in obj:
+    if isinstance(obj, Mapping) and isinstance(obj.get("model_weight"), Mapping) and "denoiser" in obj["model_weight"]:
+        obj = obj["model_weight"]["denoiser"]  # AP-BSN's trainer: {"epoch", "model_weight": {"denoiser"}, ...}
+    elif isinstance(obj, Mapping) and "model_state_dict" in obj:
         obj, value_range = obj["model_state_dict"], 1.0
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
@@ -108,6 +113,10 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
 
 def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> ModelConfig:
     """Which network a bare state dict holds, from its key names and shapes."""
+    if "bsn.head.0.weight" in sd and "bsn.branch1.body.0.mask" in sd:  # AP-BSN: strides 5 / 2 as published
+        w = sd["bsn.head.0.weight"]
+        return ModelConfig("apbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range,
+                           k_train=5, k_infer=2)
     if "nin_A.weight" in sd and "unet.intro.conv.weight" in sd:
         w = sd["unet.intro.conv.weight"]
         return ModelConfig("atbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range)
@@ -124,7 +133,7 @@ def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> M
     sample = ", ".join(list(sd)[:3])
     raise AtbsnError(
         f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student "
-        "(A, B, C or the 1.02M C)"
+        "(A, B, C or the 1.02M C) or AP-BSN"
     )
 
 
@@ -187,7 +196,8 @@ def _ready(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path, entr
 
 
 def _part(config: ModelConfig) -> str:
-    return "teacher" if config.is_teacher else "student"
+    """Blind-spot networks (AT-BSN, AP-BSN) are teachers; non-blind ones students."""
+    return "teacher" if config.knob else "student"
 
 
 def _contents(path: Path) -> Contents:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import PRESETS, RunConfig, add_options, given
+from .config import RunConfig, add_options, given, preset_values
 from .errors import AtbsnError
 from .inference import InferenceOptions
 
@@ -69,12 +69,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
+    from .config import SIDD_KS
     from .evaluate import format_sweep, sweep_report
+    from .methods.apbsn import SWEEP_STRIDES
 
     teachers = [_model(m, part="teacher") for m in a.model]
-    labels = [f"k_a = {t.config.k_train or a.k_train}" if (t.config.k_train or a.k_train) else Path(m).stem
-              for m, t in zip(a.model, teachers)]
-    report = sweep_report(teachers, a.data, a.output, a.k, _options(a), labels=labels, limit=a.limit,
+    labels = [f"{t.config.knob}_a = {t.config.k_train or a.k_train}" if (t.config.k_train or a.k_train)
+              else Path(m).stem for m, t in zip(a.model, teachers)]
+    ks = a.k or (SWEEP_STRIDES if all(t.config.arch == "apbsn" for t in teachers) else SIDD_KS)
+    report = sweep_report(teachers, a.data, a.output, ks, _options(a), labels=labels, limit=a.limit,
                           crop_size=a.crop_size if a.crops else None)
     print(format_sweep(report["rows"], report["noisy_psnr"]))
     for name, path in report["paths"].items():
@@ -119,7 +122,7 @@ def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
     if saved is None:
         return RunConfig.from_preset(task, a.preset, **overrides)
     values = asdict(saved)
-    values.update(PRESETS[task].get(a.preset, {}) if a.preset else {})
+    values.update(preset_values(task, a.preset, values["method"]) if a.preset else {})
     values.update(overrides)
     return RunConfig(**values)
 
@@ -190,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import SIDD_KS
     from .fit import FitConfig
+    from .methods.apbsn import SWEEP_STRIDES
 
     parser = argparse.ArgumentParser(
         prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024)."
@@ -214,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train the AT-BSN teacher on noisy images (self-supervised)")
-    _training_args(p, ["width", "k_train", "k_infer"])
+    p = sub.add_parser("train", help="train the AT-BSN teacher (or a rival method) on noisy images, self-supervised")
+    _training_args(p, ["method", "width", "k_train", "k_infer", "stride_train", "stride_infer"])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
@@ -238,10 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("sweep", help="score teachers at several inference blind-spot sizes k_b")
+    p = sub.add_parser("sweep", help="score blind-spot networks at several inference blind spots (AT-BSN's k_b, "
+                                      "AP-BSN's PD stride)")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")
     p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
-    p.add_argument("--k", type=int, nargs="+", default=list(SIDD_KS), help="k_b values")
+    p.add_argument("--k", "--stride", type=int, nargs="+",
+                   help=f"k_b values (default {' '.join(map(str, SIDD_KS))}; AP-BSN: PD strides, default "
+                        f"{' '.join(map(str, SWEEP_STRIDES))})")
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.add_argument("--k-train", type=int, help="label for teachers whose checkpoint does not record k_a")
     p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")

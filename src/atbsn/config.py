@@ -16,8 +16,10 @@ from typing import Any
 
 from .errors import AtbsnError
 
-ARCHS = ("atbsn", "A", "B", "C", "C102")
-STUDENTS = ARCHS[1:]
+ARCHS = ("atbsn", "A", "B", "C", "C102", "apbsn")
+STUDENTS = ("A", "B", "C", "C102")
+# Blind-spot networks whose blind spot is chosen per call, and what that control is called.
+KNOBS = {"atbsn": "k", "apbsn": "stride"}
 SIDD_KS = (0, 1, 3, 5, 7, 9, 11)  # the paper's teachers for SIDD (and the default everywhere)
 DND_KS = (0, 1, 3, 5, 7, 9)  # milder noise: no k = 11
 
@@ -30,6 +32,8 @@ class ModelConfig:
     APR-RD's); every model in this package takes and returns 0..255 and converts internally.
     ``train_crop`` is the patch size the network was trained on: short CPU runs generalise badly to much
     larger inputs, so inference tiles at (a multiple of) this size when it is set.
+    ``k_train`` / ``k_infer`` are the blind-spot control for training and inference (:data:`KNOBS`): AT-BSN's
+    blind-spot size k, AP-BSN's pixel-shuffle stride.
     """
 
     arch: str = "atbsn"
@@ -48,7 +52,13 @@ class ModelConfig:
 
     @property
     def is_teacher(self) -> bool:
+        """An AT-BSN: the meta-teacher that distillation learns from."""
         return self.arch == "atbsn"
+
+    @property
+    def knob(self) -> str | None:
+        """The name of the per-call blind-spot control ("k", "stride"), None for a non-blind network."""
+        return KNOBS.get(self.arch)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -62,12 +72,13 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------ options
 def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,  # noqa: A002
-           cli: bool = True, flag: str | None = None) -> Any:
+           cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field that is also a command-line option (``--name-with-dashes``, or ``flag``).
 
-    ``low``: the smallest value allowed; ``choices``: the values allowed; ``cli=False``: API only.
+    ``low``: the smallest value allowed; ``choices``: the values allowed; ``cli=False``: API only;
+    ``aliases``: more flags for the same option.
     """
-    meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag}
+    meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag, "aliases": aliases}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -97,10 +108,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
                                                              is not MISSING else None)
         help_text = f.metadata["help"] + ("" if default in (None, False) else f" (default {_show(default)})")
+        flags = (flag, *f.metadata.get("aliases", ()))
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+            parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, nargs="+" if many else None, default=None,
+            parser.add_argument(*flags, dest=f.name, type=kind, nargs="+" if many else None, default=None,
                                 choices=f.metadata["choices"], help=help_text)
 
 
@@ -145,7 +157,31 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "save_every": 250},
     },
 }
+# The rival methods' recipes (their authors' papers and repositories; see atbsn.methods): the "sidd" recipe
+# is also what --method applies when no preset is named. "cpu" is the same laptop budget for every method.
+_CPU = {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "lr": 3e-4, "val_every": 250, "save_every": 250}
+METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "n2n": {"sidd": {"steps": 100_000, "batch": 4, "crop": 256, "width": 48, "lr": 3e-4}, "cpu": _CPU},
+    "b2u": {"sidd": {"steps": 100_000, "batch": 4, "crop": 256, "width": 48, "lr": 1e-4}, "cpu": _CPU},
+    "apbsn": {"sidd": {"steps": 80_000, "batch": 8, "crop": 120, "width": 128, "lr": 1e-4, "stride_train": 5,
+                       "stride_infer": 2},
+              "cpu": {**_CPU, "crop": 60, "width": 32, "stride_train": 5, "stride_infer": 2}},
+}
+METHODS = ("atbsn", *METHOD_PRESETS)
 TASKS = tuple(PRESETS)
+
+
+def preset_values(task: str, preset: str | None, method: str = "atbsn") -> dict[str, Any]:
+    """The values a preset sets for a task (and, for training, a method); a rival method without a
+    preset gets its authors' recipe."""
+    rival = task == "train" and method in METHOD_PRESETS
+    table = METHOD_PRESETS[method] if rival else PRESETS.get(task, {})
+    if preset is None:
+        return dict(table["sidd"]) if rival else {}
+    name = "sidd" if rival and preset == "dnd" else preset  # the rivals' recipes do not depend on the data
+    if name not in table:
+        raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(table)})")
+    return dict(table[name])
 # Options a resumed run may change: where and how it runs, not what it computes.
 RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset"})
 
@@ -154,7 +190,7 @@ RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset"
 class RunConfig:
     """Everything that defines a training or distillation run (saved with its resume state)."""
 
-    task: str = "train"  # "train" (the AT-BSN teacher) | "distill" (a student)
+    task: str = "train"  # "train" (a teacher or a rival method) | "distill" (a student)
     data: list[str] = field(default_factory=list)
     out: str = "run"
     preset: str | None = option(None, "sidd/dnd: the paper's recipe; cpu: minutes on a laptop",
@@ -164,10 +200,14 @@ class RunConfig:
     crop: int = option(256, "patch side in pixels", low=8)
     lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0)
     seed: int = option(0, "random seed: batches are a pure function of (seed, step, rank)", low=0)
-    # teacher
-    width: int = option(48, "channels of the UNet (48 in the paper)", low=1)
+    # training
+    method: str = option("atbsn", "atbsn (the paper's teacher) or a rival: n2n (Neighbor2Neighbor), b2u "
+                         "(Blind2Unblind), apbsn (AP-BSN)", choices=METHODS)
+    width: int = option(48, "channels of the network (AT-BSN 48; AP-BSN's base width 128)", low=1)
     k_train: int = option(9, "blind-spot size k_a for training", low=1)
     k_infer: int = option(3, "blind-spot size k_b recorded for inference", low=0)
+    stride_train: int = option(5, "AP-BSN: pixel-shuffle stride for training", low=1)
+    stride_infer: int = option(2, "AP-BSN: pixel-shuffle stride recorded for inference", low=1)
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
     student: str = option("C", "student network", choices=STUDENTS)
@@ -194,10 +234,10 @@ class RunConfig:
     def from_preset(cls, task: str, preset: str | None, **overrides: Any) -> RunConfig:
         """Preset values, then every override that is not None."""
         values: dict[str, Any] = {"task": task, "preset": preset}
-        if preset is not None:
-            if preset not in PRESETS.get(task, {}):
-                raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(PRESETS.get(task, {}))})")
-            values.update(PRESETS[task][preset])
+        method = overrides.get("method") or "atbsn"
+        if method not in METHODS:
+            raise AtbsnError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
+        values.update(preset_values(task, preset, method))
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known

@@ -75,7 +75,13 @@ def heldout_batch(config: RunConfig, channels: int, size: int | None = None) -> 
 
 @torch.no_grad()
 def heldout_loss(model: nn.Module, loss: Loss, batch: tuple, device: torch.device, precision: str = "fp32") -> float:
-    """``loss`` of ``model`` on a held-out batch (lower is better; comparable between models of one method)."""
+    """``loss`` of ``model`` on a held-out batch (lower is better; comparable between models of one method).
+
+    Scheduled losses are scored at one fixed point, ``at(0, 1)`` (their end-of-training weights, step 0's
+    random draws): a regulariser whose weight grows would otherwise make later checkpoints look worse.
+    The trainer sets the step again before its next step.
+    """
+    loss.at(0, 1)
     was_training = model.training
     model.eval()
     x, m = (torch.from_numpy(a).to(device) for a in batch)
@@ -246,6 +252,7 @@ class Trainer:
         """One optimisation step on a batch (numpy, from the sampler); returns the loss."""
         x = torch.from_numpy(xb).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         m = torch.from_numpy(mb).to(self.device, non_blocking=True)
+        self.loss.at(self.step, self.config.steps)
         with autocast(self.device, self.config.precision):
             loss = self.loss(self.net, x, m)
         self.opt.zero_grad(set_to_none=True)

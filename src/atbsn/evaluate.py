@@ -112,7 +112,8 @@ def sweep(
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
     rows = []
     for i, t in enumerate(teachers):
-        label = labels[i] if labels else (f"k_a = {t.config.k_train}" if t.config.k_train else f"teacher {i}")
+        label = labels[i] if labels else (f"{t.config.knob}_a = {t.config.k_train}" if t.config.k_train
+                                          else f"teacher {i}")
         for k in ks:
             _, s = evaluate(t, pairs, InferenceOptions.of(options, **kw, k=k))
             rows.append({"teacher": i, "label": label, "k_a": t.config.k_train, "k_b": k, **{m: s[m] for m in METRICS}})

@@ -18,6 +18,7 @@ from torch import nn
 from .blindspot import validate_k
 from .config import check_options, option
 from .errors import AtbsnError
+from .methods.apbsn import validate_stride
 from .runtime import PRECISIONS, autocast, check_precision, log, progress_bar, resolve_device
 from .tiling import plan_tiles, run_tiled
 
@@ -26,15 +27,18 @@ from .tiling import plan_tiles, run_tiled
 class InferenceOptions:
     """How to run a model: blind-spot size (teachers), tiles, device and precision.
 
-    ``k`` None means the teacher's own k_b; a student has no blind spot and takes no k. ``tile`` and
+    ``k`` None means the network's own k_b (AT-BSN) or inference stride (AP-BSN); a non-blind network takes
+    no k. ``tile`` and
     ``margin`` None are chosen per model and free memory (:func:`atbsn.tiling.plan_tiles`).
     """
 
-    k: int | None = option(None, "blind-spot size for a teacher (default: its k_b)", low=0)
+    k: int | None = option(None, "blind-spot control of a blind-spot network: AT-BSN's size k, AP-BSN's PD "
+                           "stride (default: the one recorded for inference)", low=0, aliases=("--stride",))
     tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=1)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=PRECISIONS)
+    r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -49,24 +53,35 @@ class InferenceOptions:
         check_options(self)
 
     def for_model(self, model: nn.Module) -> InferenceOptions:
-        """These options with k resolved for ``model`` (validated once: a teacher's k, none for a student)."""
+        """These options resolved for ``model`` (validated once: a blind-spot network's k or stride, none for a
+        non-blind network; R3 only for AP-BSN)."""
+        if self.r3 and model.config.arch != "apbsn":
+            raise AtbsnError(f"r3 (random-replacing refinement) applies only to AP-BSN, not to {model.config.arch}")
         return replace(self, k=resolve_k(model, self.k))
 
 
 def resolve_k(model: nn.Module, k: int | None) -> int | None:
-    """The blind-spot size to run ``model`` with: a teacher's k (default its k_b), None for a student."""
-    if model.config.is_teacher:
+    """The blind-spot control to run ``model`` with (default the one recorded for inference): an AT-BSN's k,
+    an AP-BSN's PD stride; None for a non-blind network."""
+    knob = model.config.knob
+    if knob == "k":
         return validate_k(model.config.k_infer if k is None else k)
+    if knob == "stride":
+        return validate_stride(model.config.k_infer if k is None else k)
     if k is not None:
         raise AtbsnError(
-            f"k={k} applies only to an AT-BSN teacher; student {model.config.arch} is non-blind and has no blind spot"
+            f"k={k} applies only to a blind-spot network (AT-BSN, AP-BSN); {model.config.arch} is non-blind "
+            "and has no blind spot"
         )
     return None
 
 
-def model_fn(model: nn.Module, k: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function ``x -> denoised x`` for a teacher at blind spot k (default k_b) or a student."""
+def model_fn(model: nn.Module, k: int | None = None, r3: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function ``x -> denoised x``: a blind-spot network at its k or stride (default the recorded one,
+    AP-BSN optionally with R3), or a non-blind network."""
     kk = resolve_k(model, k)
+    if r3:
+        return lambda x: model(x, kk, r3=True)
     return model if kk is None else (lambda x: model(x, kk))
 
 
@@ -101,7 +116,7 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions) ->
         raise AtbsnError(f"the model takes {cin} channels, the image has {c}")
     dev = resolve_device(opts.device)
     ctx = autocast(dev, opts.precision)
-    fn = model_fn(prepare(model, dev), opts.k)
+    fn = model_fn(prepare(model, dev), opts.k, opts.r3)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
 
     def run(t: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,21 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return ((pred.float() - target.float()).abs() * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1.0)
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real pixels (mask 1)."""
+    return ((pred.float() - target.float()).square() * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1.0)
+
+
 class Loss(nn.Module):
-    """The contract every method's loss keeps (the trainer knows nothing else about the method)."""
+    """The contract every method's loss keeps (the trainer knows nothing else about the method).
+
+    The trainer calls :meth:`at` before each step: losses whose weights follow a schedule (Neighbor2Neighbor,
+    Blind2Unblind) or that draw random masks read the step there, so a resumed run computes what an
+    uninterrupted one would (validation on held-out patches uses ``at(0, 1)``).
+    """
+
+    def at(self, step: int, steps: int) -> None:
+        """The step about to be taken (0-based) of ``steps``; most losses ignore it."""
 
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

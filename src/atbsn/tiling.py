@@ -19,11 +19,14 @@ GRID = 32
 # Peak bytes per input pixel under no_grad, fp32, CPU, measured on one 512 x 512 window (teacher 2,700 since
 # its head runs in bands; C 1,400, kept at the earlier 2,400; A 1,170; B 2,300), rounded up.
 # benchmarks/memory.py checks the whole tiled path on a 24 MP photo.
-_BYTES_PER_PIXEL = {"atbsn": 3000, "A": 1200, "B": 2400, "C": 2400, "C102": 2400}
+_BYTES_PER_PIXEL = {"atbsn": 3000, "A": 1200, "B": 2400, "C": 2400, "C102": 2400, "apbsn": 1200}
 # Context each tile needs so that tiled and untiled outputs agree (measured on the released SIDD student C:
 # 96 px gives 0.05/255 max difference; the teacher's half-plane backbone reaches about twice as far
 # vertically; students A and B see +-16 px).
-_MARGIN = {"atbsn": 128, "A": 32, "B": 32, "C": 96, "C102": 96}
+_MARGIN = {"atbsn": 128, "A": 32, "B": 32, "C": 96, "C102": 96, "apbsn": 128}
+# Networks without pooling (AP-BSN's DBSNl) see no image border inside a small training crop: they are not
+# tiled at their training crop.
+_NO_POOLING = {"apbsn"}
 
 
 def default_margin(tile: int, arch: str = "C") -> int:
@@ -44,7 +47,7 @@ def plan_tiles(
     memory (at most 4 GiB on CPU).
     """
     cfg = model.config
-    if tile is None and cfg.train_crop:
+    if tile is None and cfg.train_crop and cfg.arch not in _NO_POOLING:
         crop = int(cfg.train_crop)
         return max(crop // 2, 1), crop // 4 if margin is None else margin
     if tile is None:
