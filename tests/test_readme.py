@@ -12,5 +12,5 @@ def test_module_map_matches_the_package():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Module map", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`(\w+\.(?:py|json))`", section))
-    modules = {p.name for p in (ROOT / "src" / "atbsn").glob("*.py")} - {"__init__.py", "__main__.py"}
+    modules = {p.name for p in (ROOT / "src" / "atbsn").rglob("*.py")} - {"__init__.py", "__main__.py"}
     assert modules | {"models.json"} == listed
