@@ -80,7 +80,7 @@ def test_outputs_are_skipped_unless_overwrite_and_inputs_never_replaced(tmp_path
     src = tmp_path / "in"
     write_image(src / "a.png", np.full((16, 16, 3), 128, np.uint8))
     before = (src / "a.png").read_bytes()
-    assert main(["denoise", str(src), "-o", str(src), "--model", student, "-q"]) == 1
+    assert main(["denoise", str(src), "-o", str(src), "--model", student, "-q"]) == 2  # refused before any work
     assert "overwrite the input" in capsys.readouterr().err
     assert (src / "a.png").read_bytes() == before
     out = tmp_path / "out"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AtbsnError
-from .images import is_image_file, read_image
+from .images import float_scale, is_image_file, read_image
 
 log = logging.getLogger("atbsn")
 
@@ -141,7 +141,7 @@ class Source:
         a = read_image(self.path)
         if a.shape[2] in (2, 4):
             a = a[:, :, :-1]
-        return a, 255.0 / (65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0)
+        return a, 255.0 / (65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else float_scale(a))
 
 
 def _sidd_noisy(folder: Path) -> list[Path]:

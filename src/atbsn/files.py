@@ -19,10 +19,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = ".tmp",
+                 exclusive: bool = False) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``: a kill never leaves a half-written file.
 
-    ``suffix`` is the temporary file's extension, for writers that choose the format by it.
+    ``suffix`` is the temporary file's extension, for writers that choose the format by it. ``exclusive``:
+    never replace an existing ``path``, even one another process creates meanwhile (``FileExistsError``);
+    the file is linked into place, which fails atomically if the name exists.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,11 +36,49 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)  # FileExistsError if the name is taken
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(folder: str | Path, names: list[str]) -> int:
+    """Delete temporary files that :func:`atomic_write` left for ``names`` in ``folder`` when a process was
+    killed (SIGKILL cannot be caught); returns how many. Only for folders one process owns (a run folder)."""
+    removed = 0
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """Fail now, with one line, if ``path`` (a file, or a ``folder``) cannot be written: before any work.
+
+    Creates the folder (or the file's folder) and a probe file in it, which is what writing needs; permission
+    bits alone do not say it (root, read-only mounts, a file where a folder should be).
+    """
+    from .errors import AtbsnError
+
+    p = Path(path)
+    where = p if folder else p.parent
+    if folder and p.exists() and not p.is_dir():
+        raise AtbsnError(f"{p}: exists and is not a folder")
+    if not folder and p.is_dir():
+        raise AtbsnError(f"{p}: is a folder; give a file name")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise AtbsnError(f"{p}: cannot write there ({e.strerror or reason(e)})") from None
+    return p
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -46,6 +87,11 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def reason(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (or its type), for one-line error reports."""
+    """The first line of an exception's message (or its type), for one-line error reports; a long line is
+    cut at a word and marked with an ellipsis, never mid-word."""
     text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+    line = text.splitlines()[0] if text else type(e).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return (cut if len(cut) > limit // 2 else line[:limit]).rstrip(" ,;:") + " ..."

@@ -1,12 +1,18 @@
-"""Reading and writing photos: PNG, JPEG, TIFF; 8 or 16 bit; grayscale, RGB, RGBA; EXIF orientation.
+"""Reading and writing photos: PNG, JPEG, TIFF; 8 or 16 bit or float; gray, RGB, with alpha; EXIF
+orientation; colour profile, EXIF and every page of a TIFF kept through denoising.
 
-Arrays are H x W x C numpy arrays in the file's own dtype (uint8 or uint16); C is 1, 3 or 4. Pillow
+Arrays are H x W x C numpy arrays in the file's own dtype (uint8, uint16 or float32); C is 1 to 4. Pillow
 decodes 8-bit files and applies EXIF orientation; OpenCV decodes 16-bit PNG (Pillow silently drops 16-bit
-colour PNGs to 8 bit); tifffile handles TIFF at any depth. Writes are atomic and never touch an input.
+colour PNGs to 8 bit); tifffile (with imagecodecs for LZW, Deflate, JPEG and other compressions) handles
+TIFF at any depth. Writes are atomic and never touch an input. What a format cannot carry on write (an
+ICC profile in a 16-bit PNG, EXIF in a TIFF, palette colours) is returned as one line of notes, never
+dropped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +22,35 @@ from .files import atomic_write, reason
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 _EXIF_ORIENTATION = 274
+_TIFF_ICC = 34675  # InterColorProfile
+_TIFF_EXIF_IFD = 34665
+_FLOAT_SCALES = (1.0, 255.0, 65535.0)  # float samples: 0..1, or integer ranges stored as floats
+
+
+@dataclass
+class PhotoInfo:
+    """What a photo carries besides its pixels, kept on write where the format allows."""
+
+    icc: bytes | None = None
+    exif: bytes | None = None
+    converted: str | None = None  # the stored mode when it was converted on read (palette, CMYK, 1-bit, ...)
+    notes: list[str] = field(default_factory=list)  # what reading already changed
 
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS
+
+
+def float_scale(a: np.ndarray, path: str | Path = "image") -> float:
+    """The range float samples are stored in (1, 255 or 65535), decided from the data; NaN, infinities and
+    values beyond 65535 are refused rather than clipped."""
+    if not np.isfinite(a).all():
+        raise AtbsnError(f"{path}: holds NaN or infinite samples")
+    peak = float(a.max(initial=0.0))
+    for scale in _FLOAT_SCALES:
+        if peak <= scale * 1.01:  # a little overshoot from editing stays in its range
+            return scale
+    raise AtbsnError(f"{path}: float samples up to {peak:g}, beyond any known range (0..1, 0..255, 0..65535)")
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -36,10 +67,11 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
 
 
-def _png_bit_depth(path: Path) -> int:
+def _png_header(path: Path) -> tuple[int, int]:
+    """(bit depth, colour type) of a PNG; (8, -1) for anything else."""
     with open(path, "rb") as f:
-        head = f.read(25)
-    return head[24] if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
+        head = f.read(26)
+    return (head[24], head[25]) if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else (8, -1)
 
 
 def _as_hwc(a: np.ndarray, path: Path) -> np.ndarray:
@@ -49,94 +81,183 @@ def _as_hwc(a: np.ndarray, path: Path) -> np.ndarray:
         raise AtbsnError(f"{path}: unsupported image layout {a.shape} (expected gray, RGB or RGBA)")
     if a.dtype not in (np.uint8, np.uint16):
         if np.issubdtype(a.dtype, np.floating):
-            return np.clip(a, 0, 1).astype(np.float32)
-        raise AtbsnError(f"{path}: unsupported sample type {a.dtype} (expected 8 or 16 bit)")
+            a = a.astype(np.float32)
+            float_scale(a, path)  # refuse what cannot be read correctly now, not after denoising
+            return a
+        raise AtbsnError(f"{path}: unsupported sample type {a.dtype} (expected 8 or 16 bit, or float)")
     return a
 
 
+@contextlib.contextmanager
+def _no_pixel_limit():
+    """Pillow refuses images over 179 MP as possible "decompression bombs"; a photo tool reads them (tiles
+    bound the memory of denoising), so the limit is lifted while one file is opened."""
+    from PIL import Image
+
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file into an upright H x W x C array (uint8 or uint16)."""
+    """Decode an image file (its first page) into an upright H x W x C array."""
+    return read_photo(path)[0][0]
+
+
+def read_photo(path: str | Path) -> tuple[list[np.ndarray], PhotoInfo]:
+    """Every page of an image file as upright H x W x C arrays, and what else it carries (ICC, EXIF)."""
     path = Path(path)
     if not path.is_file():
         raise AtbsnError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                a = page.asarray()
-                tag = page.tags.get(_EXIF_ORIENTATION)
-                orientation = int(tag.value) if tag is not None else 1
-            if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[2] not in (1, 3, 4):
-                a = np.moveaxis(a, 0, -1)  # planar storage
-            return _orient(_as_hwc(a, path), orientation)
-        if suffix == ".png" and _png_bit_depth(path) == 16:
-            import cv2
-
-            a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if a is None:
-                raise ValueError("cannot decode")
-            if a.ndim == 3:
-                a = a[:, :, [2, 1, 0, 3][: a.shape[2]]]  # BGR(A) -> RGB(A)
-            return _as_hwc(a, path)
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.uint16) if im.mode != "I" else np.asarray(im).clip(0, 65535).astype(
-                    np.uint16)
-            elif im.mode in ("L", "RGB", "RGBA", "LA"):
-                a = np.asarray(im)
-            elif im.mode in ("P", "PA", "CMYK", "YCbCr", "1"):
-                a = np.asarray(im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB"))
-            else:
-                raise AtbsnError(f"{path}: unsupported image mode {im.mode}")
-        return _as_hwc(a, path)
+            return _read_tiff(path)
+        depth, colour = _png_header(path) if suffix == ".png" else (8, -1)
+        if depth == 16:
+            return _read_png16(path, colour)
+        return _read_pillow(path)
     except AtbsnError:
         raise
     except Exception as e:  # Pillow, tifffile and OpenCV each raise their own types
         raise AtbsnError(f"{path}: unreadable image ({reason(e, 160)})") from None
 
 
-def write_image(path: str | Path, a: np.ndarray, quality: int = 95) -> Path:
-    """Write an H x W x C (or H x W) uint8/uint16 array, atomically. The format follows the suffix."""
+def _read_tiff(path: Path) -> tuple[list[np.ndarray], PhotoInfo]:
+    import tifffile
+
+    pages, info = [], PhotoInfo()
+    with tifffile.TiffFile(path) as tif:
+        first = tif.pages[0]
+        icc = first.tags.get(_TIFF_ICC)
+        info.icc = bytes(icc.value) if icc is not None else None
+        if first.tags.get(_TIFF_EXIF_IFD) is not None:
+            info.notes.append("EXIF of a TIFF is not carried to the output")
+        for page in tif.pages:
+            a = page.asarray()
+            if a.ndim == 3 and a.shape[0] in (1, 2, 3, 4) and a.shape[2] not in (1, 2, 3, 4):
+                a = np.moveaxis(a, 0, -1)  # planar storage
+            tag = page.tags.get(_EXIF_ORIENTATION)
+            pages.append(_orient(_as_hwc(a, path), int(tag.value) if tag is not None else 1))
+    return pages, info
+
+
+def _read_png16(path: Path, colour: int) -> tuple[list[np.ndarray], PhotoInfo]:
+    import cv2
+    from PIL import Image
+
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None:
+        raise ValueError("cannot decode")
+    if a.ndim == 3:
+        a = a[:, :, [2, 1, 0, 3][: a.shape[2]]]  # BGR(A) -> RGB(A)
+        if colour == 4:  # gray + alpha, which OpenCV expands to four channels
+            a = np.ascontiguousarray(a[:, :, [0, 3]])
+    with _no_pixel_limit(), Image.open(path) as im:  # the header only: the profile and EXIF
+        info = PhotoInfo(icc=im.info.get("icc_profile"), exif=_exif_bytes(im))
+    return [_as_hwc(a, path)], info
+
+
+def _exif_bytes(im) -> bytes | None:
+    """The image's EXIF with the orientation removed (pixels are stored upright from now on)."""
+    exif = im.getexif()
+    if _EXIF_ORIENTATION in exif:
+        del exif[_EXIF_ORIENTATION]
+    return exif.tobytes() if len(exif) else None
+
+
+def _read_pillow(path: Path) -> tuple[list[np.ndarray], PhotoInfo]:
+    from PIL import Image, ImageOps
+
+    with _no_pixel_limit(), Image.open(path) as raw:
+        im = ImageOps.exif_transpose(raw)  # before reading the EXIF, whose orientation is then dropped
+        info = PhotoInfo(icc=raw.info.get("icc_profile"), exif=_exif_bytes(raw))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            a = np.asarray(im, dtype=np.uint16) if im.mode != "I" else np.asarray(im).clip(0, 65535).astype(np.uint16)
+        elif im.mode in ("L", "RGB", "RGBA", "LA"):
+            a = np.asarray(im)
+        elif im.mode in ("P", "PA", "CMYK", "YCbCr", "1"):
+            info.converted = {"P": "palette", "PA": "palette", "1": "1-bit"}.get(im.mode, im.mode)
+            a = np.asarray(im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB"))
+        elif im.mode == "F":
+            a = np.asarray(im, dtype=np.float32)
+        else:
+            raise AtbsnError(f"{path}: unsupported image mode {im.mode}")
+    return [_as_hwc(a, path)], info
+
+
+def write_image(path: str | Path, a: np.ndarray, quality: int = 95, exclusive: bool = False) -> Path:
+    """Write an H x W x C (or H x W) array, atomically. The format follows the suffix."""
+    write_photo(path, [a], None, quality=quality, exclusive=exclusive)
+    return Path(path)
+
+
+def write_photo(path: str | Path, pages: list[np.ndarray], info: PhotoInfo | None = None, quality: int = 95,
+                exclusive: bool = False) -> list[str]:
+    """Write pages (several only for TIFF) with the ICC profile and EXIF of ``info`` where the format can hold
+    them, atomically (``exclusive``: never replace an existing file). Returns what could not be kept."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
         raise AtbsnError(f"{path}: unsupported output format (use .png, .jpg or .tif)")
-    a = np.ascontiguousarray(a)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
+    info = info or PhotoInfo()
+    notes = list(info.notes)
+    if info.converted:
+        notes.append(f"{info.converted} image written as {'RGBA' if pages[0].shape[-1] == 4 else 'RGB'}")
+    pages = [np.ascontiguousarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a) for a in pages]
+    if len(pages) > 1 and suffix not in (".tif", ".tiff"):
+        raise AtbsnError(f"{path}: only TIFF holds several pages")
+    a = pages[0]
+    if a.dtype == np.uint16 and suffix in (".jpg", ".jpeg"):
+        raise AtbsnError(f"{path}: JPEG cannot hold 16-bit samples; write .png or .tif instead")
+    if a.ndim == 3 and a.shape[2] in (2, 4) and suffix in (".jpg", ".jpeg"):
+        raise AtbsnError(f"{path}: JPEG cannot hold an alpha channel; write .png or .tif instead")
 
     def write(tmp: str) -> None:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            tifffile.imwrite(tmp, a, photometric="minisblack" if a.ndim == 2 else "rgb")
-        elif a.dtype == np.uint16 and suffix == ".png":
-            import cv2
-
-            b = a if a.ndim == 2 else a[:, :, [2, 1, 0, 3][: a.shape[2]]]
-            if not cv2.imwrite(tmp, b):  # the temporary name ends in .png (below)
-                raise OSError("OpenCV could not encode the PNG")
+            _write_tiff(tmp, pages, info)
+        elif a.dtype != np.uint8 and suffix == ".png":
+            _write_png16(tmp, a, info, notes)
         else:
             from PIL import Image
 
-            if a.dtype == np.uint16:  # JPEG is 8 bit only
-                raise AtbsnError(f"{path}: JPEG cannot hold 16-bit samples; write .png or .tif instead")
-            im = Image.fromarray(a)
+            extra = {k: v for k, v in (("icc_profile", info.icc), ("exif", info.exif)) if v}
             fmt = "JPEG" if suffix in (".jpg", ".jpeg") else "PNG"
-            if fmt == "JPEG" and im.mode == "RGBA":
-                raise AtbsnError(f"{path}: JPEG cannot hold an alpha channel; write .png or .tif instead")
-            im.save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+            Image.fromarray(a).save(tmp, format=fmt, **extra, **({"quality": quality} if fmt == "JPEG" else {}))
 
     try:
-        atomic_write(path, write, suffix=suffix)
-    except AtbsnError:
+        atomic_write(path, write, suffix=suffix, exclusive=exclusive)
+    except (AtbsnError, FileExistsError):
         raise
     except OSError as e:
         raise AtbsnError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
+    return notes
+
+
+def _write_tiff(tmp: str, pages: list[np.ndarray], info: PhotoInfo) -> None:
+    import tifffile
+
+    extratags = [(_TIFF_ICC, "B", len(info.icc), info.icc, True)] if info.icc else []
+    with tifffile.TiffWriter(tmp) as tif:
+        for p in pages:
+            rgb = p.ndim == 3 and p.shape[2] in (3, 4)
+            tif.write(p, photometric="rgb" if rgb else "minisblack", extratags=extratags,
+                      extrasamples=[2] if p.ndim == 3 and p.shape[2] in (2, 4) else None)
+
+
+def _write_png16(tmp: str, a: np.ndarray, info: PhotoInfo, notes: list[str]) -> None:
+    """16-bit PNG through OpenCV, which writes 1, 3 or 4 channels and no metadata."""
+    import cv2
+
+    if a.dtype != np.uint16:  # float images into a PNG: 16 bit keeps their precision best
+        a = np.round(np.clip(a / float_scale(a), 0.0, 1.0) * 65535).astype(np.uint16)
+    if a.ndim == 3 and a.shape[2] == 2:
+        a = a[:, :, [0, 0, 0, 1]]
+        notes.append("16-bit gray + alpha written as 16-bit RGBA (PNG writer limit)")
+    if info.icc or info.exif:
+        notes.append("colour profile and EXIF not kept in a 16-bit PNG (write .tif to keep the profile)")
+    b = a if a.ndim == 2 else a[:, :, [2, 1, 0, 3][: a.shape[2]]]
+    if not cv2.imwrite(tmp, b):  # the temporary name ends in .png
+        raise OSError("OpenCV could not encode the PNG")

@@ -6,7 +6,6 @@ size, tiles, device, precision) is one :class:`InferenceOptions`, resolved again
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 from .blindspot import validate_k
 from .config import check_options, option
 from .errors import AtbsnError
+from .images import float_scale
 from .methods.apbsn import validate_stride
 from .runtime import PRECISIONS, autocast, check_precision, log, progress_bar, resolve_device
 from .tiling import plan_tiles, run_tiled
@@ -104,15 +104,16 @@ def denoise_tensor(x: torch.Tensor, model: nn.Module, options: InferenceOptions 
     return _denoise_batch(x, model, opts)
 
 
-def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions) -> torch.Tensor:
+def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """``denoise_tensor`` with resolved options; gray through RGB models and colour through gray ones."""
     cin, c = model.config.in_channels, x.shape[1]
     if c != cin:
         if cin == 3 and c == 1:
-            return _denoise_batch(x.expand(-1, 3, -1, -1), model, opts).mean(1, keepdim=True)
+            return _denoise_batch(x.expand(-1, 3, -1, -1), model, opts, progress).mean(1, keepdim=True)
         if cin == 1:
             n = x.shape[0]
-            return _denoise_batch(x.reshape(n * c, 1, *x.shape[2:]), model, opts).reshape(x.shape)
+            return _denoise_batch(x.reshape(n * c, 1, *x.shape[2:]), model, opts, progress).reshape(x.shape)
         raise AtbsnError(f"the model takes {cin} channels, the image has {c}")
     dev = resolve_device(opts.device)
     ctx = autocast(dev, opts.precision)
@@ -123,7 +124,7 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions) ->
         with ctx:
             return fn(t.float().contiguous(memory_format=torch.channels_last))
 
-    return run_tiled(run, x, tile, margin, device=dev)
+    return run_tiled(run, x, tile, margin, device=dev, progress=progress)
 
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -131,9 +132,12 @@ _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 def to_model_range(image: np.ndarray) -> tuple[np.ndarray, float]:
     """A float32 copy of an image in 0..255, and the factor that maps 0..255 back to its own range."""
-    scale = _SCALE.get(image.dtype, 1.0)
-    if scale == 1.0 and not np.issubdtype(image.dtype, np.floating):
-        raise AtbsnError(f"unsupported image dtype {image.dtype} (use uint8, uint16 or float 0..1)")
+    if np.issubdtype(image.dtype, np.floating):
+        scale = float_scale(image)  # 0..1, or 0..255 / 0..65535 stored as floats: decided from the data
+    elif image.dtype in _SCALE:
+        scale = _SCALE[image.dtype]
+    else:
+        raise AtbsnError(f"unsupported image dtype {image.dtype} (use uint8, uint16 or float)")
     return image.astype(np.float32) * (255.0 / scale), scale / 255.0
 
 
@@ -143,11 +147,14 @@ def from_model_range(y: np.ndarray, factor: float, dtype: np.dtype) -> np.ndarra
     return np.round(out).astype(dtype) if np.issubdtype(dtype, np.integer) else out.astype(dtype)
 
 
-def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | None = None, **kw) -> np.ndarray:
-    """Denoise one H x W (x C) image in its own dtype (uint8, uint16, float 0..1); same dtype back.
+def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | None = None, *,
+            progress: Callable[[int, int], None] | None = None, **kw) -> np.ndarray:
+    """Denoise one H x W (x C) image in its own dtype (uint8, uint16, float); same dtype and range back.
 
     Gray and RGB are denoised; an alpha channel (the last of 2 or 4) is passed through untouched.
-    Keyword arguments are :class:`InferenceOptions` fields (``k=3`` for a teacher, ``tile``, ...).
+    Keyword arguments are :class:`InferenceOptions` fields (``k=3`` for a teacher, ``tile``, ...);
+    ``progress(done, total)`` is called after each tile. A network that returns NaN or infinities (broken
+    weights) is an error, never an image.
     """
     opts = InferenceOptions.of(options, **kw).for_model(model)
     a = np.asarray(image)
@@ -160,11 +167,17 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     x, factor = to_model_range(colour)
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
     with torch.no_grad():
-        y = _denoise_batch(t, model, opts)[0].permute(1, 2, 0).numpy()
+        y = _denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy()
+    if not np.isfinite(y).all():
+        name = model.config.training.get("released") or f"the {model.config.arch} network"
+        raise AtbsnError(f"{name} produced NaN or infinite values (broken weights?); nothing written")
     out = from_model_range(y, factor, a.dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
     return out[:, :, 0] if squeeze else out
+
+
+BIG_IMAGE_TILES = 16  # an image with more tiles than this gets its own progress bar
 
 
 def denoise_files(
@@ -180,38 +193,67 @@ def denoise_files(
 ) -> tuple[list[Path], list[str]]:
     """Denoise files, folders (recursively, keeping their layout) and globs into ``out_dir``.
 
-    Outputs keep name, format, size, bit depth and alpha. An output that would replace its own input is
-    refused; existing outputs are skipped unless ``overwrite``. A file that fails is reported (one line
-    naming it) and the rest go on. Returns (written files, error lines).
+    Outputs keep name, format, size, bit depth, alpha, colour profile, EXIF and every page of a TIFF (what a
+    format cannot hold is said on one line). Nothing is ever replaced that was not asked for: an output that
+    would replace its input, or two inputs that would share an output name, are refused before any work;
+    existing outputs, also ones another process writes meanwhile, are skipped unless ``overwrite``. A file
+    that fails is reported (one line naming it) and the rest go on. Returns (written files, error lines).
     """
     from .datasets import expand_inputs
-    from .images import read_image, write_image
+    from .files import check_writable
+    from .images import read_photo, write_photo
 
     opts = InferenceOptions.of(options, **kw).for_model(model)  # a bad k or option fails before any work
-    out_root = Path(out_dir)
-    if out_root.exists() and not out_root.is_dir():
-        raise AtbsnError(f"{out_root}: output path exists and is not a folder")
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AtbsnError(f"{out_root}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(out_root, os.W_OK):
-        raise AtbsnError(f"{out_root}: output folder is not writable")
+    out_root = check_writable(out_dir, folder=True)
     opts = replace(opts, device=resolve_device(opts.device))
     check_precision(opts.precision, opts.device)  # fp16 on a CPU: one line before any work, not one per image
+    jobs = expand_inputs(inputs)
+    if not jobs:
+        raise AtbsnError(f"no image files (PNG, JPEG, TIFF) found in {', '.join(map(str, inputs))}")
+    _refuse_collisions(jobs, out_root)
     written, errors = [], []
-    for src, rel in progress_bar(expand_inputs(inputs), desc="denoise", unit="img", show=progress):
+    for src, rel in progress_bar(jobs, desc="denoise", unit="img", show=progress):
         dst = out_root / rel
         try:
-            if dst.resolve() == src.resolve():
-                raise AtbsnError(f"{src}: output would overwrite the input; choose another output folder")
             if dst.exists() and not overwrite:
                 log.info("skip %s (exists; --overwrite to replace)", dst)
                 continue
-            write_image(dst, denoise(read_image(src), model, opts))
+            pages, info = read_photo(src)
+            out = [_denoise_one(page, model, opts, src, progress) for page in pages]
+            try:
+                notes = write_photo(dst, out, info, exclusive=not overwrite)
+            except FileExistsError:
+                log.info("skip %s (written meanwhile by another process; --overwrite to replace)", dst)
+                continue
+            if notes:
+                log.warning("%s: %s", dst, "; ".join(notes))
             written.append(dst)
         except AtbsnError as e:
-            errors.append(str(e))
+            msg = str(e) if str(src) in str(e) else f"{src}: {e}"
+            errors.append(msg)
             if on_error is not None:
-                on_error(str(e))
+                on_error(msg)
     return written, errors
+
+
+def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:
+    """Two inputs for one output name, or an output onto its own input: refused before anything is written."""
+    seen: dict[Path, Path] = {}
+    for src, rel in jobs:
+        dst = (out_root / rel).resolve()
+        if dst == src.resolve():
+            raise AtbsnError(f"{src}: output would overwrite the input; choose another output folder")
+        if dst in seen:
+            raise AtbsnError(f"{seen[dst]} and {src} would both be written to {out_root / rel}; "
+                             "denoise them into separate output folders")
+        seen[dst] = src
+
+
+def _denoise_one(page: np.ndarray, model: nn.Module, opts: InferenceOptions, src: Path, progress: bool) -> np.ndarray:
+    """One page; a big one shows its own progress over tiles."""
+    tile, margin = plan_tiles(model, opts.device, opts.tile, opts.margin)
+    n = -(-page.shape[0] // tile) * -(-page.shape[1] // tile)
+    if not progress or n <= BIG_IMAGE_TILES:
+        return denoise(page, model, opts)
+    with progress_bar(total=n, desc=src.name, unit="tile", leave=False) as bar:
+        return denoise(page, model, opts, progress=lambda done, total: bar.update(1))

@@ -80,13 +80,13 @@ def enable_huge_pages() -> None:
 
 
 def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", show: bool = True,
-             initial: int = 0):
+             initial: int = 0, leave: bool = True):
     """A tqdm bar: live on a terminal; in a log file (not a terminal) one line every 30 s at most."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not show, initial=initial,
-                dynamic_ncols=tty, mininterval=0.1 if tty else 30.0, ascii=not tty)
+                dynamic_ncols=tty, mininterval=0.1 if tty else 30.0, ascii=not tty, leave=leave)
 
 
 # ----------------------------------------------------------------------------------------------- DDP
