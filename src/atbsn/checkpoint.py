@@ -113,6 +113,10 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
 
 def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> ModelConfig:
     """Which network a bare state dict holds, from its key names and shapes."""
+    for key in ("bsn.head.0.weight", "unet.intro.conv.weight", "enc1.conv.weight", "enc1.conv.conv.weight",
+                "enc1.conv1.conv.weight"):
+        if key in sd and sd[key].ndim != 4:
+            raise AtbsnError(f"{path}: {key} has shape {tuple(sd[key].shape)}, not a convolution's 4-D weight")
     if "bsn.head.0.weight" in sd and "bsn.branch1.body.0.mask" in sd:  # AP-BSN: strides 5 / 2 as published
         w = sd["bsn.head.0.weight"]
         return ModelConfig("apbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range,
@@ -138,7 +142,15 @@ def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> M
 
 
 def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
-    model = build(config)
+    for name, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise AtbsnError(f"{path}: weight {name} holds NaN or infinite values (a diverged training run?); "
+                             "refusing to use it")
+    try:
+        model = build(config)
+    except (AtbsnError, ValueError, TypeError, RuntimeError) as e:
+        raise AtbsnError(f"{path}: cannot build a {config.arch} network from its configuration ({reason(e, 100)})") \
+            from None
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -200,14 +212,28 @@ def _part(config: ModelConfig) -> str:
     return "teacher" if config.knob else "student"
 
 
+def _config(meta: dict[str, str], key: str, path: Path) -> ModelConfig:
+    """A model configuration from checkpoint metadata, every defect one line naming the file."""
+    if key not in meta:
+        raise AtbsnError(f"{path}: atbsn checkpoint without its model configuration ({key!r} missing)")
+    try:
+        return ModelConfig.from_json(meta[key])
+    except (ValueError, TypeError) as e:  # broken JSON, wrong types, an unknown architecture
+        raise AtbsnError(f"{path}: broken model configuration in the metadata ({reason(e, 100)})") from None
+
+
 def _contents(path: Path) -> Contents:
     """The networks in a file, by part, as (config, weights): nothing is built yet."""
     raw, meta = _load_raw(path)
     if meta is not None and meta.get("format") == FORMAT:
-        config = ModelConfig.from_json(meta["config"])
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise AtbsnError(f"{path}: atbsn checkpoint format version {version!r}; this atbsn reads version "
+                             f"{FORMAT_VERSION} (a newer atbsn wrote it: upgrade)")
+        config = _config(meta, "config", path)
         out = {_part(config): (config, {k: v for k, v in raw.items() if not k.startswith(TEACHER_PREFIX)})}
         if "teacher_config" in meta:
-            out["teacher"] = (ModelConfig.from_json(meta["teacher_config"]),
+            out["teacher"] = (_config(meta, "teacher_config", path),
                               {k[len(TEACHER_PREFIX):]: v for k, v in raw.items() if k.startswith(TEACHER_PREFIX)})
         return out
     sd, value_range = _unwrap(raw, path)

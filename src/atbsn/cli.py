@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import RunConfig, add_options, given, preset_values
 from .errors import AtbsnError
+from .files import check_writable
 from .inference import InferenceOptions
 
 
@@ -43,13 +44,20 @@ def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) 
     add_options(p, InferenceOptions, names)
 
 
+def _report(msg: str) -> None:
+    """An error line on stderr that does not land inside a progress bar's line."""
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {msg}", file=sys.stderr)
+
+
 def cmd_denoise(a: argparse.Namespace) -> int:
     from .inference import denoise_files
 
     model = _model(a.model, k=a.k)
     written, errors = denoise_files(
         a.inputs, a.output, model, _options(a), overwrite=a.overwrite, progress=not a.quiet,
-        on_error=lambda msg: print(f"error: {msg}", file=sys.stderr),
+        on_error=_report,
     )
     print(f"denoised {len(written)} image(s) into {a.output}" + (f", {len(errors)} failed" if errors else ""))
     return 1 if errors else 0
@@ -57,6 +65,10 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_summary, write_report
+
+    for folder in (a.output, a.save_images):
+        if folder:
+            check_writable(folder, folder=True)  # before the work, not after it
 
     model = _model(a.model, k=a.k)
     rows, summary = evaluate(model, a.data, _options(a), limit=a.limit, save_dir=a.save_images,
@@ -73,6 +85,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from .evaluate import format_sweep, sweep_report
     from .methods.apbsn import SWEEP_STRIDES
 
+    check_writable(a.output, folder=True)
+
     teachers = [_model(m, part="teacher") for m in a.model]
     labels = [f"{t.config.knob}_a = {t.config.k_train or a.k_train}" if (t.config.k_train or a.k_train)
               else Path(m).stem for m, t in zip(a.model, teachers)]
@@ -87,6 +101,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 def cmd_submit(a: argparse.Namespace) -> int:
     from .submit import submit_dnd, submit_sidd
+
+    if a.benchmark == "sidd" or a.output:
+        check_writable(a.output or "SubmitSrgb.csv", folder=a.benchmark == "dnd")
 
     model = _model(a.model, k=a.k)
     kw = given(a, InferenceOptions)
@@ -103,6 +120,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
+
+    check_writable(a.output)
 
     model = _model(a.model, k=a.k)
     err = export_onnx(model, a.output, k=a.k)
@@ -156,6 +175,8 @@ def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
 
 def cmd_fit(a: argparse.Namespace) -> int:
     from .fit import FitConfig, fit
+
+    check_writable(a.output)
 
     fit(a.photos, a.output, FitConfig(**given(a, FitConfig)), progress=not a.quiet)
     return 0

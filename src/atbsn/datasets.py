@@ -110,7 +110,13 @@ def load_pairs(source: str | Path, limit: int | None = None) -> list[Pair]:
     elif (src / "noisy").is_dir() and (src / "clean").is_dir():
         clean = {p.stem: p for p in (src / "clean").iterdir() if is_image_file(p)}
         noisy = sorted(p for p in (src / "noisy").iterdir() if is_image_file(p))
-        entries = [(p.stem, p, clean[p.stem]) for p in noisy if p.stem in clean]
+        missing = [p for p in noisy if p.stem not in clean] + sorted(
+            p for stem, p in clean.items() if stem not in {q.stem for q in noisy})
+        if missing:  # an unmatched image would silently leave the score
+            side = "clean" if missing[0].parent.name == "noisy" else "noisy"
+            raise AtbsnError(f"{missing[0]}: no image of the same name in {src / side} "
+                             f"({len(missing)} unmatched); every image needs its pair")
+        entries = [(p.stem, p, clean[p.stem]) for p in noisy]
     else:
         raise AtbsnError(f"{src}: expected pairs.csv, or noisy/ and clean/ subfolders with matching names")
     if not entries:

@@ -24,6 +24,9 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
         if not config.teacher:
             raise AtbsnError("distillation needs a teacher checkpoint (--teacher)")
         teacher = load(config.teacher, part="teacher")
+    if not teacher.config.is_teacher:
+        raise AtbsnError(f"{config.teacher or 'teacher'}: distillation needs an AT-BSN teacher (its blind spot k is "
+                         f"chosen per call), not a {teacher.config.arch!r} network")
     teacher = teacher.to(device, memory_format=torch.channels_last)
     loss = DistillL1(teacher, config.ks, config.loss)
     tc = teacher.config

@@ -37,7 +37,7 @@ from .checkpoint import save
 from .config import RunConfig
 from .datasets import PatchSampler, collect_sources, load_pairs
 from .errors import AtbsnError
-from .files import atomic_write, reason, write_text
+from .files import atomic_write, check_writable, reason, remove_stale_temps, write_text
 from .losses import Loss
 from .runtime import autocast, init_distributed, log, progress_bar
 
@@ -108,9 +108,10 @@ def _load_state(path: Path) -> dict:
 class MetricLog:
     """``log.csv`` (appended, survives resume) and optionally TensorBoard."""
 
-    def __init__(self, out: Path, kind: str) -> None:
+    def __init__(self, out: Path, kind: str, step: int = 0) -> None:
         self.path = out / "log.csv"
         self._file = None
+        self._drop_after(step)
         self.tb = None
         if kind == "tensorboard":
             try:
@@ -118,6 +119,19 @@ class MetricLog:
             except ImportError:
                 raise AtbsnError("--log tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def _drop_after(self, step: int) -> None:
+        """Rows of steps after ``step`` (a killed run logged them, a resumed one runs them again) go."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        if len(keep) < len(rows):
+            def write(tmp: str) -> None:
+                with open(tmp, "w", newline="") as f:
+                    csv.writer(f).writerows(keep)
+            atomic_write(self.path, write)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if self._file is None:  # opened once, appended to (survives resume); flushed every write
@@ -152,6 +166,8 @@ class Trainer:
         self.out = Path(config.out)
         self.state_path = self.out / "state.pt"
         saved = self._saved_state(config, resume)
+        check_writable(self.out, folder=True)  # an unwritable -o fails now, not at the first checkpoint
+        remove_stale_temps(self.out, ["state.pt", "last.safetensors", "best.safetensors", "summary.json"])
         self.config = config
         self.dist, self.device = init_distributed(config.device)
         torch.manual_seed(config.seed)
@@ -213,6 +229,9 @@ class Trainer:
     def save_state(self) -> None:
         if not self.dist.main:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise AtbsnError(f"{self.out}: the weights became NaN or infinite by step {self.step}; not saved (the "
+                             "previous checkpoint stays); start again with a smaller --lr or in fp32")
         self._export_config()
         state = {
             "config": json.dumps(asdict(self.config)), "step": self.step, "best": json.dumps(self.best),
@@ -255,13 +274,18 @@ class Trainer:
         self.loss.at(self.step, self.config.steps)
         with autocast(self.device, self.config.precision):
             loss = self.loss(self.net, x, m)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # stop before the update: the checkpoints on disk stay finite
+            raise AtbsnError(f"{self.out}: the loss became {value} at step {self.step + 1}; training stopped. The "
+                             "last checkpoint on disk is finite (continue with --resume after lowering the risk: "
+                             "a new run with a smaller --lr, or fp32)")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
         self.step += 1
-        return float(loss.detach())
+        return value
 
     def _announce(self) -> None:
         cfg, procs = self.config, f" x {self.dist.world} processes" if self.dist.world > 1 else ""
@@ -272,7 +296,7 @@ class Trainer:
     def run(self, stop_after: int | None = None, progress: bool = True) -> dict:
         cfg, main = self.config, self.dist.main
         self.out.mkdir(parents=True, exist_ok=True)
-        logger = MetricLog(self.out, cfg.log) if main else None
+        logger = MetricLog(self.out, cfg.log, self.step) if main else None
         if main:
             self._announce()
         old = signal.signal(signal.SIGTERM, self._on_signal) if _main_thread() else None

@@ -72,6 +72,9 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
         raise AtbsnError(f"{p}: exists and is not a folder")
     if not folder and p.is_dir():
         raise AtbsnError(f"{p}: is a folder; give a file name")
+    blocker = next((a for a in [where, *where.parents] if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise AtbsnError(f"{p}: cannot write there ({blocker} is a file, not a folder)")
     try:
         where.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=where):

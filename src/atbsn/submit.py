@@ -14,7 +14,7 @@ from .datasets import _mat_variable
 from .errors import AtbsnError
 from .files import atomic_write
 from .inference import InferenceOptions, denoise
-from .runtime import progress_bar
+from .runtime import log, progress_bar
 
 
 def denoise_sidd_blocks(blocks: np.ndarray, model: nn.Module, progress: bool = True, **kw) -> np.ndarray:
@@ -30,11 +30,19 @@ def denoise_sidd_blocks(blocks: np.ndarray, model: nn.Module, progress: bool = T
     return out
 
 
+SIDD_SHAPE = (40, 32, 256, 256)  # images x blocks x H x W of the SIDD benchmark
+
+
 def read_sidd_blocks(path: str | Path) -> np.ndarray:
     path = Path(path)
     arr = _mat_variable(path, ["BenchmarkNoisyBlocksSrgb", "ValidationNoisyBlocksSrgb"])
     if arr.ndim != 5 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise AtbsnError(f"{path}: expected uint8 blocks images x blocks x H x W x 3, got {arr.dtype} {arr.shape}")
+    if 0 in arr.shape:
+        raise AtbsnError(f"{path}: holds no blocks (shape {arr.shape}); a submission needs all of them")
+    if arr.shape[:4] != SIDD_SHAPE:
+        log.warning("%s: %d x %d blocks of %d x %d; the SIDD benchmark has 40 x 32 blocks of 256 x 256, so the "
+                    "server will not accept this submission", path, *arr.shape[:4])
     return arr
 
 
