@@ -40,3 +40,62 @@ def test_inputs_expand_folders_recursively_and_globs(tmp_path):
     assert len(expand_inputs([str(tmp_path / "a" / "*.png")])) == 1
     with pytest.raises(AtbsnError, match="no such file"):
         expand_inputs([tmp_path / "missing*.png"])
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """Photos of every kind the sampler takes: RGB, 16-bit, gray, RGBA, one smaller than the crop."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    write_image(root / "a.png", rng.integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    write_image(root / "deep.tif", rng.integers(0, 65535, (36, 30, 3), dtype=np.uint16))
+    write_image(root / "gray.png", rng.integers(0, 255, (33, 41), dtype=np.uint8))
+    write_image(root / "alpha.png", rng.integers(0, 255, (30, 30, 4), dtype=np.uint8))
+    write_image(root / "tiny.png", rng.integers(0, 255, (10, 14, 3), dtype=np.uint8))
+    return root
+
+
+def test_a_prepared_store_gives_exactly_the_batches_of_the_photos(mixed, tmp_path):
+    from atbsn.datasets import prepare
+
+    store = prepare([mixed], tmp_path / "store", progress=False)
+    photos = PatchSampler(collect_sources([mixed]), 16, seed=3, rank=1)
+    mapped = PatchSampler(collect_sources([store]), 16, seed=3, rank=1)
+    assert all(s.kind == "store" for s in mapped.sources)
+    for step in (0, 1, 7):
+        a, b = photos.batch(step, 6), mapped.batch(step, 6)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert mapped._cached == 0  # memory-mapped arrays cost the cache nothing
+
+
+def test_prepare_resumes_and_a_damaged_store_is_one_line(mixed, tmp_path):
+    from atbsn.datasets import STORE_INDEX, prepare
+
+    store = prepare([mixed], tmp_path / "store", progress=False)
+    first = sorted(store.glob("*.npy"))[0]
+    stamp = first.stat().st_mtime_ns
+    (store / "000001.npy").unlink()
+    prepare([mixed], store, progress=False)
+    assert first.stat().st_mtime_ns == stamp and (store / "000001.npy").exists()  # only the missing one redone
+    (store / "000002.npy").unlink()
+    with pytest.raises(AtbsnError, match="000002.npy: missing from the prepared store"):
+        collect_sources([store])
+    (store / STORE_INDEX).write_text("{not json")
+    with pytest.raises(AtbsnError, match="broken store index"):
+        collect_sources([store])
+
+
+def test_training_on_a_store_with_worker_processes_ends_with_the_weights_of_the_photo_path(mixed, tmp_path):
+    import torch
+
+    from atbsn.checkpoint import load
+    from atbsn.cli import main
+
+    flags = ["--steps", "3", "--width", "8", "--crop", "16", "--batch", "2", "-q", "--val-every", "100"]
+    assert main(["prepare", str(mixed), "-o", str(tmp_path / "store"), "-q"]) == 0
+    assert main(["train", str(mixed), "-o", str(tmp_path / "a"), *flags]) == 0
+    assert main(["train", str(tmp_path / "store"), "-o", str(tmp_path / "b"), *flags, "--workers", "2",
+                 "--stop-after", "2"]) == 0
+    assert main(["train", str(tmp_path / "store"), "-o", str(tmp_path / "b"), "--resume", "--workers", "1", "-q"]) == 0
+    a, b = load(tmp_path / "a" / "last.safetensors").state_dict(), load(tmp_path / "b" / "last.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -161,7 +161,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 _SHARED_RUN_OPTIONS = ["preset", "steps", "batch", "crop", "lr", "seed", "val", "val_limit", "val_every",
-                       "save_every", "log", "device", "precision", "on_bad_file", "cache_gb"]
+                       "save_every", "log", "device", "precision", "on_bad_file", "cache_gb", "workers"]
 
 
 def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
@@ -171,6 +171,15 @@ def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in -o exactly where it stopped")
     p.add_argument("--stop-after", type=int, help="stop (resumably) after N more steps")
     p.add_argument("-q", "--quiet", action="store_true")
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from .datasets import prepare
+
+    check_writable(a.output, folder=True)
+    out = prepare(a.data, a.output, progress=not a.quiet)
+    print(f"prepared store in {out}: train on it with atbsn train {out} ...")
+    return 0
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
@@ -247,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(p, ["student", "ks", "loss", "init_from_teacher"])
     p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors') or a released name")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("prepare", help="decode training photos once into a memory-mapped store (fast data loading)")
+    p.add_argument("data", nargs="+", help="folders of noisy photos, SIDD Medium, DND, or image files")
+    p.add_argument("-o", "--output", required=True, help="the store folder (give it to train/distill as data)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("fit", help="train a teacher and distill a student from a folder of noisy photos")
     p.add_argument("photos", nargs="+", help="folders or files of noisy photos (no clean images needed)")

@@ -183,7 +183,7 @@ def preset_values(task: str, preset: str | None, method: str = "atbsn") -> dict[
         raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(table)})")
     return dict(table[name])
 # Options a resumed run may change: where and how it runs, not what it computes.
-RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset"})
+RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset", "workers"})
 
 
 @dataclass
@@ -223,7 +223,9 @@ class RunConfig:
     device: str = option("auto", "auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
     precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
-    cache_gb: float = option(2.0, "memory for decoded training images", low=0.0)
+    cache_gb: float = option(2.0, "memory for decoded training images (per process)", low=0.0)
+    workers: int = option(0, "data-loading processes (0: one background thread); each draws whole batches, "
+                          "still a pure function of (seed, step, rank)", low=0)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AtbsnError
+from .files import atomic_write, reason, write_text
 from .images import float_scale, is_image_file, read_image
 
 log = logging.getLogger("atbsn")
@@ -136,18 +138,25 @@ class Source:
     """One noisy image to train on: a photo file, or a DND ``.mat`` (variable ``InoisySRGB``)."""
 
     path: Path
-    kind: str = "image"  # "image" | "dnd"
+    kind: str = "image"  # "image" | "dnd" | "store" (an array of a prepared store, read memory-mapped)
+    scale: float | None = None  # store: the factor to 0..255, recorded when it was prepared
 
     def load(self) -> tuple[np.ndarray, float]:
         """The pixels as stored (H x W x C, alpha dropped; uint8 / uint16 stay compact in the cache) and
-        the factor that brings them to 0..255."""
+        the factor that brings them to 0..255. A store's array is memory-mapped: a crop reads only its bytes."""
+        if self.kind == "store":
+            try:
+                return np.load(self.path, mmap_mode="r"), float(self.scale)
+            except (OSError, ValueError) as e:
+                raise AtbsnError(f"{self.path}: unreadable prepared array ({reason(e, 120)}); run atbsn prepare "
+                                 "again") from None
         if self.kind == "dnd":
             a = _mat_variable(self.path, ["InoisySRGB"]).astype(np.float32)
             return (a if a.ndim == 3 else a[:, :, None]), 255.0
         a = read_image(self.path)
         if a.shape[2] in (2, 4):
             a = a[:, :, :-1]
-        return a, 255.0 / (65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else float_scale(a))
+        return a, to_255(a)
 
 
 def _sidd_noisy(folder: Path) -> list[Path]:
@@ -168,6 +177,9 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
         p = Path(item)
         if not p.exists():
             raise AtbsnError(f"{p}: no such file or folder")
+        if p.is_dir() and (p / STORE_INDEX).is_file():
+            sources += store_sources(p)
+            continue
         if p.is_file():
             sources.append(Source(p, "dnd" if p.suffix.lower() == ".mat" else "image"))
             continue
@@ -184,6 +196,65 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
     if not sources:
         raise AtbsnError("no training data given")
     return sources
+
+
+# ------------------------------------------------------------------------------------ the prepared store
+STORE_INDEX = "atbsn-store.json"
+STORE_FORMAT = 1
+
+
+def prepare(inputs: Iterable[str | Path], out: str | Path, progress: bool = True) -> Path:
+    """Decode every training image of ``inputs`` once into ``out``: one uncompressed ``.npy`` per image (as
+    the sampler would hold it: alpha dropped, stored dtype kept) and an index. Training on ``out`` then reads
+    each crop's bytes from a memory map instead of decoding a whole photo per crop, and every process on a
+    machine shares the OS page cache. Rerunning skips arrays already written (a killed run resumes)."""
+    from .runtime import progress_bar
+
+    out = Path(out)
+    sources = collect_sources(inputs)
+    if any(s.kind == "store" for s in sources):
+        raise AtbsnError(f"{out}: the inputs include a prepared store already; prepare from the original photos")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, src in enumerate(progress_bar(sources, desc="prepare", unit="img", show=progress)):
+        target = out / f"{i:06d}.npy"
+        a = _prepared(target)  # written by an earlier, interrupted run
+        if a is None:
+            a = np.ascontiguousarray(src.load()[0])
+            atomic_write(target, lambda tmp, arr=a: np.save(tmp, arr), suffix=".npy")
+        entries.append({"file": target.name, "source": str(src.path), "shape": list(a.shape), "dtype": str(a.dtype),
+                        "scale": to_255(a)})
+    write_text(out / STORE_INDEX, json.dumps({"format": STORE_FORMAT, "images": entries}, indent=1))
+    return out
+
+
+def _prepared(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path, mmap_mode="r") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def to_255(a: np.ndarray) -> float:
+    """The factor that brings an image's stored samples to 0..255."""
+    return 255.0 / (65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else float_scale(a))
+
+
+def store_sources(folder: Path) -> list[Source]:
+    """The images of a prepared store, checked against its index (one line naming what is wrong)."""
+    try:
+        index = json.loads((folder / STORE_INDEX).read_text())
+        if index.get("format") != STORE_FORMAT:
+            raise AtbsnError(f"{folder}: prepared store format {index.get('format')!r}; prepare it again")
+        found = [Source(folder / e["file"], "store", float(e["scale"])) for e in index["images"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise AtbsnError(f"{folder / STORE_INDEX}: broken store index ({reason(e, 100)}); prepare it again") from None
+    missing = [s.path for s in found if not s.path.is_file()]
+    if missing:
+        raise AtbsnError(f"{missing[0]}: missing from the prepared store ({len(missing)} missing); prepare it again")
+    if not found:
+        raise AtbsnError(f"{folder}: the prepared store holds no images")
+    return found
 
 
 class PatchSampler:
@@ -222,7 +293,9 @@ class PatchSampler:
                 log.warning("skipping unreadable training file: %s", e)
             self.bad.add(i)
             return None
-        if self._cached + a.nbytes <= self.cache_bytes:
+        if isinstance(a, np.memmap):  # a prepared store: kept mapped, costs no memory of its own
+            self._cache[i] = (a, scale)
+        elif self._cached + a.nbytes <= self.cache_bytes:
             self._cache[i] = (a, scale)
             self._cached += a.nbytes
         return a, scale

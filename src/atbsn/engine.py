@@ -269,8 +269,8 @@ class Trainer:
 
     def _step(self, xb, mb) -> float:
         """One optimisation step on a batch (numpy, from the sampler); returns the loss."""
-        x = torch.from_numpy(xb).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        m = torch.from_numpy(mb).to(self.device, non_blocking=True)
+        x = torch.as_tensor(xb).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        m = torch.as_tensor(mb).to(self.device, non_blocking=True)
         self.loss.at(self.step, self.config.steps)
         with autocast(self.device, self.config.precision):
             loss = self.loss(self.net, x, m)
@@ -302,15 +302,12 @@ class Trainer:
         old = signal.signal(signal.SIGTERM, self._on_signal) if _main_thread() else None
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         bar = progress_bar(total=cfg.steps, initial=self.step, desc=cfg.task, show=progress and main)
-        pool = ThreadPoolExecutor(1)  # decodes the next batch while this one trains
-        nxt = pool.submit(self.sampler.batch, self.step, cfg.batch) if self.step < end else None
+        batches = self._batches(self.step, end)
         self.model.train()
         last_loss, t0, interrupted = float("nan"), time.perf_counter(), False
         try:
             while self.step < end and not interrupted:
-                batch = nxt.result()
-                nxt = pool.submit(self.sampler.batch, self.step + 1, cfg.batch) if self.step + 1 < end else None
-                last_loss = self._step(*batch)
+                last_loss = self._step(*next(batches))
                 lr = self.sched.get_last_lr()[0]
                 bar.update()
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -326,10 +323,21 @@ class Trainer:
         finally:
             self.elapsed += time.perf_counter() - t0
             bar.close()
-            pool.shutdown(wait=True)
+            batches.close()  # stops the prefetching thread or the worker processes
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return self._finish(logger, last_loss, interrupted)
+
+    def _batches(self, start: int, end: int):
+        """Batches for steps start..end-1: from worker processes (``workers``) or a background thread that
+        draws the next batch while this one trains. Either way batch i is ``sampler.batch(i)``."""
+        pin = self.device.type == "cuda"
+        if self.config.workers > 0:
+            loader = torch.utils.data.DataLoader(
+                _StepBatches(self.sampler, start, end, self.config.batch), batch_size=None, shuffle=False,
+                num_workers=self.config.workers, pin_memory=pin, worker_init_fn=_one_thread, prefetch_factor=2)
+            return (batch for batch in loader)
+        return _thread_batches(self.sampler, start, end, self.config.batch, pin)
 
     def _validate_and_keep_best(self, logger: MetricLog, bar) -> None:
         metrics = self._validate()
@@ -368,6 +376,40 @@ class Trainer:
         gathered: list[str] = [""] * self.dist.world
         dist.all_gather_object(gathered, mine)
         return gathered
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i is the batch of step start + i: what a worker process draws is fixed by (seed, step, rank)."""
+
+    def __init__(self, sampler: PatchSampler, start: int, end: int, size: int) -> None:
+        self.sampler, self.start, self.end, self.size = sampler, start, end, size
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, mb = self.sampler.batch(self.start + i, self.size)
+        return torch.from_numpy(xb), torch.from_numpy(mb)
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # workers crop and copy; the cores belong to the training step
+
+
+def _thread_batches(sampler: PatchSampler, start: int, end: int, size: int, pin: bool):
+    """Batches of steps start..end-1, each drawn in a background thread while the previous one trains."""
+
+    def draw(step: int):
+        xb, mb = sampler.batch(step, size)
+        x, m = torch.from_numpy(xb), torch.from_numpy(mb)
+        return (x.pin_memory(), m.pin_memory()) if pin else (x, m)
+
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(draw, start) if start < end else None
+        for step in range(start, end):
+            batch = nxt.result()
+            nxt = pool.submit(draw, step + 1) if step + 1 < end else None
+            yield batch
 
 
 def _main_thread() -> bool:
