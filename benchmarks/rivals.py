@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 from common import RESULTS, count_macs, write_results
@@ -27,8 +26,8 @@ from atbsn.config import ModelConfig, RunConfig
 from atbsn.datasets import load_pairs
 from atbsn.evaluate import evaluate
 from atbsn.inference import to_model_range
-from atbsn.metrics import scores
 from atbsn.methods.apbsn import APBSN
+from atbsn.metrics import scores
 from atbsn.train import train
 
 BUDGET = {"steps": 1000, "batch": 8, "crop": 64, "lr": 1e-3, "seed": 0}

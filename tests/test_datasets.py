@@ -97,5 +97,5 @@ def test_training_on_a_store_with_worker_processes_ends_with_the_weights_of_the_
     assert main(["train", str(tmp_path / "store"), "-o", str(tmp_path / "b"), *flags, "--workers", "2",
                  "--stop-after", "2"]) == 0
     assert main(["train", str(tmp_path / "store"), "-o", str(tmp_path / "b"), "--resume", "--workers", "1", "-q"]) == 0
-    a, b = load(tmp_path / "a" / "last.safetensors").state_dict(), load(tmp_path / "b" / "last.safetensors").state_dict()
+    a, b = (load(tmp_path / run / "last.safetensors").state_dict() for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
