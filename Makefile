@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # The CPU build of torch: pinned here, in the install path, not in the package metadata.
 TORCH ?= torch==2.13.0
 
-.PHONY: env test test-all demo lint clean
+.PHONY: env test test-all demo lint gpu-check clean
 
 $(BIN)/atbsn: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test-all: env
 
 demo: env
 	$(BIN)/atbsn demo
+
+# On a GPU machine: CUDA tests, CUDA benchmarks, DDP over every GPU; one report (benchmarks/results/gpu_check.md)
+gpu-check: env
+	$(BIN)/python benchmarks/gpu_check.py
 
 lint: env
 	$(BIN)/ruff check src tests benchmarks

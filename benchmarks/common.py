@@ -32,14 +32,36 @@ def machine() -> dict:
     }
 
 
+# The device benchmarks run on: ``--device`` of a script sets it, child processes inherit it.
+DEVICE = torch.device(os.environ.get("ATBSN_BENCH_DEVICE", "cpu"))
+
+
+def use_device(name: str) -> torch.device:
+    """Set the benchmark device (inherited by child processes); refuses CUDA where there is none."""
+    global DEVICE
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"--device {name}: no CUDA device visible here")
+    os.environ["ATBSN_BENCH_DEVICE"] = name
+    DEVICE = torch.device(name)
+    return DEVICE
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (nothing to wait for on a CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
     """Best-of-``repeat`` wall time of ``fn()`` in seconds, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
+    sync()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 

@@ -28,9 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
-from common import count_macs, timeit, write_results
+from common import count_macs, sync, timeit, use_device, write_results
 
 from atbsn import ATBSN, Student, denoise_tensor
 from atbsn.config import SIDD_KS
@@ -43,8 +44,8 @@ CL = torch.channels_last
 
 def conv_ceiling(c: int, fmt, dtype, repeat: int) -> float:
     """GMAC/s of a 3x3 convolution c -> c on 4 x c x 256 x 256."""
-    x = torch.rand(4, c, 256, 256).to(dtype).contiguous(memory_format=fmt)
-    w = torch.rand(c, c, 3, 3).to(dtype).contiguous(memory_format=fmt)
+    x = torch.rand(4, c, 256, 256, device=common.DEVICE).to(dtype).contiguous(memory_format=fmt)
+    w = torch.rand(c, c, 3, 3, device=common.DEVICE).to(dtype).contiguous(memory_format=fmt)
     macs = 4 * 256 * 256 * c * c * 9
     with torch.no_grad():
         return macs / timeit(lambda: F.conv2d(x, w, padding=1), repeat) / 1e9
@@ -58,22 +59,25 @@ def alternate(fns: dict, repeat: int) -> dict:
     """Best time of each function, measured in alternating rounds so that drift hits all of them alike."""
     for fn in fns.values():
         fn()
+    sync()
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
         for key, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             best[key] = min(best[key], time.perf_counter() - t0)
     return best
 
 
 def forward_rows(name: str, size: int, repeat: int, ceiling: float) -> list[dict]:
     """Reference, fast fp32 and fast bf16 forward of one network at one size (same weights)."""
-    net = NETS[name]().eval().to(memory_format=torch.contiguous_format)  # the reference, NCHW as written
+    dev = common.DEVICE
+    net = NETS[name]().eval().to(dev, memory_format=torch.contiguous_format)  # the reference, NCHW as written
     fast_net = copy.deepcopy(net).to(memory_format=CL)
-    user_net = NETS[name]().eval()  # as built (or loaded): the user passes NCHW tensors
+    user_net = NETS[name]().eval().to(dev)  # as built (or loaded): the user passes NCHW tensors
     teacher = net.config.is_teacher
-    x = torch.rand(1, 3, size, size) * 255
+    x = torch.rand(1, 3, size, size, device=dev) * 255
     xc = x.contiguous(memory_format=CL)
     macs = count_macs(net, x, 3 if teacher else None)
 
@@ -84,14 +88,14 @@ def forward_rows(name: str, size: int, repeat: int, ceiling: float) -> list[dict
         return fast_net(xc, 3) if teacher else fast_net(xc)
 
     def bf16():
-        with autocast(torch.device("cpu"), "bf16"):
+        with autocast(common.DEVICE, "bf16"):
             return fast()
 
     def plain():
         return user_net(x, 3) if teacher else user_net(x)
 
     def api():
-        return denoise_tensor(x, user_net, tile=size)
+        return denoise_tensor(x, user_net, tile=size, device=dev)
 
     with torch.no_grad():
         rounds = 4 if size >= 1024 and teacher else repeat  # a 1024^2 teacher takes seconds per call: best of 4
@@ -106,10 +110,11 @@ def forward_rows(name: str, size: int, repeat: int, ceiling: float) -> list[dict
 
 def step_rows(repeat: int) -> dict:
     """One teacher training step and one distillation step (seven k), reference against fast, batch 2 x 128^2."""
-    x = torch.rand(2, 3, 128, 128) * 255
+    dev = common.DEVICE
+    x = torch.rand(2, 3, 128, 128, device=dev) * 255
     xc = x.contiguous(memory_format=CL)
-    m = torch.ones(2, 1, 128, 128)
-    teacher, student, frozen = (n.to(memory_format=torch.contiguous_format) for n in (ATBSN(), Student("C"),
+    m = torch.ones(2, 1, 128, 128, device=dev)
+    teacher, student, frozen = (n.to(dev, memory_format=torch.contiguous_format) for n in (ATBSN(), Student("C"),
                                                                                        ATBSN().eval()))
     fast_teacher, fast_student, fast_frozen = (
         copy.deepcopy(n).to(memory_format=CL) for n in (teacher, student, frozen))
@@ -121,7 +126,7 @@ def step_rows(repeat: int) -> dict:
         masked_l1(fast_teacher(xc, 9), x, m).backward()
 
     def train_bf16() -> None:
-        with autocast(torch.device("cpu"), "bf16"):
+        with autocast(common.DEVICE, "bf16"):
             out = fast_teacher(xc, 9)
         masked_l1(out.float(), x, m).backward()
 
@@ -136,7 +141,7 @@ def step_rows(repeat: int) -> dict:
         sum(masked_l1(fast_student(xc), t, m) for t in targets).backward()
 
     def distill_bf16() -> None:
-        with autocast(torch.device("cpu"), "bf16"):
+        with autocast(common.DEVICE, "bf16"):
             with torch.no_grad():
                 targets = [t.float() for t in fast_frozen.teachers(xc, SIDD_KS)]
             out = fast_student(xc).float()
@@ -172,7 +177,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--tag", default="", help="suffix of the results file names")
     ap.add_argument("--only", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement, JSON out
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (children inherit it)")
     a = ap.parse_args()
+    use_device(a.device)
     torch.manual_seed(0)
     r = a.repeat
     if a.only:

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 
+import common
 import torch
-from common import write_results
+from common import sync, use_device, write_results
 
 KINDS = {
     "teacher": "teacher training step (k_a = 9)",
@@ -34,16 +35,16 @@ def child(kind: str, batch: int, crop: int, steps: int, precision: str) -> dict:
     from atbsn.train import teacher_method
 
     torch.manual_seed(0)
-    dev = torch.device("cpu")
+    dev = common.DEVICE
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if kind == "teacher":
         method = teacher_method(RunConfig(task="train", crop=crop, batch=batch), dev)
     else:
-        method = distill_method(RunConfig(task="distill", crop=crop, batch=batch), dev, teacher=ATBSN())
-    net = method.model.to(memory_format=torch.channels_last).train()
+        method = distill_method(RunConfig(task="distill", crop=crop, batch=batch), dev, teacher=ATBSN().to(dev))
+    net = method.model.to(dev, memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(net.parameters(), lr=3e-4)
-    x = (torch.rand(batch, 3, crop, crop) * 255).contiguous(memory_format=torch.channels_last)
-    m = torch.ones(batch, 1, crop, crop)
+    x = (torch.rand(batch, 3, crop, crop, device=dev) * 255).contiguous(memory_format=torch.channels_last)
+    m = torch.ones(batch, 1, crop, crop, device=dev)
 
     def loss() -> torch.Tensor:
         if kind != "naive":
@@ -61,8 +62,10 @@ def child(kind: str, batch: int, crop: int, steps: int, precision: str) -> dict:
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
+        sync()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     best = min(times[1:])
     return {"kind": kind, "batch": batch, "crop": crop, "precision": precision, "seconds": best,
             "it_per_s": 1 / best, "peak_rss_bytes": peak, "rss_before_bytes": base}
@@ -76,7 +79,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration (best is reported)")
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # internal: kind crop precision
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA's allocator there)")
     a = ap.parse_args()
+    use_device(a.device)
     if a.child:
         kind, crop, precision = a.child
         print(json.dumps(child(kind, a.batch, int(crop), a.steps, precision)))
@@ -92,7 +97,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     md = [f"Batch {a.batch}; teacher crops {a.teacher_crop}^2, distillation crops {a.distill_crop}^2 (the paper's "
           "recipes), width 48, student C, seven k; forward + backward + Adam, best of "
-          f"{a.steps} steps after one warm-up; CPU, each configuration in a fresh process.", "",
+          f"{a.steps} steps after one warm-up; {a.device}, each configuration in a fresh process.", "",
           "| step | precision | seconds | it/s | peak RSS (GB) |", "|---|---|---|---|---|"]
     md += [f"| {KINDS[r['kind']]} | {r['precision']} | {r['seconds']:.2f} | {r['it_per_s']:.3f} | "
            f"{r['peak_rss_bytes'] / 1e9:.2f} |" for r in rows]
@@ -101,7 +106,7 @@ def main() -> None:
         md += ["", f"{p}: one backbone pass is {by['naive', p] / by['distill', p]:.2f}x faster than the naive loop; "
                f"a distillation step takes {by['distill', p] / by['teacher', p]:.2f} of a teacher training step "
                "(the paper, on a GPU: 11.1 against 8.3 it/s, i.e. 0.75)."]
-    write_results("steps", {"rows": rows}, "\n".join(md))
+    write_results("steps" if a.device == "cpu" else f"steps_{a.device.split(':')[0]}", {"rows": rows}, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,24 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The one place tests take their device from: ATBSN_TEST_DEVICE=cuda runs the device tests on a GPU.
+DEVICE = torch.device(os.environ.get("ATBSN_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture
+def device() -> torch.device:
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("ATBSN_TEST_DEVICE=cuda but no CUDA device is visible")
+    return DEVICE
+
+
+needs_cuda = pytest.mark.skipif(DEVICE.type != "cuda", reason="a CUDA test: run with ATBSN_TEST_DEVICE=cuda")
 
 
 def shared_path(*parts: str) -> Path:
