@@ -111,7 +111,8 @@ def main() -> None:
           + f"\n\nTraining step (cpu preset teacher, width {cfg.width}, batch {BATCH} x 128^2, {a.device}): "
           f"{synthetic:.3f} s on one fixed batch, {real:.3f} s with batches from the store: the data path's share "
           f"is {100 * step['data_share']:.0f}%.")
-    write_results("data" if a.device == "cpu" else "data_cuda", {"images": a.images, "size": SIZE, "decoded_gb": set_gb, "cache_gb": CACHE_GB,
+    name = "data" if a.device == "cpu" else "data_cuda"
+    write_results(name, {"images": a.images, "size": SIZE, "decoded_gb": set_gb, "cache_gb": CACHE_GB,
                            "prepare_s": prepare_s, "rows": rows, "step": step}, md)
 
 
