@@ -81,3 +81,46 @@ def test_metrics_known_values(shape):
     assert psnr(b, a) == pytest.approx(10 * np.log10(255**2 / mse))
     assert ssim_rgb(a, a) == pytest.approx(1.0) and ssim_y(a, a) == pytest.approx(1.0)
     assert psnr(a.astype(np.float32) + 0.4, a) == float("inf")  # rounded to uint8 first
+
+
+def test_texture_split_groups_flat_and_textured_regions_and_scores_each():
+    from atbsn.datasets import Pair
+    from atbsn.evaluate import TextureSplit, evaluate
+    from atbsn.students import Student
+
+    rng = np.random.default_rng(0)
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    textured = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    both = np.concatenate([flat, textured], axis=1)  # left half flat, right half texture
+    pairs = [Pair("flat", flat, flat), Pair("tex", textured, textured), Pair("both", both, both)]
+    whole = TextureSplit.of(pairs)
+    assert [pairs[r[0]].name for r in whole.groups["flat"]] == ["flat", "both"]
+    assert [pairs[r[0]].name for r in whole.groups["textured"]] == ["tex"]
+    crops = TextureSplit.of(pairs, crop=32, threshold=10.0)
+    assert len(crops.groups["flat"]) == 4 + 4 and len(crops.groups["textured"]) == 4 + 4  # per 32 x 32 crop
+    assert all(x < 64 for i, _, x, _, _ in crops.groups["flat"] if pairs[i].name == "both")
+    _, summary = evaluate(Student("A"), pairs, split=crops)
+    assert summary["groups"]["flat"]["regions"] == 8 and "psnr" in summary["groups"]["textured"]
+
+
+def test_sweep_by_texture_group_draws_a_heatmap_and_crops_per_group(tmp_path):
+    from atbsn import ATBSN
+    from atbsn.checkpoint import save
+    from atbsn.cli import main
+    from atbsn.images import write_image
+
+    rng = np.random.default_rng(1)
+    clean = np.concatenate([np.full((64, 64, 3), 100, np.uint8), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)], 1)
+    write_image(tmp_path / "pairs" / "clean" / "a.png", clean)
+    write_image(tmp_path / "pairs" / "noisy" / "a.png", np.clip(clean + rng.normal(0, 10, clean.shape), 0, 255)
+                .astype(np.uint8))
+    models = []
+    for ka in (1, 9):
+        t = ATBSN(width=8)
+        t.config.k_train = ka
+        models.append(str(save(t, tmp_path / f"t{ka}.safetensors")))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(tmp_path / "pairs"), "-m", *models, "--k", "0", "3", "-o", str(out), "--texture-groups",
+                 "--group-crop", "32", "--crops", "--crop-size", "24"]) == 0
+    for name in ("heatmap_flat", "heatmap_textured", "sweep_flat", "crops_flat", "crops_textured", "heatmap"):
+        assert (out / f"{name}.png").exists(), name

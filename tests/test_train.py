@@ -14,6 +14,7 @@ import torch
 
 from atbsn.checkpoint import load
 from atbsn.cli import main
+from atbsn.config import SIDD_KS
 from atbsn.datasets import PatchSampler, collect_sources
 from atbsn.errors import AtbsnError
 from atbsn.images import write_image
@@ -60,12 +61,14 @@ def test_train_then_distill_end_to_end(tmp_path, photos):
     assert out.shape == (45, 37, 3) and out.dtype == np.uint8
 
 
-def test_mean_teacher_loss_and_student_a(tmp_path, photos):
+@pytest.mark.parametrize("loss", ["mean", "partition"])
+def test_mean_and_partition_losses_and_student_a(tmp_path, photos, loss):
     teacher = tmp_path / "t"
     main(["train", str(photos), "-o", str(teacher), "--steps", "1", *TINY])
     assert main(["distill", str(photos), "--teacher", str(teacher / "last.safetensors"), "-o", str(tmp_path / "s"),
-                 "--steps", "2", "--student", "A", "--loss", "mean", "--crop", "32", "--batch", "2", "-q"]) == 0
-    assert load(tmp_path / "s" / "best.safetensors").config.arch == "A"
+                 "--steps", "2", "--student", "A", "--loss", loss, "--crop", "32", "--batch", "2", "-q"]) == 0
+    student = load(tmp_path / "s" / "best.safetensors")
+    assert student.config.arch == "A" and student.config.ks == ([9, 0] if loss == "partition" else list(SIDD_KS))
 
 
 def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, photos):

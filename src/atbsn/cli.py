@@ -63,7 +63,22 @@ def cmd_denoise(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _split(a: argparse.Namespace, pairs):
+    """The flat/textured split the user asked for (``--texture-groups``), else None."""
+    from .evaluate import TextureSplit
+
+    return TextureSplit.of(pairs, a.group_crop, a.texture_threshold) if a.texture_groups else None
+
+
+def _group_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--texture-groups", action="store_true",
+                   help="also score flat and textured regions apart (local std of the clean image, 7x7)")
+    p.add_argument("--group-crop", type=int, help="regions: crops of this side instead of whole images")
+    p.add_argument("--texture-threshold", type=float, help="texture measure splitting the groups (default: median)")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .datasets import load_pairs
     from .evaluate import evaluate, format_summary, write_report
 
     for folder in (a.output, a.save_images):
@@ -71,9 +86,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             check_writable(folder, folder=True)  # before the work, not after it
 
     model = _model(a.model, k=a.k)
-    rows, summary = evaluate(model, a.data, _options(a), limit=a.limit, save_dir=a.save_images,
-                             progress=not a.quiet)
+    pairs = load_pairs(a.data, a.limit)
+    rows, summary = evaluate(model, pairs, _options(a), save_dir=a.save_images, progress=not a.quiet,
+                             split=_split(a, pairs))
     print(format_summary(summary))
+    for group, g in summary.get("groups", {}).items():
+        if "psnr" in g:
+            print(f"  {group:>8}: {g['regions']} region(s)   PSNR {g['psnr']:.2f} dB   SSIM-RGB {g['ssim_rgb']:.4f}   "
+                  f"SSIM-Y {g['ssim_y']:.4f}")
     if a.output:
         csv_path, json_path = write_report(rows, summary, a.output)
         print(f"per-image scores: {csv_path}\nsummary: {json_path}")
@@ -82,6 +102,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from .config import SIDD_KS
+    from .datasets import load_pairs
     from .evaluate import format_sweep, sweep_report
     from .methods.apbsn import SWEEP_STRIDES
 
@@ -91,8 +112,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     labels = [f"{t.config.knob}_a = {t.config.k_train or a.k_train}" if (t.config.k_train or a.k_train)
               else Path(m).stem for m, t in zip(a.model, teachers)]
     ks = a.k or (SWEEP_STRIDES if all(t.config.arch == "apbsn" for t in teachers) else SIDD_KS)
-    report = sweep_report(teachers, a.data, a.output, ks, _options(a), labels=labels, limit=a.limit,
-                          crop_size=a.crop_size if a.crops else None)
+    pairs = load_pairs(a.data, a.limit)
+    report = sweep_report(teachers, pairs, a.output, ks, _options(a), labels=labels,
+                          crop_size=a.crop_size if a.crops else None, split=_split(a, pairs))
     print(format_sweep(report["rows"], report["noisy_psnr"]))
     for name, path in report["paths"].items():
         print(f"{name}: {path}")
@@ -245,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="folder for per_image.csv and summary.json")
     p.add_argument("--save-images", help="folder to write the denoised images to")
     p.add_argument("--limit", type=int, help="only the first N pairs")
+    _group_args(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -253,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
-    _training_args(p, ["student", "ks", "loss", "init_from_teacher"])
+    _training_args(p, ["student", "ks", "loss", "texture_threshold", "init_from_teacher"])
     p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors') or a released name")
     p.set_defaults(func=cmd_distill)
 
@@ -291,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", action="store_true", help="also write the same crop at each k (crops.png)")
     p.add_argument("--crop-size", type=int, default=96)
     p.add_argument("--limit", type=int, help="only the first N pairs")
+    _group_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("submit", help="write a SIDD or DND benchmark submission")

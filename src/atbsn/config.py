@@ -212,7 +212,10 @@ class RunConfig:
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
     student: str = option("C", "student network", choices=STUDENTS)
     ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes", low=0)
-    loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean", choices=("multi", "mean"))
+    loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean; partition: --ks FLAT TEXTURE "
+                       "by a texture map of the teacher's k_b output", choices=("multi", "mean", "partition"))
+    texture_threshold: float = option(5.0, "partition loss: local standard deviation (0..255, 7x7) above which "
+                                      "a pixel is texture", low=0.0)
     init_from_teacher: bool = option(False, "start student C from the teacher's UNet")
     # both
     val: str | None = option(None, "noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")

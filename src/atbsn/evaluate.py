@@ -6,6 +6,7 @@ import csv
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 
 from .config import SIDD_KS
 from .datasets import Pair, load_pairs
+from .errors import AtbsnError
 from .files import atomic_write, write_text
 from .inference import InferenceOptions, denoise, to_model_range
 from .metrics import psnr, scores
@@ -25,6 +27,59 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
+TEXTURE_WINDOW = 7
+
+
+@dataclass
+class TextureSplit:
+    """Regions of a paired set grouped into "flat" and "textured" (the supplementary's Fig. S4 split).
+
+    The measure: the mean, over a region, of the local standard deviation of the clean image's luma in 7 x 7
+    windows (0..255 scale; the same measure the partition loss applies to a denoised image). A region is a
+    whole image, or with ``crop`` each non-overlapping crop x crop square (edges that do not fill one are
+    left out). ``threshold`` defaults to the median region score: two halves of equal size.
+    Each region is (pair index, y, x, height, width).
+    """
+
+    groups: dict[str, list[tuple[int, int, int, int, int]]]
+    threshold: float
+    crop: int | None
+
+    @classmethod
+    def of(cls, pairs: Sequence[Pair], crop: int | None = None, threshold: float | None = None) -> TextureSplit:
+        import torch
+
+        from .losses import local_std
+
+        regions, measures = [], []
+        for i, p in enumerate(pairs):
+            clean = torch.from_numpy(np.ascontiguousarray(to_model_range(p.clean)[0].transpose(2, 0, 1)))[None]
+            texture = local_std(clean, TEXTURE_WINDOW)[0, 0].numpy()
+            h, w = texture.shape
+            boxes = [(0, 0, h, w)] if not crop else [(y, x, crop, crop) for y in range(0, h - crop + 1, crop)
+                                                     for x in range(0, w - crop + 1, crop)]
+            for y, x, bh, bw in boxes:
+                regions.append((i, y, x, bh, bw))
+                measures.append(float(texture[y : y + bh, x : x + bw].mean()))
+        if not regions:
+            raise AtbsnError(f"no region of {crop} x {crop} pixels fits in these images; use a smaller crop")
+        thr = float(np.median(measures)) if threshold is None else float(threshold)
+        groups = {"flat": [r for r, m in zip(regions, measures) if m <= thr],
+                  "textured": [r for r, m in zip(regions, measures) if m > thr]}
+        return cls(groups, thr, crop)
+
+    def scores(self, outputs: Sequence[np.ndarray], pairs: Sequence[Pair]) -> dict[str, dict[str, float]]:
+        """Mean PSNR/SSIM per group of denoised ``outputs`` (one per pair, in the pairs' own dtype)."""
+        result = {}
+        for name, regions in self.groups.items():
+            rows = []
+            for i, y, x, h, w in regions:
+                den = to_model_range(outputs[i][y : y + h, x : x + w])[0]
+                rows.append(scores(den, to_model_range(pairs[i].clean[y : y + h, x : x + w])[0]))
+            result[name] = {"regions": len(rows), **({m: _mean(rows, m) for m in METRICS} if rows else {})}
+        return result
+
+
 def evaluate(
     model: nn.Module,
     data: str | Path | list[Pair],
@@ -33,24 +88,31 @@ def evaluate(
     limit: int | None = None,
     save_dir: str | Path | None = None,
     progress: bool = False,
+    split: TextureSplit | bool | None = None,
     **kw,
 ) -> tuple[list[dict], dict]:
     """Denoise every noisy image of ``data`` and score it and the noisy input against the clean one.
 
     Returns per-image rows and a summary of means. PSNR is on uint8-rounded output; SSIM is given on
-    RGB and on Y. With ``save_dir``, the denoised images are written there as PNG. Keyword arguments are
-    :class:`~atbsn.inference.InferenceOptions` fields (``k``, ``tile``, ``device``, ``precision``).
+    RGB and on Y. With ``save_dir``, the denoised images are written there as PNG. With ``split`` (a
+    :class:`TextureSplit`, or True for whole images split at the median), the summary also scores the flat
+    and the textured group. Keyword arguments are :class:`~atbsn.inference.InferenceOptions` fields (``k``,
+    ``tile``, ``device``, ``precision``).
     """
     from .images import write_image
 
     opts = InferenceOptions.of(options, **kw).for_model(model)
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
-    rows = []
+    if split is True:
+        split = TextureSplit.of(pairs)
+    rows, outputs = [], []
     seconds = 0.0
     for p in progress_bar(pairs, desc="evaluate", unit="img", show=progress):
         t0 = time.perf_counter()
         out = denoise(p.noisy, model, opts)
         seconds += time.perf_counter() - t0
+        if split:
+            outputs.append(out)
         noisy, _ = to_model_range(p.noisy)
         clean, _ = to_model_range(p.clean)
         den, _ = to_model_range(out)
@@ -67,6 +129,9 @@ def evaluate(
         "conventions": "psnr: RGB 0..255 on uint8-rounded output; ssim_rgb: Gaussian sigma 1.5 on RGB; "
         "ssim_y: the same on BT.601 luma (AT-BSN authors' convention)",
     }
+    if split:
+        summary["groups"] = split.scores(outputs, pairs)
+        summary["texture_threshold"], summary["group_crop"] = split.threshold, split.crop
     return rows, summary
 
 
@@ -102,12 +167,14 @@ def sweep(
     *,
     labels: Sequence[str] | None = None,
     limit: int | None = None,
+    split: TextureSplit | None = None,
     **kw,
 ) -> list[dict]:
     """PSNR/SSIM of each teacher at each inference blind-spot size k_b (one row per teacher and k).
 
     Each row names its teacher by ``labels[i]`` (default ``k_a = <k_train>``, or ``teacher <i>`` when the
-    checkpoint does not record k_a).
+    checkpoint does not record k_a). With ``split``, each row also holds the flat and textured groups'
+    scores under ``groups`` (every image is denoised once, whole, and scored per region).
     """
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
     rows = []
@@ -115,8 +182,9 @@ def sweep(
         label = labels[i] if labels else (f"{t.config.knob}_a = {t.config.k_train}" if t.config.k_train
                                           else f"teacher {i}")
         for k in ks:
-            _, s = evaluate(t, pairs, InferenceOptions.of(options, **kw, k=k))
-            rows.append({"teacher": i, "label": label, "k_a": t.config.k_train, "k_b": k, **{m: s[m] for m in METRICS}})
+            _, s = evaluate(t, pairs, InferenceOptions.of(options, **kw, k=k), split=split)
+            rows.append({"teacher": i, "label": label, "k_a": t.config.k_train, "k_b": k, **{m: s[m] for m in METRICS},
+                         **({"groups": s["groups"]} if split else {})})
     return rows
 
 
@@ -135,31 +203,47 @@ def crops_by_k(
 def sweep_report(
     teachers: Sequence[nn.Module], data: str | Path | list[Pair], out_dir: str | Path, ks: Sequence[int] = SIDD_KS,
     options: InferenceOptions | None = None, *, labels: Sequence[str] | None = None, limit: int | None = None,
-    crop_size: int | None = None,
+    crop_size: int | None = None, split: TextureSplit | None = None,
 ) -> dict:
     """``sweep`` written out: ``sweep.json``, the PSNR-over-k_b plot, the k_a x k_b heatmap for several
-    teachers, and with ``crop_size`` the centre crop of the first pair at every k (``crops.png``).
+    teachers, and with ``crop_size`` the centre crop of the first pair at every k (``crops.png``). With
+    ``split``, the plot and the heatmap again per texture group (``sweep_flat.png``, ``heatmap_textured.png``,
+    ...) and, with ``crop_size``, one crop per group across k_b (``crops_flat.png``, ``crops_textured.png``).
 
     Returns the rows, the noisy input's mean PSNR and the paths written.
     """
     from .plots import image_strip, plot_heatmap, plot_sweep
 
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
-    rows = sweep(teachers, pairs, ks, options, labels=labels)
+    rows = sweep(teachers, pairs, ks, options, labels=labels, split=split)
     out = Path(out_dir)
     noisy = float(np.mean([psnr(*(to_model_range(x)[0] for x in (p.noisy, p.clean))) for p in pairs]))
     paths = {"json": write_text(out / "sweep.json", json.dumps(rows, indent=2) + "\n"),
              "plot": plot_sweep(rows, out / "sweep.png", noisy)}
     if len(teachers) > 1:
         paths["heatmap"] = plot_heatmap(rows, out / "heatmap.png")
+    boxes = {}
     if crop_size:
-        p = pairs[0]
-        h, w = p.noisy.shape[:2]
+        h, w = pairs[0].noisy.shape[:2]
         size = min(crop_size, h, w)
-        y, x = h // 2 - size // 2, w // 2 - size // 2
-        crops = crops_by_k(teachers[0], p.noisy, (y, x, size, size), ks, options)
-        images = [p.noisy[y : y + size, x : x + size], *crops, p.clean[y : y + size, x : x + size]]
-        paths["crops"] = image_strip(images, ["noisy", *[f"k_b = {k}" for k in ks], "clean"], out / "crops.png")
+        boxes["crops"] = (0, h // 2 - size // 2, w // 2 - size // 2, size, size)
+    if split:
+        for group in split.groups:
+            grows = [{**r, **r["groups"][group]} for r in rows if "psnr" in r["groups"][group]]
+            if not grows:
+                continue
+            paths[f"plot_{group}"] = plot_sweep(grows, out / f"sweep_{group}.png", None)
+            if len(teachers) > 1:
+                paths[f"heatmap_{group}"] = plot_heatmap(grows, out / f"heatmap_{group}.png")
+            if crop_size:  # the group's first region, centred crop
+                i, y, x, bh, bw = split.groups[group][0]
+                size = min(crop_size, bh, bw)
+                boxes[f"crops_{group}"] = (i, y + bh // 2 - size // 2, x + bw // 2 - size // 2, size, size)
+    for name, (i, y, x, bh, bw) in boxes.items():
+        p = pairs[i]
+        crops = crops_by_k(teachers[0], p.noisy, (y, x, bh, bw), ks, options)
+        images = [p.noisy[y : y + bh, x : x + bw], *crops, p.clean[y : y + bh, x : x + bw]]
+        paths[name] = image_strip(images, ["noisy", *[f"k_b = {k}" for k in ks], "clean"], out / f"{name}.png")
     return {"rows": rows, "noisy_psnr": noisy, "paths": paths}
 
 

@@ -57,35 +57,68 @@ class BlindSpotL1(Loss):
         return masked_l1(model(y, self.k_train), y, mask)
 
 
-DISTILL_MODES = ("multi", "mean")
+DISTILL_MODES = ("multi", "mean", "partition")
+PARTITION_WINDOW = 7  # local standard deviation window for the texture measure of the partition loss
+
+
+def local_std(x: torch.Tensor, window: int = PARTITION_WINDOW) -> torch.Tensor:
+    """Standard deviation of the luma of N x 3 x H x W (or N x 1) images over ``window`` x ``window``
+    neighbourhoods (reflect-padded): N x 1 x H x W, the texture measure of partition distillation."""
+    y = x.float()
+    if y.shape[1] == 3:
+        y = 0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:]
+    pad = window // 2
+    yp = torch.nn.functional.pad(y, (pad,) * 4, mode="reflect" if min(y.shape[-2:]) > pad else "replicate")
+    mean = torch.nn.functional.avg_pool2d(yp, window, stride=1)
+    sq = torch.nn.functional.avg_pool2d(yp.square(), window, stride=1)
+    return (sq - mean.square()).clamp_min(0).sqrt()
 
 
 class DistillL1(Loss):
-    """Multi-teacher distillation from one frozen AT-BSN at several blind spots ``ks``.
+    """Distillation from one frozen AT-BSN at several blind spots ``ks``.
 
-    ``multi`` (the paper's): one L1 term per teacher; ``mean``: L1 to the teachers' average (ablation).
-    The teacher's backbone runs once per batch (``ATBSN.teachers``); each k is a shift plus the 1x1 head.
-    The teacher is held outside the module tree, so it is neither trained nor saved with the student.
+    ``multi`` (the paper's): one L1 term per teacher; ``mean``: L1 to the teachers' average (ablation S4);
+    ``partition`` (ablation S4, after the region partitioning of Spatially-Adaptive SSL, Li et al., CVPR
+    2023): ``ks`` is (k for flat areas, k for textured ones), 9 and 0 in the paper; the partition comes from
+    an initial result, the teacher at its own k_b: a pixel is textured where the local standard deviation of
+    that result's luma (7 x 7 window, 0..255 scale) exceeds ``threshold``. The teacher's backbone runs once
+    per batch (``ATBSN.teachers``); each k is a shift plus the 1x1 head. The teacher is held outside the
+    module tree, so it is neither trained nor saved with the student.
     """
 
-    def __init__(self, teacher: nn.Module, ks: Sequence[int], mode: str = "multi") -> None:
+    def __init__(self, teacher: nn.Module, ks: Sequence[int], mode: str = "multi", threshold: float = 5.0) -> None:
         super().__init__()
         if mode not in DISTILL_MODES:
             raise AtbsnError(f"unknown distillation loss {mode!r} ({' or '.join(DISTILL_MODES)})")
         self.ks = [validate_k(k) for k in ks]
         if not self.ks:
             raise AtbsnError("distillation needs at least one k (--ks)")
-        self.mode = mode
+        if mode == "partition" and len(self.ks) != 2:
+            raise AtbsnError(f"--loss partition takes two k, for flat and for textured areas (the paper: --ks 9 0), "
+                             f"got {self.ks}")
+        self.mode, self.threshold = mode, float(threshold)
         self._teacher = [teacher.eval().requires_grad_(False)]
 
     @property
     def teacher(self) -> nn.Module:
         return self._teacher[0]
 
+    def partition(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the combined target, the texture map: 1 textured, 0 flat) of the partition loss."""
+        flat_k, texture_k = self.ks
+        flat, texture, initial = self.teacher.teachers(y, [flat_k, texture_k, self.teacher.config.k_infer])
+        textured = (local_std(initial) > self.threshold).to(flat.dtype)
+        return flat + textured * (texture - flat), textured
+
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            targets = self.teacher.teachers(y, self.ks)
+            if self.mode == "partition":
+                target = self.partition(y)[0]
+            else:
+                targets = self.teacher.teachers(y, self.ks)
         pred = model(y)
+        if self.mode == "partition":
+            return masked_l1(pred, target, mask)
         if self.mode == "mean":
             return masked_l1(pred, torch.stack(targets).mean(0), mask)
         return sum(masked_l1(pred, t, mask) for t in targets)
