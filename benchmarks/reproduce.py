@@ -56,6 +56,17 @@ def _train_set(pairs, folder: Path) -> list[str]:
     return paths
 
 
+def open_set(name: str, prefix: str, smoke: bool = False) -> tuple[list, str, Path, list[str]]:
+    """A real set for a benchmark: its pairs, the results tag, the work folder ``work_<prefix>_<tag>`` and
+    the noisy images to train on (shared by every benchmark of the set); exits with one line if absent."""
+    root, limit = SETS[name]
+    if not root.exists():
+        sys.exit(f"{root} not found: this benchmark needs the project's test data beside the repository")
+    pairs = load_pairs(root, limit)
+    tag = name + ("_smoke" if smoke else "")
+    return pairs, tag, RESULTS / f"work_{prefix}_{tag}", _train_set(pairs, RESULTS / f"work_{name}" / "noisy")
+
+
 def _run(fn, config: RunConfig) -> Path:
     out = Path(config.out)
     done = out / "summary.json"

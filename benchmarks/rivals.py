@@ -13,17 +13,15 @@ runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
-from common import RESULTS, count_macs, write_results
-from reproduce import SETS, _run, _train_set
+from common import count_macs, write_results
+from reproduce import SETS, _run, open_set
 
 from atbsn import ATBSN
 from atbsn.checkpoint import load
 from atbsn.config import ModelConfig, RunConfig
-from atbsn.datasets import load_pairs
 from atbsn.evaluate import evaluate
 from atbsn.inference import to_model_range
 from atbsn.methods.apbsn import APBSN
@@ -61,13 +59,7 @@ def main() -> None:
     ap.add_argument("set", choices=list(SETS))
     ap.add_argument("--smoke", action="store_true", help="3 steps per run, results named *_smoke")
     a = ap.parse_args()
-    root, limit = SETS[a.set]
-    if not root.exists():
-        sys.exit(f"{root} not found: this benchmark needs the project's test data beside the repository")
-    pairs = load_pairs(root, limit)
-    tag = a.set + ("_smoke" if a.smoke else "")
-    work = RESULTS / f"work_rivals_{tag}"
-    data = _train_set(pairs, RESULTS / f"work_{a.set}" / "noisy")
+    pairs, tag, work, data = open_set(a.set, "rivals", a.smoke)
     budget = {**BUDGET, "steps": 3} if a.smoke else BUDGET
     models, seconds = {}, {}
     for method in ("n2n", "b2u", "apbsn", "atbsn"):

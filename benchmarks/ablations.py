@@ -1,0 +1,162 @@
+"""The supplementary material's ablations at CPU scale, built up row by row over as many sittings as it takes.
+
+    python benchmarks/ablations.py sidd9 [--seeds 0 1 2] [--only teacher student fusion] [--smoke]
+    python benchmarks/ablations.py polyu100
+
+Fully self-supervised: every network trains only on the noisy images it is scored on, one budget for all
+(``BUDGET``). Rows:
+- ``teacher``: k_a in {1, 3, 5, 7, 9}; the engine keeps the checkpoint with the lowest held-out loss (no clean
+  image is used to choose it; the step it came from is reported, the early stop of S5.1), scored over k_b with
+  the flat/textured split (``TextureSplit``, crops of ``GROUP_CROP``): the k_a x k_b tables and heatmaps per
+  group (Fig. S4);
+- ``student``: A, B and C distilled from the k_a = 9 teacher with the multi, mean and partition losses
+  (Tab. 3 / S1, S4);
+- ``fusion``: student C from 2, 3, 4 and 7 teachers (Fig. S2).
+Each finished row leaves ``work_ablations_<set>/rows/<row>.json`` (its config and scores) and is skipped when
+the script runs again; an interrupted training resumes. The tables give mean +- standard deviation over the
+seeds run so far, with a sentence per claim. Results: ``results/ablations_<set>.json`` / ``.md`` and heatmaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, write_results
+from reproduce import SETS, _run, open_set
+
+from atbsn.checkpoint import load
+from atbsn.config import SIDD_KS, RunConfig
+from atbsn.distill import distill
+from atbsn.evaluate import METRICS, TextureSplit, evaluate
+from atbsn.plots import plot_heatmap
+from atbsn.train import train
+
+BUDGET = {"width": 16, "crop": 64, "batch": 8, "lr": 1e-3, "teacher_steps": 1000, "student_steps": 500}
+KAS = (1, 3, 5, 7, 9)
+KBS = SIDD_KS
+GROUP_CROP = 128
+FUSION = {2: [0, 9], 3: [0, 5, 9], 4: [0, 3, 7, 11], 7: list(SIDD_KS)}  # teachers fused (Fig. S2); our choice
+PAPER = {"student A": 36.98, "student B": 37.76, "student C": 37.88, "partition": 37.27, "multi": 37.59}
+
+
+def rows_for(only: list[str], seeds: list[int]) -> list[tuple[str, dict]]:
+    rows = []
+    for seed in seeds:
+        if "teacher" in only:
+            rows += [(f"teacher_ka{ka}_s{seed}", {"kind": "teacher", "k_a": ka, "seed": seed}) for ka in KAS]
+        if "student" in only:
+            rows += [(f"student_{s}_{loss}_s{seed}", {"kind": "student", "student": s, "loss": loss, "seed": seed})
+                     for s in ("A", "B", "C") for loss in ("multi", "mean", "partition")]
+        if "fusion" in only:
+            rows += [(f"fusion_{n}_s{seed}", {"kind": "fusion", "teachers": n, "seed": seed}) for n in FUSION]
+    return rows
+
+
+def run_row(name: str, spec: dict, work: Path, data: list[str], pairs, split: TextureSplit, b: dict) -> dict:
+    common = {"data": data, "batch": b["batch"], "crop": b["crop"], "lr": b["lr"], "seed": spec["seed"],
+              "save_every": 250}
+    teacher_out = work / "runs" / f"teacher_ka{{}}_s{spec['seed']}"
+    if spec["kind"] == "teacher":
+        cfg = RunConfig(task="train", out=str(teacher_out).format(spec["k_a"]), steps=b["teacher_steps"],
+                        width=b["width"], k_train=spec["k_a"], k_infer=min(spec["k_a"], 3),
+                        val_every=max(b["teacher_steps"] // 8, 1), **common)
+        _run(train, cfg)
+        best = Path(cfg.out) / "best.safetensors"
+        model = load(best)
+        summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+        sweep = []
+        for k in KBS:
+            _, s = evaluate(model, pairs, k=k, split=split)
+            sweep.append({"k_b": k, **{m: s[m] for m in METRICS}, "groups": s["groups"]})
+        return {"best_step": summary["best"]["step"] if summary["best"] else None, "sweep": sweep}
+    teacher_cfg = RunConfig(task="train", out=str(teacher_out).format(9), steps=b["teacher_steps"], width=b["width"],
+                            k_train=9, k_infer=3, val_every=max(b["teacher_steps"] // 8, 1), **common)
+    teacher = _run(train, teacher_cfg).with_name("best.safetensors")
+    student, loss, ks = spec.get("student", "C"), spec.get("loss", "multi"), FUSION.get(spec.get("teachers"), KBS)
+    if loss == "partition":
+        ks = [9, 0]
+    cfg = RunConfig(task="distill", out=str(work / "runs" / name), steps=b["student_steps"], teacher=str(teacher),
+                    student=student, ks=list(ks), loss=loss, init_from_teacher=student == "C",
+                    val_every=10**9, **common)
+    model = load(_run(distill, cfg))
+    _, s = evaluate(model, pairs, split=split)
+    return {m: s[m] for m in METRICS} | {"groups": s["groups"], "ks": list(ks)}
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{np.mean(values):.2f}" + (f" +- {np.std(values, ddof=1):.2f}" if len(values) > 1 else " (1 seed)")
+
+
+def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit) -> None:
+    seeds = sorted({r["spec"]["seed"] for r in results.values()})
+    md = [f"Set `{set_name}`; budget {json.dumps(b)}; seeds so far {seeds}; texture groups: {GROUP_CROP}^2 crops "
+          f"split at local std {split.threshold:.2f} (median; flat {len(split.groups['flat'])}, textured "
+          f"{len(split.groups['textured'])} crops). PSNR on uint8-rounded RGB, mean +- std over seeds.", ""]
+    teachers = [r for r in results.values() if r["spec"]["kind"] == "teacher"]
+    if teachers:
+        for group in ("all", "flat", "textured"):
+            md += [f"k_a x k_b, {group} (PSNR):", "", "| k_a \\ k_b | " + " | ".join(map(str, KBS)) + " | best step |",
+                   "|---|" + "---|" * (len(KBS) + 1)]
+            heat = []
+            for ka in KAS:
+                runs = [r for r in teachers if r["spec"]["k_a"] == ka]
+                if not runs:
+                    continue
+                cells = []
+                for i, k in enumerate(KBS):
+                    vals = [(r["scores"]["sweep"][i] if group == "all" else r["scores"]["sweep"][i]["groups"][group])
+                            ["psnr"] for r in runs]
+                    cells.append(spread(vals))
+                    heat.append({"teacher": ka, "label": f"k_a = {ka}", "k_a": ka, "k_b": k,
+                                 "psnr": float(np.mean(vals))})
+                md.append(f"| {ka} | " + " | ".join(cells) + " | "
+                          + ", ".join(str(r["scores"]["best_step"]) for r in runs) + " |")
+            if heat:
+                plot_heatmap(heat, RESULTS / f"ablations_{tag}_heatmap_{group}.png")
+            md.append("")
+    others = [r for r in results.values() if r["spec"]["kind"] != "teacher"]
+    if others:
+        md += ["| row | PSNR all | flat | textured | SSIM-RGB | seeds |", "|---|---|---|---|---|---|"]
+        keys = sorted({r["name"].rsplit("_s", 1)[0] for r in others})
+        for key in keys:
+            runs = [r for r in others if r["name"].rsplit("_s", 1)[0] == key]
+            md.append(f"| {key} | {spread([r['scores']['psnr'] for r in runs])} | "
+                      f"{spread([r['scores']['groups']['flat']['psnr'] for r in runs])} | "
+                      f"{spread([r['scores']['groups']['textured']['psnr'] for r in runs])} | "
+                      f"{np.mean([r['scores']['ssim_rgb'] for r in runs]):.4f} | {len(runs)} |")
+        md += ["", f"The paper (SIDD validation): students A / B / C {PAPER['student A']} / {PAPER['student B']} / "
+               f"{PAPER['student C']}; partition {PAPER['partition']} vs multi-teacher {PAPER['multi']}."]
+    write_results(f"ablations_{tag}", {"budget": b, "seeds": seeds, "threshold": split.threshold,
+                                       "rows": list(results.values())}, "\n".join(md))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("set", choices=list(SETS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parts = ["teacher", "student", "fusion"]
+    ap.add_argument("--only", nargs="+", default=parts, choices=parts)
+    ap.add_argument("--smoke", action="store_true", help="3 steps per run, results named *_smoke (a dry run)")
+    a = ap.parse_args()
+    pairs, tag, work, data = open_set(a.set, "ablations", a.smoke)
+    b = {**BUDGET, "teacher_steps": 3, "student_steps": 3} if a.smoke else BUDGET
+    split = TextureSplit.of(pairs, GROUP_CROP)
+    for name, spec in rows_for(a.only, a.seeds):
+        done = work / "rows" / f"{name}.json"
+        if done.exists():
+            continue
+        scores = run_row(name, spec, work, data, pairs, split, b)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps({"name": name, "spec": spec, "budget": b, "scores": scores}, indent=1))
+        print(f"{name}: done", flush=True)
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((work / "rows").glob("*.json"))}
+    report(tag, a.set, results, b, split)
+
+
+if __name__ == "__main__":
+    main()
