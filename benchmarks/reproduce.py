@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from common import RESULTS, count_macs, timeit, write_results
 
-from atbsn import ATBSN, Student
+from atbsn import ATBSN, Student, classical
 from atbsn.checkpoint import load
 from atbsn.config import SIDD_KS, RunConfig
 from atbsn.datasets import load_pairs
@@ -101,12 +101,7 @@ def _sweep_outputs(teacher, pairs, ks) -> dict[int, list[np.ndarray]]:
 
 
 def _bm3d(noisy: np.ndarray) -> np.ndarray:
-    import bm3d
-    from skimage.restoration import estimate_sigma
-
-    z = noisy.astype(np.float64) / 255.0
-    sigma = float(estimate_sigma(z, channel_axis=-1, average_sigmas=True))
-    return np.clip(bm3d.bm3d_rgb(z, sigma_psd=sigma) * 255.0, 0, 255)
+    return classical.bm3d(noisy, classical.noise_sigma(noisy))  # the noise level estimated, as a user must
 
 
 def _nlm(noisy: np.ndarray) -> np.ndarray:

@@ -1,0 +1,39 @@
+"""The classical denoisers a user would otherwise run, as baselines in the same tables: OpenCV's non-local
+means and BM3D (the ``bm3d`` package, ``pip install 'atbsn[baselines]'``). Both take and return H x W x 3
+uint8 images; neither learns anything."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import AtbsnError
+
+NLM_PARAMS = {"h": 10, "hColor": 10, "templateWindowSize": 7, "searchWindowSize": 21}  # OpenCV's usual setting
+
+
+def nlm(noisy: np.ndarray) -> np.ndarray:
+    """OpenCV ``fastNlMeansDenoisingColored`` with h = hColor = 10, 7 x 7 patches, 21 x 21 search."""
+    import cv2
+
+    bgr = np.ascontiguousarray(noisy[:, :, ::-1])
+    return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, **NLM_PARAMS)[:, :, ::-1])
+
+
+def noise_sigma(noisy: np.ndarray, clean: np.ndarray | None = None) -> float:
+    """The noise standard deviation on the 0..255 scale: measured against ``clean`` when given (the oracle a
+    simulation knows), else estimated from the noisy image alone (wavelet MAD, scikit-image)."""
+    if clean is not None:
+        return float(np.std(noisy.astype(np.float64) - clean.astype(np.float64)))
+    from skimage.restoration import estimate_sigma
+
+    return 255.0 * float(estimate_sigma(noisy.astype(np.float64) / 255.0, channel_axis=-1, average_sigmas=True))
+
+
+def bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """BM3D for colour images (``bm3d.bm3d_rgb``) at noise std ``sigma`` (0..255 scale)."""
+    try:
+        import bm3d as _bm3d
+    except ImportError:
+        raise AtbsnError("BM3D needs the bm3d package: pip install 'atbsn[baselines]'") from None
+    out = _bm3d.bm3d_rgb(noisy.astype(np.float64) / 255.0, sigma_psd=sigma / 255.0)
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
