@@ -92,3 +92,16 @@ def test_bf16_runs_on_cpu_close_to_fp32_and_fp16_needs_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(AtbsnError, match="CUDA"):
             denoise_tensor(x, model, precision="fp16")
+
+
+def test_denoise_ks_equals_one_call_per_k_from_one_backbone_pass():
+    from atbsn import ATBSN
+    from atbsn.inference import denoise, denoise_ks
+
+    torch.manual_seed(0)
+    teacher = ATBSN(width=8)
+    image = (np.random.default_rng(0).random((45, 70, 3)) * 255).astype(np.uint8)
+    together = denoise_ks(image, teacher, [0, 3, 9], tile=32, margin=16)
+    for k, out in together.items():
+        alone = denoise(image, teacher, k=k, tile=32, margin=16)
+        assert out.dtype == np.uint8 and np.abs(out.astype(int) - alone.astype(int)).max() <= 1  # rounding only

@@ -28,23 +28,29 @@ from .runtime import log
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-def sample_pairs(level: str = "phone-night", seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, noisy, clean) for scikit-image's colour sample photos."""
+def sample_pairs(level: str = "phone-night", seed: int = 0, photos: tuple[str, ...] = PHOTOS,
+                 size: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, noisy, clean) for scikit-image's colour sample photos (``size``: their centre crops)."""
     import skimage.data
 
     out = []
-    for i, name in enumerate(PHOTOS):
+    for i, name in enumerate(photos):
         clean = getattr(skimage.data, name)()
+        if size:
+            y, x = (clean.shape[0] - size) // 2, (clean.shape[1] - size) // 2
+            clean = np.ascontiguousarray(clean[y : y + size, x : x + size])
         out.append((name, add_camera_noise(clean, level, rng=seed + i), clean))
     return out
 
 
 def run_demo(out_dir: str | Path = "demo", minutes: float = 3.5, level: str = "phone-night",
-             progress: bool = True, device: str = "auto") -> dict:
-    """Make noisy photos, fit, score, and write ``results.md``, ``results.json``, ``side_by_side.png``."""
+             progress: bool = True, device: str = "auto", photos: tuple[str, ...] = PHOTOS,
+             size: int | None = None) -> dict:
+    """Make noisy photos, fit, score, and write ``results.md``, ``results.json``, ``side_by_side.png``.
+    ``photos`` and ``size`` (centre crops) make a smaller demo."""
     out = Path(out_dir)
     t_start = time.perf_counter()
-    pairs = sample_pairs(level)
+    pairs = sample_pairs(level, photos=photos, size=size)
     for name, noisy, clean in pairs:
         write_image(out / "noisy" / f"{name}.png", noisy)
         write_image(out / "clean" / f"{name}.png", clean)

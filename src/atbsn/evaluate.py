@@ -16,7 +16,7 @@ from .config import SIDD_KS
 from .datasets import Pair, load_pairs
 from .errors import AtbsnError
 from .files import atomic_write, write_text
-from .inference import InferenceOptions, denoise, to_model_range
+from .inference import InferenceOptions, denoise, denoise_ks, to_model_range
 from .metrics import psnr, scores
 from .runtime import progress_bar
 
@@ -103,29 +103,30 @@ def evaluate(
 
     opts = InferenceOptions.of(options, **kw).for_model(model)
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
-    if split is True:
-        split = TextureSplit.of(pairs)
-    rows, outputs = [], []
-    seconds = 0.0
+    outputs, seconds = [], 0.0
     for p in progress_bar(pairs, desc="evaluate", unit="img", show=progress):
         t0 = time.perf_counter()
-        out = denoise(p.noisy, model, opts)
+        outputs.append(denoise(p.noisy, model, opts))
         seconds += time.perf_counter() - t0
-        if split:
-            outputs.append(out)
-        noisy, _ = to_model_range(p.noisy)
-        clean, _ = to_model_range(p.clean)
-        den, _ = to_model_range(out)
-        row = {"name": p.name, **scores(den, clean), **{f"noisy_{m}": v for m, v in scores(noisy, clean).items()}}
-        rows.append(row)
         if save_dir is not None:
-            write_image(Path(save_dir) / f"{p.name}.png", out)
+            write_image(Path(save_dir) / f"{p.name}.png", outputs[-1])
+    rows, summary = score_outputs(outputs, pairs, TextureSplit.of(pairs) if split is True else split)
+    summary.update(seconds_per_image=seconds / max(len(rows), 1), k=opts.k)
+    return rows, summary
+
+
+def score_outputs(outputs: Sequence[np.ndarray], pairs: Sequence[Pair], split: TextureSplit | None = None
+                  ) -> tuple[list[dict], dict]:
+    """Per-image rows and the summary of denoised ``outputs`` (one per pair, in the pairs' dtype)."""
+    rows = []
+    for out, p in zip(outputs, pairs):
+        noisy, clean, den = (to_model_range(a)[0] for a in (p.noisy, p.clean, out))
+        noisy_scores = {f"noisy_{m}": v for m, v in scores(noisy, clean).items()}
+        rows.append({"name": p.name, **scores(den, clean), **noisy_scores})
     summary = {
         "images": len(rows),
         **{m: _mean(rows, m) for m in METRICS},
         **{f"noisy_{m}": _mean(rows, f"noisy_{m}") for m in METRICS},
-        "seconds_per_image": seconds / max(len(rows), 1),
-        "k": opts.k,
         "conventions": "psnr: RGB 0..255 on uint8-rounded output; ssim_rgb: Gaussian sigma 1.5 on RGB; "
         "ssim_y: the same on BT.601 luma (AT-BSN authors' convention)",
     }
@@ -181,8 +182,10 @@ def sweep(
     for i, t in enumerate(teachers):
         label = labels[i] if labels else (f"{t.config.knob}_a = {t.config.k_train}" if t.config.k_train
                                           else f"teacher {i}")
+        opts = InferenceOptions.of(options, **kw)
+        per_image = [denoise_ks(p.noisy, t, list(ks), opts) for p in pairs]  # one backbone pass for all k
         for k in ks:
-            _, s = evaluate(t, pairs, InferenceOptions.of(options, **kw, k=k), split=split)
+            _, s = score_outputs([outs[k] for outs in per_image], pairs, split)
             rows.append({"teacher": i, "label": label, "k_a": t.config.k_train, "k_b": k, **{m: s[m] for m in METRICS},
                          **({"groups": s["groups"]} if split else {})})
     return rows

@@ -177,6 +177,34 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     return out[:, :, 0] if squeeze else out
 
 
+def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: InferenceOptions | None = None,
+               **kw) -> dict[int, np.ndarray]:
+    """``denoise(image, model, k=k)`` for every k in ``ks``. For an AT-BSN on a plain RGB (or gray) image the
+    backbone runs once per tile for all k (``ATBSN.teachers``: equal to separate calls up to float round-off);
+    otherwise one call per k."""
+    opts = InferenceOptions.of(options, **kw, k=None).for_model(model)  # the ks given replace any k
+    a = np.asarray(image)
+    if not model.config.is_teacher or a.ndim != 3 or a.shape[2] != model.config.in_channels:
+        return {k: denoise(a, model, replace(opts, k=k)) for k in ks}
+    ks = [validate_k(k) for k in ks]
+    dev = resolve_device(opts.device)
+    net = prepare(model, dev)
+    tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
+    x, factor = to_model_range(a)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+    def run(w: torch.Tensor) -> torch.Tensor:
+        with autocast(dev, opts.precision):
+            return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
+
+    with torch.no_grad():
+        y = run_tiled(run, t, tile, margin, device=dev)[0].permute(1, 2, 0).numpy()
+    if not np.isfinite(y).all():
+        raise AtbsnError(f"the {model.config.arch} network produced NaN or infinite values (broken weights?)")
+    c = a.shape[2]
+    return {k: from_model_range(y[:, :, i * c:(i + 1) * c], factor, a.dtype) for i, k in enumerate(ks)}
+
+
 BIG_IMAGE_TILES = 16  # an image with more tiles than this gets its own progress bar
 
 

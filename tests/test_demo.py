@@ -1,0 +1,19 @@
+"""The demo end to end on one small photo: the table holds the classical baselines beside the networks."""
+
+from __future__ import annotations
+
+import json
+
+from atbsn.demo import run_demo
+
+
+def test_the_demo_scores_the_student_beside_nlm_and_bm3d(tmp_path):
+    summary = run_demo(tmp_path / "demo", minutes=0.1, progress=False, photos=("coffee",), size=64)
+    methods = [r["method"] for r in summary["rows"]]
+    assert methods[:3] == ["noisy input", "non-local means (OpenCV)", "BM3D (true noise level)"]
+    assert methods[-1] == "student C" and summary["student_minus_best_classical_db"] is not None
+    for row in summary["rows"][1:3]:
+        assert row["psnr"] > summary["rows"][0]["psnr"] and row["seconds_per_image"] > 0
+    assert json.loads((tmp_path / "demo" / "results.json").read_text())["images"] == 1
+    assert (tmp_path / "demo" / "side_by_side.png").exists()
+    assert (tmp_path / "demo" / "denoised" / "BM3D" / "coffee.png").exists()
