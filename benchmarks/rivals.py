@@ -2,9 +2,10 @@
 
     python benchmarks/rivals.py sidd9      # ../shared/data/real/sidd9 (9 pairs, heavy smartphone noise)
     python benchmarks/rivals.py polyu100   # ../shared/data/real/polyu100 (first 20 pairs, mild DSLR noise)
+    python benchmarks/rivals.py sidd9 --seeds 1 2 --methods apbsn atbsn   # more seeds where rows decide a claim
 
 Fully self-supervised: every method trains only on the noisy images it is scored on, with the same steps,
-batch, crop, learning rate and seed (``BUDGET``). Scored: Neighbor2Neighbor, Blind2Unblind (plain UNets at
+batch, crop and learning rate (``BUDGET``); seeds vary the initialisation and the batches. Scored: Neighbor2Neighbor, Blind2Unblind (plain UNets at
 inference), AP-BSN at PD stride 5/5 and 5/2 without and with R3, AT-BSN at k 9/9 and 9/3, beside the AT-BSN
 paper's SIDD numbers; parameters and GMACs at 512^2 for each. Runs resume (same command) and finished
 runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
@@ -13,8 +14,10 @@ runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import time
+import json
+from pathlib import Path
 
+import numpy as np
 import torch
 from common import count_macs, write_results
 from reproduce import SETS, _run, open_set
@@ -54,33 +57,68 @@ def _gmacs(model, options: dict) -> float:
     return count_macs(net, x, k=k) / 1e9
 
 
+METHODS = ("n2n", "b2u", "apbsn", "atbsn")
+SEED_DIRS = 10  # seeds looked for when collecting finished runs
+
+
+def _run_dir(work: Path, method: str, seed: int) -> Path:
+    return work / (method if seed == 0 else f"{method}_s{seed}")
+
+
+def _scores(run: Path, method: str, pairs) -> dict[str, dict]:
+    """Every row of ``method`` for one finished run, cached beside it (a rerun only scores what is new)."""
+    cache = run / "rival_scores.json"
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    model = None
+    for m, label, options, _ in ROWS:
+        if m == method and label not in done:
+            model = model or load(run / "last.safetensors")
+            _, s = evaluate(model, pairs, progress=False, **options)
+            done[label] = {k: s[k] for k in METRICS}
+            print(f"{run.name}: {label}: {s['psnr']:.2f} dB", flush=True)
+            cache.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    mean = f"{np.mean(values):.{digits}f}"
+    return mean + (f" +- {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("set", choices=list(SETS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to train (finished runs are reused)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to train")
     ap.add_argument("--smoke", action="store_true", help="3 steps per run, results named *_smoke")
     a = ap.parse_args()
     pairs, tag, work, data = open_set(a.set, "rivals", a.smoke)
     budget = {**BUDGET, "steps": 3} if a.smoke else BUDGET
-    models, seconds = {}, {}
-    for method in ("n2n", "b2u", "apbsn", "atbsn"):
-        t = time.perf_counter()
-        cfg = RunConfig.from_preset("train", "cpu", method=method, data=data, out=str(work / method),
-                                    width=WIDTHS[method], val_every=10**9, save_every=250, **budget)
-        models[method] = _run(train, cfg)
-        seconds[method] = time.perf_counter() - t
-        print(f"{method}: {seconds[method]:.0f} s", flush=True)
+    for seed in a.seeds:
+        for method in a.methods:
+            cfg = RunConfig.from_preset("train", "cpu", method=method, data=data,
+                                        out=str(_run_dir(work, method, seed)), width=WIDTHS[method],
+                                        val_every=10**9, save_every=250, **{**budget, "seed": seed})
+            _run(train, cfg)
+            print(f"{method} seed {seed}: trained", flush=True)
 
-    rows = []
+    finished = {(m, seed): _run_dir(work, m, seed) for m in METHODS for seed in range(SEED_DIRS)
+                if (_run_dir(work, m, seed) / "summary.json").exists()
+                and json.loads((_run_dir(work, m, seed) / "summary.json").read_text()).get("finished")}
+    per_run = {key: _scores(run, key[0], pairs) for key, run in finished.items()}
+    seconds = {f"{m} seed {seed}": json.loads((run / "summary.json").read_text())["seconds"]
+               for (m, seed), run in finished.items()}
     base = [scores(to_model_range(p.noisy)[0], to_model_range(p.clean)[0]) for p in pairs]
-    rows.append({"method": "noisy input", **{m: sum(r[m] for r in base) / len(base) for m in METRICS},
-                 "params": 0, "gmac_512": 0.0, "paper_sidd": None})
+    rows = [{"method": "noisy input", **{m: [float(np.mean([r[m] for r in base]))] for m in METRICS}, "params": 0,
+             "gmac_512": 0.0, "paper_sidd": None}]
     for method, label, options, paper in ROWS:
-        model = load(models[method])
-        _, s = evaluate(model, pairs, progress=False, **options)
-        rows.append({"method": label, **{m: s[m] for m in METRICS},
-                     "params": sum(p.numel() for p in model.parameters()),
+        runs = sorted(seed for m, seed in per_run if m == method)
+        if not runs:
+            continue
+        model = load(finished[method, runs[0]] / "last.safetensors")
+        rows.append({"method": label, **{m: [per_run[method, seed][label][m] for seed in runs] for m in METRICS},
+                     "seeds": runs, "params": sum(p.numel() for p in model.parameters()),
                      "gmac_512": _gmacs(model, options), "paper_sidd": paper})
-        print(f"{label}: {s['psnr']:.2f} dB", flush=True)
     paper_nets = {"AT-BSN, paper width 48 (k_b = 3)": (ATBSN(), {"k": 3}),
                   "AP-BSN, paper width 128 (stride 2)": (APBSN(ModelConfig("apbsn", width=128, k_train=5, k_infer=2)),
                                                          {"k": 2}),
@@ -89,18 +127,19 @@ def main() -> None:
     reference = [{"method": name, "params": sum(p.numel() for p in net.parameters()), "gmac_512": _gmacs(net, o)}
                  for name, (net, o) in paper_nets.items()]
 
-    lines = ["| method | PSNR (dB) | SSIM (RGB) | SSIM (Y) | parameters | GMAC at 512^2 | paper, SIDD val (dB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | PSNR (dB) | SSIM (RGB) | SSIM (Y) | seeds | parameters | GMAC at 512^2 | paper, SIDD val "
+             "(dB) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = f"{r['paper_sidd']:.2f}" if r["paper_sidd"] else ""
-        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim_rgb']:.4f} | {r['ssim_y']:.4f} | "
-                     f"{r['params']:,} | {r['gmac_512']:.1f} | {paper} |")
+        lines.append(f"| {r['method']} | {_spread(r['psnr'])} | {_spread(r['ssim_rgb'], 4)} | "
+                     f"{_spread(r['ssim_y'], 4)} | {len(r.get('seeds', [])) or ''} | {r['params']:,} | "
+                     f"{r['gmac_512']:.1f} | {paper} |")
     lines += ["", "Paper-size networks (cost only):", "", "| network | parameters | GMAC at 512^2 |", "|---|---|---|"]
     lines += [f"| {r['method']} | {r['params']:,} | {r['gmac_512']:.1f} |" for r in reference]
     md = (f"Set: `{a.set}` ({len(pairs)} pairs), fully self-supervised (trained on the noisy images scored). "
-          f"Budget for every method: {budget}; widths {WIDTHS}; seed {budget['seed']}, one seed. PSNR on "
-          f"uint8-rounded RGB. Training seconds: {', '.join(f'{k} {v:.0f}' for k, v in seconds.items())} "
-          "(0 when a finished run was reused).\n\n" + "\n".join(lines))
+          f"Budget for every method: {budget} (seed varied); widths {WIDTHS}. PSNR on uint8-rounded RGB; mean +- "
+          "standard deviation over the seeds listed. Training seconds per run: "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in seconds.items())}.\n\n" + "\n".join(lines))
     write_results(f"rivals_{tag}", {"set": a.set, "budget": budget, "widths": WIDTHS, "rows": rows,
                                     "reference": reference, "train_seconds": seconds}, md)
 
