@@ -5,10 +5,10 @@
     python benchmarks/rivals.py sidd9 --seeds 1 2 --methods apbsn atbsn   # more seeds where rows decide a claim
 
 Fully self-supervised: every method trains only on the noisy images it is scored on, with the same steps,
-batch, crop and learning rate (``BUDGET``); seeds vary the initialisation and the batches. Scored: Neighbor2Neighbor, Blind2Unblind (plain UNets at
-inference), AP-BSN at PD stride 5/5 and 5/2 without and with R3, AT-BSN at k 9/9 and 9/3, beside the AT-BSN
-paper's SIDD numbers; parameters and GMACs at 512^2 for each. Runs resume (same command) and finished
-runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
+batch, crop and learning rate (``BUDGET``); seeds vary the initialisation and the batches. Scored:
+Neighbor2Neighbor, Blind2Unblind (plain UNets at inference), AP-BSN at PD stride 5/5 and 5/2 without and with
+R3, AT-BSN at k 9/9 and 9/3, beside the AT-BSN paper's SIDD numbers; parameters and GMACs at 512^2 for each.
+Runs resume (same command) and finished runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
 """
 
 from __future__ import annotations
