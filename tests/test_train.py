@@ -177,11 +177,16 @@ def test_presets_and_overrides():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo, tested on Linux")
-def test_two_process_data_parallel_training_keeps_ranks_identical(tmp_path, photos):
+@pytest.mark.parametrize("source", ["photos", "prepared store"])
+def test_two_process_data_parallel_training_keeps_ranks_identical(tmp_path, photos, source):
     run = tmp_path / "ddp"
+    data = photos
+    if source == "prepared store":
+        assert main(["prepare", str(photos), "-o", str(tmp_path / "store"), "-q"]) == 0
+        data = tmp_path / "store"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "atbsn",
-           "train", str(photos), "-o", str(run), "--steps", "3", "--device", "cpu", *TINY]
+           "train", str(data), "-o", str(run), "--steps", "3", "--device", "cpu", *TINY]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
