@@ -153,8 +153,10 @@ CASES = [
     Case("9 --save-every 0", bad_option(["--save-every", "0"]), "--save-every must be at least 1"),
     Case("9 --steps -5", bad_option(["--steps", "-5"]), "--steps must be at least 1"),
     Case("9 --crop 0", bad_option(["--crop", "0"]), "--crop must be at least 8"),
-    *[Case(f"10 checkpoint: {k}", bad_metadata(k), "bad.safetensors") for k in
-      ("no config", "broken json", "future version", "1-D tensor")],
+    *[Case(f"10 checkpoint: {k}", bad_metadata(k), f"bad.safetensors: {m}") for k, m in
+      (("no config", "atbsn checkpoint without its model configuration"),
+       ("broken json", "broken model configuration"), ("future version", "atbsn checkpoint format version '9'"),
+       ("1-D tensor", "enc1.conv.conv.weight has shape (48,), not a convolution's 4-D weight"))],
     Case("11 empty folder", empty_folder, "no image files"),
     Case("11 unmatched pair", unmatched_pairs, "no image of the same name"),
     Case("11 no SIDD blocks", empty_sidd_blocks, "holds no blocks"),

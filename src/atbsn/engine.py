@@ -274,13 +274,12 @@ class Trainer:
         self.loss.at(self.step, self.config.steps)
         with autocast(self.device, self.config.precision):
             loss = self.loss(self.net, x, m)
-        value = float(loss.detach())
-        if not math.isfinite(value):  # stop before the update: the checkpoints on disk stay finite
-            raise AtbsnError(f"{self.out}: the loss became {value} at step {self.step + 1}; training stopped. The "
-                             "last checkpoint on disk is finite (continue with --resume after lowering the risk: "
-                             "a new run with a smaller --lr, or fp32)")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        value = float(loss.detach())  # read once the backward is queued, as before: no extra stall on a GPU
+        if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
+            raise AtbsnError(f"{self.out}: the loss became {value} at step {self.step + 1}; training stopped. The "
+                             "last checkpoint on disk is finite; start a new run with a smaller --lr, or in fp32")
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()

@@ -147,6 +147,20 @@ def from_model_range(y: np.ndarray, factor: float, dtype: np.dtype) -> np.ndarra
     return np.round(out).astype(dtype) if np.issubdtype(dtype, np.integer) else out.astype(dtype)
 
 
+def _as_batch(image: np.ndarray) -> tuple[torch.Tensor, float]:
+    """H x W x C in its own range -> a 1 x C x H x W float tensor in 0..255, and the factor back."""
+    x, factor = to_model_range(image)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None], factor
+
+
+def _finite(y: np.ndarray, model: nn.Module) -> np.ndarray:
+    """``y``, unless the network returned NaN or infinities (broken weights): then an error, never an image."""
+    if not np.isfinite(y).all():
+        name = model.config.training.get("released") or f"the {model.config.arch} network"
+        raise AtbsnError(f"{name} produced NaN or infinite values (broken weights?); nothing written")
+    return y
+
+
 def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | None = None, *,
             progress: Callable[[int, int], None] | None = None, **kw) -> np.ndarray:
     """Denoise one H x W (x C) image in its own dtype (uint8, uint16, float); same dtype and range back.
@@ -164,13 +178,9 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
         raise AtbsnError(f"expected an H x W x C image with C in 1..4, got shape {a.shape}")
     colour, alpha = (a[:, :, :-1], a[:, :, -1:]) if a.shape[2] in (2, 4) else (a, None)
-    x, factor = to_model_range(colour)
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    t, factor = _as_batch(colour)
     with torch.no_grad():
-        y = _denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy()
-    if not np.isfinite(y).all():
-        name = model.config.training.get("released") or f"the {model.config.arch} network"
-        raise AtbsnError(f"{name} produced NaN or infinite values (broken weights?); nothing written")
+        y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
     out = from_model_range(y, factor, a.dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
@@ -190,17 +200,14 @@ def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: Infe
     dev = resolve_device(opts.device)
     net = prepare(model, dev)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
-    x, factor = to_model_range(a)
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    t, factor = _as_batch(a)
 
     def run(w: torch.Tensor) -> torch.Tensor:
         with autocast(dev, opts.precision):
             return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
 
     with torch.no_grad():
-        y = run_tiled(run, t, tile, margin, device=dev)[0].permute(1, 2, 0).numpy()
-    if not np.isfinite(y).all():
-        raise AtbsnError(f"the {model.config.arch} network produced NaN or infinite values (broken weights?)")
+        y = _finite(run_tiled(run, t, tile, margin, device=dev)[0].permute(1, 2, 0).numpy(), model)
     c = a.shape[2]
     return {k: from_model_range(y[:, :, i * c:(i + 1) * c], factor, a.dtype) for i, k in enumerate(ks)}
 
