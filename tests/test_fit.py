@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from atbsn.checkpoint import load
 from atbsn.cli import main
 from atbsn.images import read_image, write_image
 from atbsn.noise import add_camera_noise
+from atbsn.runtime import native_bf16
 
 TINY = ["--width", "8", "--crop", "32", "--batch", "2", "--teacher-steps", "3", "--student-steps", "2", "-q"]
 
@@ -24,6 +26,9 @@ def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
     assert main(["fit", str(photos), "-o", str(model), *TINY]) == 0
     out = capsys.readouterr().out
     assert "teacher AT-BSN" in out and "student C" in out and "min" in out  # the plan, with a time estimate
+    # minutes of training: the student learns from the teacher at k = 0 and 1, in bf16 where the CPU has it
+    assert "distilled at k in [0, 1] (mean loss)" in out
+    assert f"on cpu ({'bf16' if native_bf16(torch.device('cpu')) else 'fp32'})" in out
     student, teacher = load(model), load(model, part="teacher")
     assert student.config.arch == "C" and teacher.config.arch == "atbsn" and teacher.config.k_train == 9
     assert main(["denoise", str(photos), "-o", str(tmp_path / "den"), "--model", str(model), "-q"]) == 0
@@ -45,8 +50,6 @@ def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, cap
     and each is the better of start and result by the held-out self-supervised loss."""
     import json
 
-    import torch
-
     from atbsn import ATBSN, Student, save
 
     photos = _photos(tmp_path / "photos")
@@ -58,6 +61,7 @@ def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, cap
     assert main(["fit", str(photos), "-o", str(model), "--from", str(released), *steps]) == 0
     out = capsys.readouterr().out
     assert f"starting from {released}" in out and "held-out loss" in out
+    assert "distilled at k in [0, 1, 3, 5, 7, 9, 11] (multi loss)" in out  # a released teacher is converged
     report = json.loads((tmp_path / "mine.safetensors.fit" / "fit.json").read_text())
     for part in ("teacher", "student"):
         assert report[part]["kept"] in ("start", "result")
@@ -76,3 +80,32 @@ def test_fit_from_a_student_only_file_says_what_it_needs(tmp_path, capsys):
     only = save(Student("A"), tmp_path / "a.safetensors")
     assert main(["fit", str(photos), "-o", str(tmp_path / "m.safetensors"), "--from", str(only)]) == 2
     assert "holds no teacher to fine-tune" in capsys.readouterr().err
+
+
+def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_noise(tmp_path):
+    """No clean image needed: what a model removes, over the noise level of the flattest areas, is about 1 for
+    a model that removes just the noise and far above ``REMOVAL_LIMIT`` for one that removes detail too."""
+    from atbsn import Student
+    from atbsn.datasets import collect_sources
+    from atbsn.fit import REMOVAL_LIMIT, removal_ratio
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :128]
+    clean = np.where(xx < 48, 120.0, 120 + 50 * np.sin(xx / 1.7) * np.cos(yy / 2.3))[:, :, None].repeat(3, 2)
+    noisy = np.clip(clean + rng.normal(0, 6.0, clean.shape), 0, 255).astype(np.uint8)
+    write_image(tmp_path / "p.png", noisy)
+    sources = collect_sources([tmp_path / "p.png"])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn, self.config, self.w = fn, Student("C", width=4).config, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.fn(x)
+
+    as_tensor = torch.from_numpy(clean.transpose(2, 0, 1).copy()).float()[None]
+    cpu = torch.device("cpu")
+    assert 0.8 < removal_ratio(Fixed(lambda x: as_tensor), sources, cpu) < 1.3  # removes the noise exactly
+    assert removal_ratio(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu) > REMOVAL_LIMIT
+    assert removal_ratio(Fixed(lambda x: x), sources, cpu) == 0.0

@@ -5,7 +5,7 @@ import pytest
 from conftest import shared_path
 
 from atbsn.metrics import psnr
-from atbsn.noise import LEVELS, add_camera_noise, neighbour_correlation, with_jpeg
+from atbsn.noise import LEVELS, add_camera_noise, flat_noise_std, neighbour_correlation, with_jpeg
 
 
 def _clean(h=128, w=160):
@@ -55,3 +55,20 @@ def test_simulated_correlation_lies_within_the_real_sets():
     for level in LEVELS:
         sim = neighbour_correlation(add_camera_noise(clean, level, rng=1), clean)
         assert min(real) <= sim <= max(real), (level, sim, real)
+
+
+def test_flat_noise_std_reads_white_and_correlated_noise_beside_texture():
+    """The level in the flattest blocks: texture elsewhere does not raise it, correlation does not hide it
+    (a wavelet estimate reads correlated noise far too low)."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    scene = np.where(xx < 64, 100.0, 100 + 60 * np.sin(xx / 1.5) * np.cos(yy / 2.0))[:, :, None].repeat(3, 2)
+    white = rng.normal(0, 8.0, scene.shape)
+    correlated = uniform_filter(rng.normal(0, 1.0, scene.shape), size=(2, 2, 1))
+    correlated *= 8.0 / correlated.std()
+    for noise in (white, correlated):
+        assert 0.85 * 8.0 < flat_noise_std(scene + noise) < 1.05 * 8.0
+    assert flat_noise_std(scene + white) < 0.5 * np.std(scene + white)  # the texture half is not read as noise
+    assert flat_noise_std(np.full((4, 4), 3.0)) == 0.0  # smaller than a block: the plain std

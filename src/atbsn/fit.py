@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import load, load_parts, save
@@ -34,16 +35,21 @@ from .engine import Method, heldout_batch, heldout_loss
 from .errors import AtbsnError
 from .files import write_text
 from .losses import BlindSpotL1, DistillL1
-from .runtime import autocast, init_distributed, log
+from .runtime import autocast, init_distributed, log, native_bf16
 from .train import teacher_method, train
+
+# A fitted model that removes more than this times the flat-area noise level gets a warning (benchmarks/recipe.py)
+REMOVAL_LIMIT = 2.0
 
 
 @dataclass
 class FitConfig:
-    """Defaults: a laptop-sized recipe (width 16, 64-pixel crops, lr 1e-3) that learns in minutes on 2 cores.
-
-    Measured on the demo's photos: width 16 for 700 steps at lr 1e-3 gained 1.2 dB at k_b = 3 in two
-    minutes, where width 24 for 400 steps (the same time) gained 0.9 dB.
+    """Defaults: a laptop-sized recipe found by measurement (``benchmarks/recipe.py``, results in
+    ``benchmarks/results/recipe.md``): width 16, 64-pixel crops, lr 2e-3, bf16 where the device computes it
+    natively (twice the steps in the same minutes), and the student distilled from the teacher's outputs at
+    k = 0 and 1 (L1 to their mean). After minutes, not days, of training the teacher is far from converged and
+    every extra pixel of blind spot costs texture: on the demo's photos its output falls from 28.3 dB at k = 0
+    to 22.8 at k = 11, so the paper's k in 0..11 (right for a converged teacher) gave a blurred student.
     """
 
     width: int = option(16, "channels of the teacher's UNet", low=1)
@@ -52,13 +58,18 @@ class FitConfig:
     teacher_steps: int = option(1_500, "teacher training steps", low=1)
     student_steps: int = option(600, "distillation steps", low=1)
     student: str = option("C", "student network", choices=STUDENTS)
-    ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes the student learns from", low=0)
+    ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default 0 1 from "
+                                  "scratch; from a released model the paper's 0 1 3 5 7 9 11)", low=0)
+    loss: str | None = option(None, "distillation loss: multi (one L1 per teacher) or mean (L1 to their mean); "
+                              "default mean from scratch, multi (the paper's) from a released model",
+                              choices=("multi", "mean"))
     k_train: int = option(9, "blind-spot size k_a for training", low=1)
     k_infer: int = option(3, "blind-spot size k_b of the teacher", low=0)
-    lr: float = option(1e-3, "Adam learning rate of both phases", low=0.0)
+    lr: float = option(2e-3, "Adam learning rate of both phases", low=0.0)
     seed: int = option(0, "random seed", low=0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
+    precision: str = option("auto", "autocast precision (auto: bf16 where the device computes it natively, else "
+                            "fp32; fp16: CUDA only)", choices=("auto", "fp32", "bf16", "fp16"))
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     init_from_teacher: bool = option(True, "start student C from the teacher's UNet", cli=False)
     from_model: str | None = option(None, "start from a released model (name or file) with a teacher: fine-tune "
@@ -142,42 +153,71 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
     n_images = len(collect_sources(data))  # fails at once on a wrong or empty folder
     start = _released_start(cfg.from_model) if cfg.from_model else None
     lr = cfg.finetune_lr if start else cfg.lr
+    _, device = init_distributed(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
     common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": lr, "seed": cfg.seed,
-              "device": cfg.device, "precision": cfg.precision, "on_bad_file": cfg.on_bad_file,
+              "device": cfg.device, "precision": precision, "on_bad_file": cfg.on_bad_file,
               "val_every": 10**9, "save_every": 100}
     t0 = start.teacher.config if start else None
     tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps,
                      width=t0.width if t0 else cfg.width, k_train=(t0.k_train or cfg.k_train) if t0 else cfg.k_train,
                      k_infer=t0.k_infer if t0 else cfg.k_infer, **common)
+    # a teacher trained for minutes loses texture with every pixel of blind spot; a released one is converged
+    ks = cfg.ks or (list(SIDD_KS) if start else [0, 1])
+    loss = cfg.loss or ("multi" if start else "mean")
     student_arch = start.student.config.arch if start and start.student is not None else cfg.student
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
-                     teacher=str(work / "teacher.safetensors"), student=student_arch, ks=cfg.ks,
+                     teacher=str(work / "teacher.safetensors"), student=student_arch, ks=ks, loss=loss,
                      init_from_teacher=cfg.init_from_teacher and student_arch == "C", **common)
-    _, device = init_distributed(cfg.device)
     t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start)
     log.info(f"fit: {n_images} noisy image(s) -> {output}" + (f", starting from {start.source}" if start else ""))
     log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
-    log.info(f"  2. student {student_arch}, {scfg.steps} steps distilled at k in {cfg.ks}"
-             + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device}")
+    log.info(f"  2. student {student_arch}, {scfg.steps} steps distilled at k in {ks} ({loss} loss)"
+             + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
 
     report: dict = {"from": start.source if start else None}
     _phase(work / "teacher", tcfg, partial(train, init=start.teacher if start else None), progress)
     teacher = load(work / "teacher" / "last.safetensors")
     if start:
         teacher, report["teacher"] = _keep_better("teacher", start.teacher, teacher, BlindSpotL1(tcfg.k_train),
-                                                  heldout_batch(tcfg, 3, 32), device, cfg.precision)
+                                                  heldout_batch(tcfg, 3, 32), device, precision)
     save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
     _phase(work / "student", scfg, partial(distill, init=start.student if start else None), progress)
     student = load(work / "student" / "last.safetensors")
     if start and start.student is not None:
         student, report["student"] = _keep_better(
-            "student", start.student, student, DistillL1(load(scfg.teacher).to(device), cfg.ks),
-            heldout_batch(scfg, 3, 32), device, cfg.precision)
+            "student", start.student, student, DistillL1(load(scfg.teacher).to(device), ks, loss),
+            heldout_batch(scfg, 3, 32), device, precision)
     save(student, output, teacher=teacher)
+    report["removed_over_noise"] = ratio = removal_ratio(student, collect_sources(data), device)
+    if ratio > REMOVAL_LIMIT:
+        log.warning(f"fit: the model removes {ratio:.1f}x the noise level of the photos' flattest areas, so it "
+                    "probably removes detail too and its output may be worse than the input (usual for mild "
+                    "noise after a short fit: give it more --minutes, or start --from a released model)")
     write_text(work / "fit.json", json.dumps(report, indent=2))
     log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
     return output
+
+
+def removal_ratio(model: torch.nn.Module, sources: list, device: torch.device, limit: int = 8,
+                  side: int = 512) -> float:
+    """How much a denoiser takes away, against the noise it could take: the median over up to ``limit`` photos
+    (centre crops of ``side``) of the standard deviation of input minus output over the noise level of the
+    photo's flattest areas (:func:`atbsn.noise.flat_noise_std`). Near 1 for a denoiser that removes noise;
+    far above it, the output has lost signal as well (no clean image is needed to see it)."""
+    from .inference import denoise_tensor
+    from .noise import flat_noise_std
+
+    ratios = []
+    for src in sources[:limit]:
+        a, factor = src.load()
+        y, x = max(0, (a.shape[0] - side) // 2), max(0, (a.shape[1] - side) // 2)
+        crop = np.asarray(a[y : y + side, x : x + side], dtype=np.float32) * factor
+        noisy = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+        removed = float((noisy - denoise_tensor(noisy, model, device=device).cpu()).std())
+        ratios.append(removed / max(flat_noise_std(crop), 1e-3))
+    return float(np.median(ratios))
 
 
 def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device,

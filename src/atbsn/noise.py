@@ -134,3 +134,19 @@ def neighbour_correlation(noisy: np.ndarray, clean: np.ndarray, shift: int = 1) 
 def with_jpeg(level: str | CameraNoise, quality: int) -> CameraNoise:
     """A level with JPEG compression at ``quality`` added (as a phone or camera would save it)."""
     return replace(LEVELS[level] if isinstance(level, str) else level, jpeg_quality=quality)
+
+
+def flat_noise_std(image: np.ndarray, block: int = 16, percentile: float = 10.0) -> float:
+    """The noise standard deviation (the image's own scale) seen in its flattest areas: the square root of the
+    ``percentile``-th percentile of the per-block variances (``block`` x ``block`` blocks, averaged over
+    channels). Unlike a wavelet estimate, which sees only the finest scale and so reads correlated sRGB noise
+    at a third of its level, a block's variance holds all of it; on the demo's and SIDD's images this gives
+    0.8-1.0 of the true level. It reads low where no area is flat or where noise is clipped (dark or
+    saturated backgrounds)."""
+    a = np.asarray(image, dtype=np.float64)
+    a = a[:, :, None] if a.ndim == 2 else a
+    h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return float(np.std(a))
+    var = a[:h, :w].reshape(h // block, block, w // block, block, -1).var(axis=(1, 3), ddof=1).mean(-1)
+    return float(np.sqrt(np.percentile(var, percentile)))

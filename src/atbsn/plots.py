@@ -67,15 +67,24 @@ def plot_heatmap(rows: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def image_strip(images: Sequence[np.ndarray], labels: Sequence[str], path: str | Path) -> Path:
-    """Images side by side with a label under each (uint8 H x W x C, same height)."""
+def image_strip(images: Sequence[np.ndarray], labels: Sequence[str], path: str | Path,
+                zoom: tuple[int, int, int] | None = None) -> Path:
+    """Images side by side with a label under each (uint8 H x W x C, same height). ``zoom = (y, x, size)``
+    adds a second row with that square of every image enlarged (nearest neighbour), framed in the first."""
     plt = _pyplot()
     n = len(images)
     h, w = images[0].shape[:2]
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n * w / max(h, w), 2.5 * h / max(h, w)))
-    for ax, im, label in zip(np.atleast_1d(axes), images, labels):
-        ax.imshow(im.squeeze(), cmap="gray" if im.ndim == 2 or im.shape[2] == 1 else None, vmin=0, vmax=255,
-                  interpolation="nearest")
-        ax.set_title(label, fontsize=8)
-        ax.axis("off")
+    rows = 2 if zoom else 1
+    fig, axes = plt.subplots(rows, n, figsize=(2.2 * n * w / max(h, w), 2.5 * rows * h / max(h, w)), squeeze=False)
+    for i, (im, label) in enumerate(zip(images, labels)):
+        shown = [im] if zoom is None else [im, im[zoom[0] : zoom[0] + zoom[2], zoom[1] : zoom[1] + zoom[2]]]
+        for r, part in enumerate(shown):
+            ax = axes[r, i]
+            ax.imshow(part.squeeze(), cmap="gray" if part.ndim == 2 or part.shape[2] == 1 else None, vmin=0,
+                      vmax=255, interpolation="nearest")
+            ax.axis("off")
+        axes[0, i].set_title(label, fontsize=8)
+        if zoom:
+            y, x, size = zoom
+            axes[0, i].add_patch(plt.Rectangle((x - 0.5, y - 0.5), size, size, fill=False, color="yellow", lw=0.8))
     return _save(fig, path)

@@ -44,6 +44,18 @@ def check_precision(precision: str, device: torch.device | None = None) -> str:
     return precision
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports it):
+    there bf16 autocast about halves a training step (measured on 2 AVX512-BF16 cores: 0.12 s vs 0.24 s for
+    the fit teacher); elsewhere it is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: torch.device, precision: str = "fp32"):
     """A context that runs the forward in the requested precision (fp32: no-op)."""
     if check_precision(precision, device) == "fp32":

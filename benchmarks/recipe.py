@@ -1,0 +1,189 @@
+"""PSNR against minutes for ``fit`` recipes on 2 CPU cores, with non-local means and BM3D as lines.
+
+Each point is one ``fit`` (teacher + student, sized by ``--minutes``) on the noisy images of a set, scored
+against the clean ones; the fit sees no clean image. Points are kept in ``results/work_recipe/<set>/`` and
+skipped when rerun, so the study builds up over several sittings:
+
+    python benchmarks/recipe.py demo --recipes old new --minutes 1 2 3 5 10 20
+    python benchmarks/recipe.py sidd9 --recipes old new --minutes 2 5 10
+    python benchmarks/recipe.py demo --recipes bf16 bf16-w24 --minutes 3    # the search, one variant a row
+
+Sets: ``demo`` (the demo's four scikit-image photos with simulated 'phone-night' noise), ``sidd9`` (heavy
+real phone noise) and ``polyu100`` (first 20 pairs, mild real DSLR noise). Results: ``results/recipe.md``,
+``results/recipe.json`` and ``results/recipe_<set>.png``. Run nothing else meanwhile: the budget is wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, write_results
+from reproduce import SETS as REAL_SETS
+
+from atbsn import classical
+from atbsn.checkpoint import load
+from atbsn.config import SIDD_KS
+from atbsn.datasets import Pair, load_pairs
+from atbsn.demo import sample_pairs
+from atbsn.evaluate import evaluate, score_outputs
+from atbsn.fit import FitConfig, fit
+from atbsn.images import write_image
+
+# The recipes, as FitConfig fields. "old" is the default before issue 18, frozen here; "new" is the default
+# now (an empty override). The rest are the search's variants, kept so that each row can be rerun.
+OLD = {"width": 16, "crop": 64, "batch": 8, "lr": 1e-3, "precision": "fp32", "student_share": 0.3,
+       "ks": list(SIDD_KS), "loss": "multi"}
+RECIPES: dict[str, dict] = {
+    "old": OLD,
+    "new": {},
+    "bf16": {**OLD, "precision": "bf16"},
+    "bf16-w24": {**OLD, "precision": "bf16", "width": 24},
+    "bf16-lr2e-3": {**OLD, "precision": "bf16", "lr": 2e-3},
+    "bf16-share0.15": {**OLD, "precision": "bf16", "student_share": 0.15},
+    "bf16-crop96": {**OLD, "precision": "bf16", "crop": 96, "batch": 4},
+    "ks013": {**OLD, "precision": "bf16", "lr": 2e-3, "ks": [0, 1, 3]},
+    "ks013-mean": {**OLD, "precision": "bf16", "lr": 2e-3, "ks": [0, 1, 3], "loss": "mean"},
+    "ks01-mean": {**OLD, "precision": "bf16", "lr": 2e-3, "ks": [0, 1], "loss": "mean"},
+    "share0.15": {"student_share": 0.15},
+    "share0.15-lr3e-3": {"student_share": 0.15, "lr": 3e-3},
+}
+WORK = RESULTS / "work_recipe"
+
+
+def set_pairs(name: str) -> list[Pair]:
+    if name == "demo":
+        return [Pair(n, noisy, clean) for n, noisy, clean in sample_pairs()]
+    root, limit = REAL_SETS[name]
+    if not root.exists():
+        raise SystemExit(f"{root} not found: this benchmark needs the project's test data beside the repository")
+    return load_pairs(root, limit)
+
+
+def noisy_folder(name: str, pairs: list[Pair]) -> Path:
+    folder = WORK / name / "noisy"
+    for p in pairs:
+        if not (folder / f"{p.name}.png").exists():
+            write_image(folder / f"{p.name}.png", p.noisy)
+    return folder
+
+
+def baselines(name: str, pairs: list[Pair]) -> dict:
+    """Noisy input, OpenCV non-local means and BM3D at the true noise level, cached per set."""
+    cache = WORK / name / "baselines.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    out = {"noisy": score_outputs([p.noisy for p in pairs], pairs)[1]}
+    for label, fn in (("NLM", lambda p: classical.nlm(p.noisy)),
+                      ("BM3D", lambda p: classical.bm3d(p.noisy, classical.noise_sigma(p.noisy, p.clean)))):
+        t0 = time.perf_counter()
+        outs = [fn(p) for p in pairs]
+        out[label] = {**score_outputs(outs, pairs)[1], "seconds_per_image": (time.perf_counter() - t0) / len(pairs)}
+        print(f"{name}: {label} {out[label]['psnr']:.2f} dB", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def point(name: str, pairs: list[Pair], recipe: str, minutes: float, seed: int) -> dict:
+    """One fit at one budget, scored (cached as ``row.json`` beside its work)."""
+    run = WORK / name / f"{recipe}_m{minutes:g}_s{seed}"
+    row_path = run / "row.json"
+    if row_path.exists():
+        return json.loads(row_path.read_text())
+    if run.exists():  # an interrupted point: its wall time would be wrong, so it starts again
+        shutil.rmtree(run)
+    cfg = FitConfig(**{**RECIPES[recipe], "minutes": minutes, "seed": seed, "device": "cpu"})
+    t0 = time.perf_counter()
+    model = fit([noisy_folder(name, pairs)], run / "model.safetensors", cfg, progress=False)
+    seconds = time.perf_counter() - t0
+    plan = json.loads((run / "model.safetensors.fit" / "plan.json").read_text())
+    _, s = evaluate(load(model), pairs)
+    _, t = evaluate(load(model, part="teacher"), pairs, k=3) if name == "demo" else (None, None)
+    row = {"set": name, "recipe": recipe, "minutes": minutes, "seed": seed, "fit_seconds": seconds,
+           "config": RECIPES[recipe], **plan, "student": {m: s[m] for m in ("psnr", "ssim_rgb", "ssim_y")},
+           "teacher_k3": {m: t[m] for m in ("psnr", "ssim_rgb", "ssim_y")} if t else None}
+    row_path.write_text(json.dumps(row, indent=1))
+    print(f"{name} {recipe} {minutes:g} min seed {seed}: student {s['psnr']:.2f} dB "
+          f"({plan['teacher_steps']}+{plan['student_steps']} steps, {seconds:.0f} s)", flush=True)
+    return row
+
+
+def collect() -> tuple[dict, list[dict]]:
+    base = {p.parent.name: json.loads(p.read_text()) for p in sorted(WORK.glob("*/baselines.json"))}
+    rows = [json.loads(p.read_text()) for p in sorted(WORK.glob("*/*/row.json"))]
+    return base, rows
+
+
+def report(base: dict, rows: list[dict], command: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = ["# recipe: student PSNR against the fit's minutes on 2 CPU cores", "",
+          "Each point: `fit --minutes M` (teacher + student C) on the set's noisy images, scored against the "
+          "clean ones. BM3D is given the true noise level (an oracle). mean +- sd over seeds where there are "
+          "several.", ""]
+    for name in sorted(base):
+        b = base[name]
+        md += [f"## {name}", "", f"noisy {b['noisy']['psnr']:.2f} dB, NLM {b['NLM']['psnr']:.2f} dB "
+               f"(SSIM {b['NLM']['ssim_rgb']:.4f}), BM3D {b['BM3D']['psnr']:.2f} dB (SSIM {b['BM3D']['ssim_rgb']:.4f})",
+               "", "| recipe | minutes | seeds | student PSNR | SSIM (RGB) | teacher k_b=3 | steps (teacher+student) |",
+               "|---|---|---|---|---|---|---|"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        mine = [r for r in rows if r["set"] == name]
+        for recipe in sorted({r["recipe"] for r in mine}):
+            pts = sorted({r["minutes"] for r in mine if r["recipe"] == recipe})
+            means = []
+            for m in pts:
+                rs = [r for r in mine if r["recipe"] == recipe and r["minutes"] == m]
+                ps = [r["student"]["psnr"] for r in rs]
+                ss = [r["student"]["ssim_rgb"] for r in rs]
+                tk = [r["teacher_k3"]["psnr"] for r in rs if r.get("teacher_k3")]
+                means.append(np.mean(ps))
+                md.append(f"| {recipe} | {m:g} | {len(rs)} | {_spread(ps)} | {_spread(ss, 4)} | "
+                          f"{_spread(tk) if tk else '-'} | {rs[0]['teacher_steps']} + {rs[0]['student_steps']} |")
+            ax.plot(pts, means, "o-", label=recipe)
+        for label, style in (("NLM", ":"), ("BM3D", "--")):
+            ax.axhline(b[label]["psnr"], linestyle=style, color="gray")
+            ax.text(ax.get_xlim()[0], b[label]["psnr"], f" {label}", va="bottom", fontsize=8)
+        ax.axhline(b["noisy"]["psnr"], linestyle="-", color="lightgray")
+        ax.set(xscale="log", xlabel="fit minutes (2 CPU cores)", ylabel="PSNR (dB)", title=name)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"recipe_{name}.png", dpi=110)
+        plt.close(fig)
+        md += ["", f"![{name}](recipe_{name}.png)", ""]
+    write_results("recipe", {"baselines": base, "rows": rows}, "\n".join(md) + "\n")
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    mean = f"{np.mean(values):.{digits}f}"
+    return mean + (f" +- {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("set", choices=["demo", *REAL_SETS])
+    ap.add_argument("--recipes", nargs="+", default=["old", "new"], choices=list(RECIPES))
+    ap.add_argument("--minutes", nargs="+", type=float, default=[1, 2, 3, 5, 10, 20])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the tables and curves")
+    a = ap.parse_args()
+    if not a.report_only:
+        pairs = set_pairs(a.set)
+        baselines(a.set, pairs)
+        for minutes in a.minutes:
+            for recipe in a.recipes:
+                for seed in a.seeds:
+                    point(a.set, pairs, recipe, minutes, seed)
+    report(*collect())
+
+
+if __name__ == "__main__":
+    main()
