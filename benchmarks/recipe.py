@@ -128,7 +128,8 @@ def report(base: dict, rows: list[dict], command: str | None = None) -> None:
     md = ["# recipe: student PSNR against the fit's minutes on 2 CPU cores", "",
           "Each point: `fit --minutes M` (teacher + student C) on the set's noisy images, scored against the "
           "clean ones. BM3D is given the true noise level (an oracle). mean +- sd over seeds where there are "
-          "several.", ""]
+          "several. Points made by `python benchmarks/recipe.py SET --recipes ... --minutes ... [--seeds ...]` "
+          "(one row per call is kept in results/work_recipe/), this file by the command above.", ""]
     for name in sorted(base):
         b = base[name]
         md += [f"## {name}", "", f"noisy {b['noisy']['psnr']:.2f} dB, NLM {b['NLM']['psnr']:.2f} dB "
