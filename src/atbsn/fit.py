@@ -87,15 +87,15 @@ class FitConfig:
 
 def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
     """Seconds per optimisation step of a method as the run will make it (precision, channels, layout): the
-    median of three steps after two warm-up steps (the second step alone was measured up to 2x slower than
-    the steady state, which left half the budget unused)."""
+    median of six steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core machine and the
+    first ones are slower still; a three-step median once planned half the steps the budget allowed."""
     channels = method.model.config.in_channels
     sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed,
                            on_bad_file=config.on_bad_file)
     model = method.model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     times = []
-    for step in range(5):
+    for step in range(9):
         x, m = (torch.from_numpy(a).to(device) for a in sampler.batch(step, config.batch))
         t0 = time.perf_counter()
         with autocast(device, config.precision):
@@ -104,7 +104,7 @@ def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> fl
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[2:])
+    return statistics.median(times[3:])
 
 
 def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
