@@ -14,6 +14,7 @@ def test_the_demo_scores_the_student_beside_nlm_and_bm3d(tmp_path):
     assert methods[-1] == "student C" and summary["student_minus_best_classical_db"] is not None
     for row in summary["rows"][1:3]:
         assert row["psnr"] > summary["rows"][0]["psnr"] and row["seconds_per_image"] > 0
-    assert json.loads((tmp_path / "demo" / "results.json").read_text())["images"] == 1
+    written = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert written["images"] == 1 and set(written["student_above_all_classical"]) == {"psnr", "ssim_rgb", "ssim_y"}
     assert (tmp_path / "demo" / "side_by_side.png").exists()
     assert (tmp_path / "demo" / "denoised" / "BM3D" / "coffee.png").exists()
