@@ -32,8 +32,9 @@ from reproduce import SETS, _run, open_set
 from atbsn.checkpoint import load
 from atbsn.config import SIDD_KS, RunConfig
 from atbsn.distill import distill
-from atbsn.evaluate import METRICS, TextureSplit, evaluate, sweep
-from atbsn.plots import plot_heatmap
+from atbsn.evaluate import METRICS, TextureSplit, crops_by_k, evaluate, sweep
+from atbsn.files import write_text
+from atbsn.plots import image_strip, plot_heatmap, plot_sweep
 from atbsn.runtime import native_bf16
 from atbsn.train import train
 
@@ -104,47 +105,144 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.2f}" + (f" +- {np.std(values, ddof=1):.2f}" if len(values) > 1 else " (1 seed)")
 
 
-def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit) -> None:
+def _group(scores: dict, group: str) -> float:
+    return scores["psnr"] if group == "all" else scores["groups"][group]["psnr"]
+
+
+def teacher_psnr(results: dict, ka: int, kb: int, group: str = "all") -> dict[int, float]:
+    """PSNR per seed of the k_a teacher at k_b (whole images or one texture group)."""
+    out = {}
+    for r in results.values():
+        if r["spec"]["kind"] == "teacher" and r["spec"]["k_a"] == ka:
+            out[r["spec"]["seed"]] = next(_group(e, group) for e in r["scores"]["sweep"] if e["k_b"] == kb)
+    return out
+
+
+def row_psnr(results: dict, key: str, group: str = "all") -> dict[int, float]:
+    """PSNR per seed of the rows named ``<key>_s<seed>``."""
+    return {r["spec"]["seed"]: _group(r["scores"], group) for r in results.values()
+            if r["name"].rsplit("_s", 1)[0] == key}
+
+
+def verdict(a: dict[int, float], b: dict[int, float], min_seeds: int = 3) -> tuple[str, str]:
+    """Whether a > b, from the differences paired by seed: it holds (or does not) when the mean difference
+    exceeds twice the standard deviation of the differences over at least ``min_seeds`` seeds; otherwise it
+    cannot be told apart from run-to-run noise. Returns (the difference as text, the verdict)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "-", "not run yet"
+    d = np.array([a[s] - b[s] for s in seeds])
+    mean = float(d.mean())
+    if len(seeds) < min_seeds:
+        return f"{mean:+.2f} ({len(seeds)} seed{'s' * (len(seeds) > 1)})", f"undecided: fewer than {min_seeds} seeds"
+    sd = float(d.std(ddof=1))
+    text = f"{mean:+.2f} +- {sd:.2f} ({len(seeds)} seeds)"
+    if abs(mean) > 2 * sd:
+        return text, "holds" if mean > 0 else "does not hold (the opposite is seen)"
+    return text, "cannot be told apart from run-to-run noise"
+
+
+def claims(results: dict) -> list[tuple[str, str, dict, dict]]:
+    """The supplementary's claims, each as (claim, the paper's evidence, A, B) meaning "A > B" per seed."""
+    t93 = teacher_psnr(results, 9, 3)
+    out = [
+        ("S4: multi-teacher distillation beats region partition (student C)", "37.59 vs 37.27 dB",
+         row_psnr(results, "student_C_multi"), row_psnr(results, "student_C_partition")),
+        ("S4: multi-teacher beats mean-teacher distillation (student C)", "37.88 vs 37.72 dB",
+         row_psnr(results, "student_C_multi"), row_psnr(results, "student_C_mean")),
+    ]
+    out += [(f"Tab. 3: student {s} gains from distillation (beats its k_a = 9 teacher at k_b = 3)",
+             f"{PAPER['student ' + s]} vs 36.80 dB", row_psnr(results, f"student_{s}_multi"), t93) for s in "ABC"]
+    out += [("Tab. 3: depth helps more than downsampling: B beats A", "37.76 vs 36.98 dB",
+             row_psnr(results, "student_B_multi"), row_psnr(results, "student_A_multi")),
+            ("Tab. 3: C beats B", "37.88 vs 37.76 dB",
+             row_psnr(results, "student_C_multi"), row_psnr(results, "student_B_multi"))]
+    out += [("S5.1: flat regions gain from a larger k_b (k_a = 9 teacher, k_b = 9 over k_b = 3)", "Fig. S4",
+             teacher_psnr(results, 9, 9, "flat"), teacher_psnr(results, 9, 3, "flat")),
+            ("S5.1: textured regions lose with a larger k_b (k_a = 9 teacher, k_b = 3 over k_b = 9)", "Fig. S4",
+             teacher_psnr(results, 9, 3, "textured"), teacher_psnr(results, 9, 9, "textured"))]
+    drop = {ka: {s: teacher_psnr(results, ka, 3, "textured")[s] - v
+                 for s, v in teacher_psnr(results, ka, 11, "textured").items()} for ka in (3, 9)}
+    out.append(("S5.1: a larger k_a makes a large k_b less harmful to texture (textured loss from k_b = 3 to 11: "
+                "k_a = 3 loses more than k_a = 9)", "Fig. S4", drop[3], drop[9]))
+    fused = sorted(FUSION)
+    out += [(f"Fig. S2: fusing {b} teachers beats fusing {a}", "Fig. S2 (visual)",
+             row_psnr(results, f"fusion_{b}"), row_psnr(results, f"fusion_{a}")) for a, b in zip(fused, fused[1:])]
+    return out
+
+
+def _crops_by_group(tag: str, pairs, split: TextureSplit, work: Path) -> list[str]:
+    """One crop per texture group across k_b from the k_a = 9 teacher of seed 0 (drawn once)."""
+    model_path = work / "runs" / "teacher_ka9_s0" / "best.safetensors"
+    written = []
+    for group, regions in split.groups.items():
+        path = RESULTS / f"ablations_{tag}_crops_{group}.png"
+        if not path.exists() and model_path.exists() and regions:
+            i, y, x, h, w = regions[len(regions) // 2]  # a region from the middle of the group's list
+            p = pairs[i]
+            crops = crops_by_k(load(model_path), p.noisy, (y, x, h, w), KBS)
+            image_strip([p.noisy[y : y + h, x : x + w], *crops, p.clean[y : y + h, x : x + w]],
+                        ["noisy", *[f"k_b = {k}" for k in KBS], "clean"], path)
+        if path.exists():
+            written.append(path.name)
+    return written
+
+
+def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit, pairs, work: Path) -> None:
     seeds = sorted({r["spec"]["seed"] for r in results.values()})
     md = [f"Set `{set_name}`; budget {json.dumps(b)}; seeds so far {seeds}; texture groups: {GROUP_CROP}^2 crops "
-          f"split at local std {split.threshold:.2f} (median; flat {len(split.groups['flat'])}, textured "
-          f"{len(split.groups['textured'])} crops). PSNR on uint8-rounded RGB, mean +- std over seeds.", ""]
+          f"split at local std {split.threshold:.2f} of the clean image (median; flat {len(split.groups['flat'])}, "
+          f"textured {len(split.groups['textured'])} crops). PSNR in dB on uint8-rounded RGB, mean +- std over "
+          "seeds. Every network trained only on the set's noisy images.", ""]
+    verdicts = []
+    md += ["## Claims", "", "A claim holds (or does not) when the mean difference, paired by seed, exceeds twice "
+           "the standard deviation of the differences over at least 3 seeds.", "",
+           "| claim | paper | difference (dB) | verdict |", "|---|---|---|---|"]
+    for text, paper, a, b_ in claims(results):
+        diff, v = verdict(a, b_)
+        verdicts.append({"claim": text, "paper": paper, "difference": diff, "verdict": v})
+        md.append(f"| {text} | {paper} | {diff} | {v} |")
+    md.append("")
     teachers = [r for r in results.values() if r["spec"]["kind"] == "teacher"]
     if teachers:
+        steps = {ka: [r["scores"]["best_step"] for r in teachers if r["spec"]["k_a"] == ka] for ka in KAS}
+        md += ["## Teachers: k_a x k_b (Fig. S4)", "", "Best step: the step of the lowest held-out blind-spot "
+               f"loss (no clean image used), of {b['teacher_steps']}, per seed: "
+               + "; ".join(f"k_a = {ka}: {', '.join(map(str, v))}" for ka, v in steps.items() if v) + ".", ""]
         for group in ("all", "flat", "textured"):
-            md += [f"k_a x k_b, {group} (PSNR):", "", "| k_a \\ k_b | " + " | ".join(map(str, KBS)) + " | best step |",
-                   "|---|" + "---|" * (len(KBS) + 1)]
+            md += [f"{group}:", "", "| k_a \\ k_b | " + " | ".join(map(str, KBS)) + " |", "|---|" + "---|" * len(KBS)]
             heat = []
             for ka in KAS:
-                runs = [r for r in teachers if r["spec"]["k_a"] == ka]
-                if not runs:
+                per_k = {kb: list(teacher_psnr(results, ka, kb, group).values()) for kb in KBS}
+                if not per_k[KBS[0]]:
                     continue
-                cells = []
-                for i, k in enumerate(KBS):
-                    vals = [(r["scores"]["sweep"][i] if group == "all" else r["scores"]["sweep"][i]["groups"][group])
-                            ["psnr"] for r in runs]
-                    cells.append(spread(vals))
-                    heat.append({"teacher": ka, "label": f"k_a = {ka}", "k_a": ka, "k_b": k,
-                                 "psnr": float(np.mean(vals))})
-                md.append(f"| {ka} | " + " | ".join(cells) + " | "
-                          + ", ".join(str(r["scores"]["best_step"]) for r in runs) + " |")
+                md.append(f"| {ka} | " + " | ".join(spread(v) for v in per_k.values()) + " |")
+                heat += [{"teacher": ka, "label": f"k_a = {ka}", "k_a": ka, "k_b": kb, "psnr": float(np.mean(v))}
+                         for kb, v in per_k.items()]
             if heat:
                 plot_heatmap(heat, RESULTS / f"ablations_{tag}_heatmap_{group}.png")
+                plot_sweep(heat, RESULTS / f"ablations_{tag}_sweep_{group}.png")
             md.append("")
+        crops = _crops_by_group(tag, pairs, split, work)
+        md += [f"Pictures: `ablations_{tag}_heatmap_<group>.png`, `ablations_{tag}_sweep_<group>.png` (PSNR over "
+               f"k_b per k_a) and {', '.join(f'`{c}`' for c in crops) or 'no crops yet'} (the k_a = 9 teacher of "
+               "seed 0 across k_b on one crop of each group).", ""]
     others = [r for r in results.values() if r["spec"]["kind"] != "teacher"]
     if others:
-        md += ["| row | PSNR all | flat | textured | SSIM-RGB | seeds |", "|---|---|---|---|---|---|"]
-        keys = sorted({r["name"].rsplit("_s", 1)[0] for r in others})
-        for key in keys:
+        md += ["## Students and fusion", "", "| row | PSNR all | flat | textured | SSIM-RGB | seeds |",
+               "|---|---|---|---|---|---|"]
+        for key in sorted({r["name"].rsplit("_s", 1)[0] for r in others}):
             runs = [r for r in others if r["name"].rsplit("_s", 1)[0] == key]
             md.append(f"| {key} | {spread([r['scores']['psnr'] for r in runs])} | "
                       f"{spread([r['scores']['groups']['flat']['psnr'] for r in runs])} | "
                       f"{spread([r['scores']['groups']['textured']['psnr'] for r in runs])} | "
                       f"{np.mean([r['scores']['ssim_rgb'] for r in runs]):.4f} | {len(runs)} |")
-        md += ["", f"The paper (SIDD validation): students A / B / C {PAPER['student A']} / {PAPER['student B']} / "
-               f"{PAPER['student C']}; partition {PAPER['partition']} vs multi-teacher {PAPER['multi']}."]
+        md += ["", f"Fusion rows: student C from the teacher at k in {json.dumps(FUSION)} (multi loss); fusion_7 is "
+               "the same run as student_C_multi. The paper (SIDD validation): students A / B / C "
+               f"{PAPER['student A']} / {PAPER['student B']} / {PAPER['student C']}; partition {PAPER['partition']} "
+               f"vs multi-teacher {PAPER['multi']}; mean-teacher 37.72."]
     write_results(f"ablations_{tag}", {"budget": b, "seeds": seeds, "threshold": split.threshold,
-                                       "rows": list(results.values())}, "\n".join(md))
+                                       "claims": verdicts, "rows": list(results.values())}, "\n".join(md))
 
 
 def main() -> None:
@@ -166,11 +264,10 @@ def main() -> None:
         if done.exists() or a.report_only:
             continue
         scores = run_row(name, spec, work, data, pairs, split, b)
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps({"name": name, "spec": spec, "budget": b, "scores": scores}, indent=1))
+        write_text(done, json.dumps({"name": name, "spec": spec, "budget": b, "scores": scores}, indent=1))
         print(f"{name}: done", flush=True)
     results = {p.stem: json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))}
-    report(tag, a.set, results, b, split)
+    report(tag, a.set, results, b, split, pairs, work)
 
 
 if __name__ == "__main__":
