@@ -124,3 +124,18 @@ def test_sweep_by_texture_group_draws_a_heatmap_and_crops_per_group(tmp_path):
                  "--group-crop", "32", "--crops", "--crop-size", "24"]) == 0
     for name in ("heatmap_flat", "heatmap_textured", "sweep_flat", "crops_flat", "crops_textured", "heatmap"):
         assert (out / f"{name}.png").exists(), name
+
+
+def test_crops_by_k_are_the_crops_of_one_denoise_per_k():
+    from atbsn.evaluate import crops_by_k
+    from atbsn.inference import denoise
+
+    torch.manual_seed(0)
+    teacher = ATBSN(width=8)
+    image = np.random.default_rng(2).integers(0, 255, (45, 70, 3), dtype=np.uint8)
+    box = (5, 17, 20, 30)
+    crops = crops_by_k(teacher, image, box, [0, 3, 9])
+    for k, crop in zip([0, 3, 9], crops):
+        whole = denoise(image, teacher, k=k)[5:25, 17:47]
+        assert crop.shape == whole.shape and crop.dtype == whole.dtype
+        assert np.abs(crop.astype(int) - whole.astype(int)).max() <= 1  # one backbone pass: float round-off only

@@ -197,10 +197,23 @@ def crops_by_k(
 ) -> list[np.ndarray]:
     """The same crop (y, x, height, width) of ``image`` denoised at each k: the supplementary's Figure S4.
 
-    The whole image is denoised (so the crop has its real context), then cropped.
+    The whole image is denoised (so the crop has its real context), then cropped; the backbone runs once for
+    all k (:func:`~atbsn.inference.denoise_ks`).
     """
     y, x, h, w = box
-    return [denoise(image, teacher, InferenceOptions.of(options, **kw, k=k))[y : y + h, x : x + w] for k in ks]
+    outs = denoise_ks(image, teacher, list(ks), InferenceOptions.of(options, **kw))
+    return [outs[k][y : y + h, x : x + w] for k in ks]
+
+
+def crop_strip(teacher: nn.Module, pair: Pair, box: tuple[int, int, int, int], ks: Sequence[int], path: str | Path,
+               options: InferenceOptions | None = None) -> Path:
+    """The picture of :func:`crops_by_k`: noisy | one crop per k | clean, labelled, written to ``path``."""
+    from .plots import image_strip
+
+    y, x, h, w = box
+    crops = crops_by_k(teacher, pair.noisy, box, ks, options)
+    images = [pair.noisy[y : y + h, x : x + w], *crops, pair.clean[y : y + h, x : x + w]]
+    return image_strip(images, ["noisy", *[f"k_b = {k}" for k in ks], "clean"], path)
 
 
 def sweep_report(
@@ -215,7 +228,7 @@ def sweep_report(
 
     Returns the rows, the noisy input's mean PSNR and the paths written.
     """
-    from .plots import image_strip, plot_heatmap, plot_sweep
+    from .plots import plot_heatmap, plot_sweep
 
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
     rows = sweep(teachers, pairs, ks, options, labels=labels, split=split)
@@ -242,11 +255,8 @@ def sweep_report(
                 i, y, x, bh, bw = split.groups[group][0]
                 size = min(crop_size, bh, bw)
                 boxes[f"crops_{group}"] = (i, y + bh // 2 - size // 2, x + bw // 2 - size // 2, size, size)
-    for name, (i, y, x, bh, bw) in boxes.items():
-        p = pairs[i]
-        crops = crops_by_k(teachers[0], p.noisy, (y, x, bh, bw), ks, options)
-        images = [p.noisy[y : y + bh, x : x + bw], *crops, p.clean[y : y + bh, x : x + bw]]
-        paths[name] = image_strip(images, ["noisy", *[f"k_b = {k}" for k in ks], "clean"], out / f"{name}.png")
+    for name, (i, *box) in boxes.items():
+        paths[name] = crop_strip(teachers[0], pairs[i], tuple(box), ks, out / f"{name}.png", options)
     return {"rows": rows, "noisy_psnr": noisy, "paths": paths}
 
 
