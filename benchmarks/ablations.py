@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import DEVICE, RESULTS, write_results
+from common import DEVICE, RESULTS, paired_verdict, spread, write_results
 from reproduce import SETS, _run, open_set
 
 from atbsn.checkpoint import load
@@ -46,6 +47,7 @@ KAS = (1, 3, 5, 7, 9)
 KBS = SIDD_KS
 GROUP_CROP = 128
 FUSION = {2: [0, 9], 3: [0, 5, 9], 4: [0, 3, 7, 11], 7: list(SIDD_KS)}  # teachers fused (Fig. S2); our choice
+spread_s = partial(spread, single=" (1 seed)")  # the tables say when a row has one seed so far
 PAPER = {"student A": 36.98, "student B": 37.76, "student C": 37.88, "partition": 37.27, "multi": 37.59}
 
 
@@ -101,12 +103,6 @@ def run_row(name: str, spec: dict, work: Path, data: list[str], pairs, split: Te
     return {m: s[m] for m in METRICS} | {"groups": s["groups"], "ks": list(ks)}
 
 
-def spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{np.mean(values):.2f}" + (f" +- {np.std(values, ddof=1):.2f}" if len(values) > 1 else " (1 seed)")
-
-
 def _group(scores: dict, group: str) -> float:
     return scores["psnr"] if group == "all" else scores["groups"][group]["psnr"]
 
@@ -130,24 +126,6 @@ def row_psnr(results: dict, key: str, group: str = "all") -> dict[int, float]:
     """PSNR per seed of the rows named ``<key>_s<seed>``."""
     return {r["spec"]["seed"]: _group(r["scores"], group) for r in results.values()
             if r["name"].rsplit("_s", 1)[0] == key}
-
-
-def verdict(a: dict[int, float], b: dict[int, float], min_seeds: int = 3) -> tuple[str, str]:
-    """Whether a > b, from the differences paired by seed: it holds (or does not) when the mean difference
-    exceeds twice the standard deviation of the differences over at least ``min_seeds`` seeds; otherwise it
-    cannot be told apart from run-to-run noise. Returns (the difference as text, the verdict)."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return "-", "not run yet"
-    d = np.array([a[s] - b[s] for s in seeds])
-    mean = float(d.mean())
-    if len(seeds) < min_seeds:
-        return f"{mean:+.2f} ({len(seeds)} seed{'s' * (len(seeds) > 1)})", f"undecided: fewer than {min_seeds} seeds"
-    sd = float(d.std(ddof=1))
-    text = f"{mean:+.2f} +- {sd:.2f} ({len(seeds)} seeds)"
-    if abs(mean) > 2 * sd:
-        return text, "holds" if mean > 0 else "does not hold (the opposite is seen)"
-    return text, "cannot be told apart from run-to-run noise"
 
 
 def claims(results: dict) -> list[tuple[str, str, dict, dict]]:
@@ -185,6 +163,16 @@ def claims(results: dict) -> list[tuple[str, str, dict, dict]]:
     return out
 
 
+def mixed_budget(results: dict, b: dict) -> str | None:
+    """The first row that ran under another budget than ``b`` (for example fp32 rows resumed on a machine with
+    native bf16), as "<row>.json: ..." , or None: rows of different budgets never share a table."""
+    for name, r in sorted(results.items()):
+        if (old := r["budget"]) != b:
+            diff = ", ".join(f"{k} {old.get(k)} (this run: {b.get(k)})" for k in {**old, **b} if old.get(k) != b.get(k))
+            return f"{name}.json: ran under another budget, {diff}; rerun the row or move its file away"
+    return None
+
+
 def _crops_by_group(tag: str, pairs, split: TextureSplit, work: Path) -> list[str]:
     """One crop per texture group across k_b from the k_a = 9 teacher of seed 0 (drawn once)."""
     model_path = work / "runs" / "teacher_ka9_s0" / "best.safetensors"
@@ -210,7 +198,7 @@ def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit,
            "the standard deviation of the differences over at least 3 seeds.", "",
            "| claim | paper | difference (dB; slopes dB per pixel) | verdict |", "|---|---|---|---|"]
     for text, paper, a, b_ in claims(results):
-        diff, v = verdict(a, b_)
+        diff, v = paired_verdict(a, b_)
         verdicts.append({"claim": text, "paper": paper, "difference": diff, "verdict": v})
         md.append(f"| {text} | {paper} | {diff} | {v} |")
     md.append("")
@@ -231,7 +219,7 @@ def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit,
                 per_k = {kb: list(teacher_psnr(results, ka, kb, group).values()) for kb in KBS}
                 if not per_k[KBS[0]]:
                     continue
-                md.append(f"| {ka} | " + " | ".join(spread(v) for v in per_k.values()) + " |")
+                md.append(f"| {ka} | " + " | ".join(spread_s(v) for v in per_k.values()) + " |")
                 heat += [{"teacher": ka, "label": f"k_a = {ka}", "k_a": ka, "k_b": kb, "psnr": float(np.mean(v))}
                          for kb, v in per_k.items()]
             if heat:
@@ -248,9 +236,9 @@ def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit,
                "|---|---|---|---|---|---|"]
         for key in sorted({r["name"].rsplit("_s", 1)[0] for r in others}):
             runs = [r for r in others if r["name"].rsplit("_s", 1)[0] == key]
-            md.append(f"| {key} | {spread([r['scores']['psnr'] for r in runs])} | "
-                      f"{spread([r['scores']['groups']['flat']['psnr'] for r in runs])} | "
-                      f"{spread([r['scores']['groups']['textured']['psnr'] for r in runs])} | "
+            md.append(f"| {key} | {spread_s([r['scores']['psnr'] for r in runs])} | "
+                      f"{spread_s([r['scores']['groups']['flat']['psnr'] for r in runs])} | "
+                      f"{spread_s([r['scores']['groups']['textured']['psnr'] for r in runs])} | "
                       f"{np.mean([r['scores']['ssim_rgb'] for r in runs]):.4f} | {len(runs)} |")
         md += ["", f"Fusion rows: student C from the teacher at k in {json.dumps(FUSION)} (multi loss); fusion_7 is "
                "the same run as student_C_multi. The paper (SIDD validation): students A / B / C "
@@ -274,15 +262,17 @@ def main() -> None:
     b = {**BUDGET, "teacher_steps": 3, "student_steps": 3} if a.smoke else BUDGET
     split = TextureSplit.of(pairs, GROUP_CROP)
     rows_dir = RESULTS / f"ablations_rows_{tag}"  # committed: a later sitting (or clone) resumes from them
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))}
+    if problem := mixed_budget(results, b):
+        raise SystemExit(f"{rows_dir}/{problem}")
     for name, spec in rows_for(a.only, a.seeds, a.core):
-        done = rows_dir / f"{name}.json"
-        if done.exists() or a.report_only:
+        if name in results or a.report_only:
             continue
         scores = run_row(name, spec, work, data, pairs, split, b)
-        write_text(done, json.dumps({"name": name, "spec": spec, "budget": b, "scores": scores}, indent=1))
+        results[name] = {"name": name, "spec": spec, "budget": b, "scores": scores}
+        write_text(rows_dir / f"{name}.json", json.dumps(results[name], indent=1))
         print(f"{name}: done", flush=True)
-    results = {p.stem: json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))}
-    report(tag, a.set, results, b, split, pairs, work)
+    report(tag, a.set, dict(sorted(results.items())), b, split, pairs, work)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import atbsn
+from atbsn.files import write_text
 
 atbsn.enable_huge_pages()  # a benchmark owns its process, as the atbsn command does (read at the first allocation)
 
@@ -93,11 +95,39 @@ def strict_json(value: object) -> object:
     return value
 
 
+def spread(values: list[float], digits: int = 2, single: str = "") -> str:
+    """``mean +- sd`` (sample standard deviation) of ``values``; one value is written with ``single`` after it."""
+    if not values:
+        return "-"
+    mean = f"{np.mean(values):.{digits}f}"
+    return mean + (f" +- {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else single)
+
+
+def paired_verdict(a: dict[int, float], b: dict[int, float], min_seeds: int = 3) -> tuple[str, str]:
+    """Whether a > b, from the differences of two rows paired by seed (seeds only one row has are left out).
+
+    The claim holds (or its opposite is seen) when the mean difference exceeds twice the sample standard
+    deviation of the differences over at least ``min_seeds`` seeds; otherwise it cannot be told apart from
+    run-to-run noise. Returns (the difference as text, the verdict)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "-", "not run yet"
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    mean = float(d.mean())
+    if len(seeds) < min_seeds:
+        return f"{mean:+.2f} ({len(seeds)} seed{'s' * (len(seeds) > 1)})", f"undecided: fewer than {min_seeds} seeds"
+    sd = float(d.std(ddof=1))
+    text = f"{mean:+.2f} +- {sd:.2f} ({len(seeds)} seeds)"
+    if abs(mean) > 2 * sd:
+        return text, "holds" if mean > 0 else "does not hold (the opposite is seen)"
+    return text, "cannot be told apart from run-to-run noise"
+
+
 def write_results(name: str, data: dict, markdown: str) -> None:
     """``results/<name>.json`` and ``results/<name>.md``, both naming the command that made them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = strict_json({"command": command(), "machine": machine(), **data})
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
     md = f"# {name}\n\nCommand: `{command()}`\n\nMachine: {json.dumps(machine())}\n\n{markdown}\n"
-    (RESULTS / f"{name}.md").write_text(md)
+    write_text(RESULTS / f"{name}.md", md)
     print(md)

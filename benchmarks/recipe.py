@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, write_results
+from common import RESULTS, spread, write_results
 from reproduce import SETS as REAL_SETS
 
 from atbsn import classical
@@ -147,8 +147,8 @@ def report(base: dict, rows: list[dict], command: str | None = None) -> None:
                 ss = [r["student"]["ssim_rgb"] for r in rs]
                 tk = [r["teacher_k3"]["psnr"] for r in rs if r.get("teacher_k3")]
                 means.append(np.mean(ps))
-                md.append(f"| {recipe} | {m:g} | {len(rs)} | {_spread(ps)} | {_spread(ss, 4)} | "
-                          f"{_spread(tk) if tk else '-'} | {rs[0]['teacher_steps']} + {rs[0]['student_steps']} |")
+                md.append(f"| {recipe} | {m:g} | {len(rs)} | {spread(ps)} | {spread(ss, 4)} | "
+                          f"{spread(tk) if tk else '-'} | {rs[0]['teacher_steps']} + {rs[0]['student_steps']} |")
             ax.plot(pts, means, "o-", label=recipe)
         ax.set(xscale="log", xlabel="fit minutes (2 CPU cores)", ylabel="PSNR (dB)", title=name)
         for label, style in (("NLM", ":"), ("BM3D", "--"), ("noisy", "-")):
@@ -160,11 +160,6 @@ def report(base: dict, rows: list[dict], command: str | None = None) -> None:
         plt.close(fig)
         md += ["", f"![{name}](recipe_{name}.png)", ""]
     write_results("recipe", {"baselines": base, "rows": rows}, "\n".join(md) + "\n")
-
-
-def _spread(values: list[float], digits: int = 2) -> str:
-    mean = f"{np.mean(values):.{digits}f}"
-    return mean + (f" +- {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import count_macs, write_results
+from common import count_macs, spread, write_results
 from reproduce import SETS, _run, open_set
 
 from atbsn import ATBSN
@@ -80,11 +80,6 @@ def _scores(run: Path, method: str, pairs) -> dict[str, dict]:
     return done
 
 
-def _spread(values: list[float], digits: int = 2) -> str:
-    mean = f"{np.mean(values):.{digits}f}"
-    return mean + (f" +- {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("set", choices=list(SETS))
@@ -131,8 +126,8 @@ def main() -> None:
              "(dB) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = f"{r['paper_sidd']:.2f}" if r["paper_sidd"] else ""
-        lines.append(f"| {r['method']} | {_spread(r['psnr'])} | {_spread(r['ssim_rgb'], 4)} | "
-                     f"{_spread(r['ssim_y'], 4)} | {len(r.get('seeds', [])) or ''} | {r['params']:,} | "
+        lines.append(f"| {r['method']} | {spread(r['psnr'])} | {spread(r['ssim_rgb'], 4)} | "
+                     f"{spread(r['ssim_y'], 4)} | {len(r.get('seeds', [])) or ''} | {r['params']:,} | "
                      f"{r['gmac_512']:.1f} | {paper} |")
     lines += ["", "Paper-size networks (cost only):", "", "| network | parameters | GMAC at 512^2 |", "|---|---|---|"]
     lines += [f"| {r['method']} | {r['params']:,} | {r['gmac_512']:.1f} |" for r in reference]
