@@ -10,7 +10,7 @@ Fully self-supervised: every network trains only on the noisy images it is score
   the flat/textured split (``TextureSplit``, crops of ``GROUP_CROP``): the k_a x k_b tables and heatmaps per
   group (Fig. S4);
 - ``student``: A, B and C distilled from the k_a = 9 teacher with the multi, mean and partition losses
-  (Tab. 3 / S1, S4);
+  (Tab. 3 / S1, S4); C starts from the teacher's UNet, and once more from scratch (``init: scratch``);
 - ``fusion``: student C from 2, 3, 4 and 7 teachers (Fig. S2).
 Each finished row leaves ``results/ablations_rows_<set>/<row>.json`` (its config and scores; committed) and is
 skipped when the script runs again; an interrupted training resumes from its run folder in
@@ -67,6 +67,9 @@ def rows_for(only: list[str], seeds: list[int], core: bool = False) -> list[tupl
             rows += [(f"student_{s}_{loss}_s{seed}", {"kind": "student", "student": s, "loss": loss, "seed": seed})
                      for s in ("A", "B", "C") for loss in ("multi", "mean", "partition")
                      if not core or (s, loss) in CORE_STUDENTS]
+            # a diagnostic of ours: C trained from scratch, to tell its start from its capacity (C vs B)
+            rows.append((f"student_C_multi_scratch_s{seed}",
+                         {"kind": "student", "student": "C", "loss": "multi", "init": "scratch", "seed": seed}))
         if "fusion" in only:
             rows += [(f"fusion_{n}_s{seed}", {"kind": "fusion", "teachers": n, "seed": seed}) for n in FUSION]
     return rows
@@ -94,9 +97,10 @@ def run_row(name: str, spec: dict, work: Path, data: list[str], pairs, split: Te
     if loss == "partition":
         ks = [9, 0]
     # runs are named by what they compute, so rows with the same config share one (fusion of 7 = student C multi)
-    run = f"student_{student}_{loss}_k{'-'.join(map(str, ks))}_s{spec['seed']}"
+    scratch = spec.get("init") == "scratch"
+    run = f"student_{student}_{loss}_k{'-'.join(map(str, ks))}{'_scratch' * scratch}_s{spec['seed']}"
     cfg = RunConfig(task="distill", out=str(work / "runs" / run), steps=b["student_steps"], teacher=str(teacher),
-                    student=student, ks=list(ks), loss=loss, init_from_teacher=student == "C",
+                    student=student, ks=list(ks), loss=loss, init_from_teacher=student == "C" and not scratch,
                     val_every=10**9, **common)
     model = load(_run(distill, cfg))
     _, s = evaluate(model, pairs, split=split)
@@ -143,6 +147,11 @@ def claims(results: dict) -> list[tuple[str, str, dict, dict]]:
              row_psnr(results, "student_B_multi"), row_psnr(results, "student_A_multi")),
             ("Tab. 3: C beats B", "37.88 vs 37.76 dB",
              row_psnr(results, "student_C_multi"), row_psnr(results, "student_B_multi"))]
+    scratch = row_psnr(results, "student_C_multi_scratch")
+    out += [("Diagnostic (ours): C trained from scratch beats C started from its teacher's UNet", "-",
+             scratch, row_psnr(results, "student_C_multi")),
+            ("Diagnostic (ours): C trained from scratch beats B", "37.88 vs 37.76 dB (C as the paper trains it)",
+             scratch, row_psnr(results, "student_B_multi"))]
     slope = {g: teacher_slope(results, 9, g) for g in ("flat", "textured")}
     out += [("S5.1: flat regions gain with k_b (slope of PSNR over k_b = 0..11, dB per pixel, k_a = 9 teacher, > 0)",
              "Fig. S4", slope["flat"], dict.fromkeys(slope["flat"], 0.0)),
@@ -241,7 +250,9 @@ def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit,
                       f"{spread_s([r['scores']['groups']['textured']['psnr'] for r in runs])} | "
                       f"{np.mean([r['scores']['ssim_rgb'] for r in runs]):.4f} | {len(runs)} |")
         md += ["", f"Fusion rows: student C from the teacher at k in {json.dumps(FUSION)} (multi loss); fusion_7 is "
-               "the same run as student_C_multi. The paper (SIDD validation): students A / B / C "
+               "the same run as student_C_multi. Student C starts from the teacher's UNet weights, "
+               "student_C_multi_scratch from the authors' random initialisation. The paper (SIDD validation): "
+               "students A / B / C "
                f"{PAPER['student A']} / {PAPER['student B']} / {PAPER['student C']}; partition {PAPER['partition']} "
                f"vs multi-teacher {PAPER['multi']}; mean-teacher 37.72."]
     write_results(f"ablations_{tag}", {"budget": b, "seeds": seeds, "threshold": split.threshold,

@@ -71,6 +71,17 @@ def test_claims_read_the_texture_slopes_and_the_student_rows_per_seed():
     assert teacher == {0: 30.0, 1: 31.0, 2: 32.0} and paired_verdict(student_a, teacher)[1].startswith("does not hold")
     # rows not run yet give no verdict rather than a made-up one
     assert paired_verdict(*found["Tab. 3: C beats B"][1:])[1] == "not run yet"
+    assert paired_verdict(*found["Diagnostic (ours): C trained from scratch beats B"][1:])[1] == "not run yet"
+
+
+def test_the_core_rows_are_a_subset_of_all_rows_and_keep_every_claims_rows():
+    full, core = dict(ablations.rows_for(["teacher", "student", "fusion"], [0])), dict(
+        ablations.rows_for(["teacher", "student", "fusion"], [0], core=True))
+    assert set(core) < set(full) and all(full[n] == spec for n, spec in core.items())
+    for name in ("teacher_ka5_s0", "teacher_ka9_s0", "student_A_multi_s0", "student_B_multi_s0",
+                 "student_C_multi_s0", "student_C_mean_s0", "student_C_partition_s0",
+                 "student_C_multi_scratch_s0", "fusion_2_s0", "fusion_7_s0"):
+        assert name in core
 
 
 def test_rows_of_another_budget_are_named_and_refused():
