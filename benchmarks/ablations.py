@@ -48,7 +48,10 @@ KBS = SIDD_KS
 GROUP_CROP = 128
 FUSION = {2: [0, 9], 3: [0, 5, 9], 4: [0, 3, 7, 11], 7: list(SIDD_KS)}  # teachers fused (Fig. S2); our choice
 spread_s = partial(spread, single=" (1 seed)")  # the tables say when a row has one seed so far
-PAPER = {"student A": 36.98, "student B": 37.76, "student C": 37.88, "partition": 37.27, "multi": 37.59}
+# the paper's SIDD-validation PSNR: the 9/3 teacher and the students (Tab. 3), partition vs multi-teacher (S4,
+# its own student), multi vs mean-teacher on student C (Tab. 3)
+PAPER = {"teacher 9/3": 36.80, "student A": 36.98, "student B": 37.76, "student C": 37.88, "partition": 37.27,
+         "multi": 37.59, "mean": 37.72}
 
 
 # The rows that decide a claim (teachers k_a = 5, 7, 9; A < B < C with the paper's loss; multi vs mean vs
@@ -75,36 +78,46 @@ def rows_for(only: list[str], seeds: list[int], core: bool = False) -> list[tupl
     return rows
 
 
+def teacher_run(work: Path, ka: int, seed: int) -> Path:
+    """The run folder of the k_a teacher of ``seed`` (shared by its row, the students and the crop pictures)."""
+    return work / "runs" / f"teacher_ka{ka}_s{seed}"
+
+
 def run_row(name: str, spec: dict, work: Path, data: list[str], pairs, split: TextureSplit, b: dict) -> dict:
     common = {"data": data, "batch": b["batch"], "crop": b["crop"], "lr": b["lr"], "seed": spec["seed"],
               "precision": b["precision"], "device": str(DEVICE), "save_every": 250}
-    teacher_out = work / "runs" / f"teacher_ka{{}}_s{spec['seed']}"
+
+    def teacher(ka: int) -> Path:
+        """Train (or resume, or find done) the k_a teacher; its checkpoint of lowest held-out loss."""
+        out = teacher_run(work, ka, spec["seed"])
+        _run(train, RunConfig(task="train", out=str(out), steps=b["teacher_steps"], width=b["width"], k_train=ka,
+                              k_infer=min(ka, 3), val_every=max(b["teacher_steps"] // 8, 1), **common))
+        return out / "best.safetensors"
+
     if spec["kind"] == "teacher":
-        cfg = RunConfig(task="train", out=str(teacher_out).format(spec["k_a"]), steps=b["teacher_steps"],
-                        width=b["width"], k_train=spec["k_a"], k_infer=min(spec["k_a"], 3),
-                        val_every=max(b["teacher_steps"] // 8, 1), **common)
-        _run(train, cfg)
-        best = Path(cfg.out) / "best.safetensors"
-        model = load(best)
-        summary = json.loads((Path(cfg.out) / "summary.json").read_text())
-        rows = sweep([model], pairs, KBS, split=split)  # one backbone pass per image for every k_b
+        best = teacher(spec["k_a"])
+        summary = json.loads(best.with_name("summary.json").read_text())
+        rows = sweep([load(best)], pairs, KBS, split=split)  # one backbone pass per image for every k_b
         return {"best_step": summary["best"]["step"] if summary["best"] else None,
                 "sweep": [{"k_b": r["k_b"], **{m: r[m] for m in METRICS}, "groups": r["groups"]} for r in rows]}
-    teacher_cfg = RunConfig(task="train", out=str(teacher_out).format(9), steps=b["teacher_steps"], width=b["width"],
-                            k_train=9, k_infer=3, val_every=max(b["teacher_steps"] // 8, 1), **common)
-    teacher = _run(train, teacher_cfg).with_name("best.safetensors")
+    best = teacher(9)
     student, loss, ks = spec.get("student", "C"), spec.get("loss", "multi"), FUSION.get(spec.get("teachers"), KBS)
     if loss == "partition":
         ks = [9, 0]
     # runs are named by what they compute, so rows with the same config share one (fusion of 7 = student C multi)
     scratch = spec.get("init") == "scratch"
     run = f"student_{student}_{loss}_k{'-'.join(map(str, ks))}{'_scratch' * scratch}_s{spec['seed']}"
-    cfg = RunConfig(task="distill", out=str(work / "runs" / run), steps=b["student_steps"], teacher=str(teacher),
+    cfg = RunConfig(task="distill", out=str(work / "runs" / run), steps=b["student_steps"], teacher=str(best),
                     student=student, ks=list(ks), loss=loss, init_from_teacher=student == "C" and not scratch,
                     val_every=10**9, **common)
     model = load(_run(distill, cfg))
     _, s = evaluate(model, pairs, split=split)
     return {m: s[m] for m in METRICS} | {"groups": s["groups"], "ks": list(ks)}
+
+
+def row_key(name: str) -> str:
+    """A row's name without its seed: ``student_C_multi_s2`` -> ``student_C_multi``."""
+    return name.rsplit("_s", 1)[0]
 
 
 def _group(scores: dict, group: str) -> float:
@@ -129,29 +142,34 @@ def teacher_slope(results: dict, ka: int, group: str) -> dict[int, float]:
 def row_psnr(results: dict, key: str, group: str = "all") -> dict[int, float]:
     """PSNR per seed of the rows named ``<key>_s<seed>``."""
     return {r["spec"]["seed"]: _group(r["scores"], group) for r in results.values()
-            if r["name"].rsplit("_s", 1)[0] == key}
+            if row_key(r["name"]) == key}
+
+
+def _vs(a: str, b: str) -> str:
+    return f"{PAPER[a]:.2f} vs {PAPER[b]:.2f} dB"
 
 
 def claims(results: dict) -> list[tuple[str, str, dict, dict]]:
     """The supplementary's claims, each as (claim, the paper's evidence, A, B) meaning "A > B" per seed."""
     t93 = teacher_psnr(results, 9, 3)
     out = [
-        ("S4: multi-teacher distillation beats region partition (student C)", "37.59 vs 37.27 dB",
+        ("S4: multi-teacher distillation beats region partition (student C)", _vs("multi", "partition"),
          row_psnr(results, "student_C_multi"), row_psnr(results, "student_C_partition")),
-        ("S4: multi-teacher beats mean-teacher distillation (student C)", "37.88 vs 37.72 dB",
+        ("S4: multi-teacher beats mean-teacher distillation (student C)", _vs("student C", "mean"),
          row_psnr(results, "student_C_multi"), row_psnr(results, "student_C_mean")),
     ]
     out += [(f"Tab. 3: student {s} gains from distillation (beats its k_a = 9 teacher at k_b = 3)",
-             f"{PAPER['student ' + s]} vs 36.80 dB", row_psnr(results, f"student_{s}_multi"), t93) for s in "ABC"]
-    out += [("Tab. 3: depth helps more than downsampling: B beats A", "37.76 vs 36.98 dB",
+             _vs("student " + s, "teacher 9/3"), row_psnr(results, f"student_{s}_multi"), t93) for s in "ABC"]
+    out += [("Tab. 3: depth helps more than downsampling: B beats A", _vs("student B", "student A"),
              row_psnr(results, "student_B_multi"), row_psnr(results, "student_A_multi")),
-            ("Tab. 3: C beats B", "37.88 vs 37.76 dB",
+            ("Tab. 3: C beats B", _vs("student C", "student B"),
              row_psnr(results, "student_C_multi"), row_psnr(results, "student_B_multi"))]
     scratch = row_psnr(results, "student_C_multi_scratch")
     out += [("Diagnostic (ours): C trained from scratch beats C started from its teacher's UNet", "-",
              scratch, row_psnr(results, "student_C_multi")),
-            ("Diagnostic (ours): C trained from scratch beats B", "37.88 vs 37.76 dB (C as the paper trains it)",
-             scratch, row_psnr(results, "student_B_multi"))]
+            ("Diagnostic (ours): C trained from scratch beats B",
+             _vs("student C", "student B") + " (C as the paper trains it)", scratch,
+             row_psnr(results, "student_B_multi"))]
     slope = {g: teacher_slope(results, 9, g) for g in ("flat", "textured")}
     out += [("S5.1: flat regions gain with k_b (slope of PSNR over k_b = 0..11, dB per pixel, k_a = 9 teacher, > 0)",
              "Fig. S4", slope["flat"], dict.fromkeys(slope["flat"], 0.0)),
@@ -174,7 +192,7 @@ def claims(results: dict) -> list[tuple[str, str, dict, dict]]:
 
 def mixed_budget(results: dict, b: dict) -> str | None:
     """The first row that ran under another budget than ``b`` (for example fp32 rows resumed on a machine with
-    native bf16), as "<row>.json: ..." , or None: rows of different budgets never share a table."""
+    native bf16), as "<row>.json: ...", or None: rows of different budgets never share a table."""
     for name, r in sorted(results.items()):
         if (old := r["budget"]) != b:
             diff = ", ".join(f"{k} {old.get(k)} (this run: {b.get(k)})" for k in {**old, **b} if old.get(k) != b.get(k))
@@ -184,16 +202,16 @@ def mixed_budget(results: dict, b: dict) -> str | None:
 
 def _crops_by_group(tag: str, pairs, split: TextureSplit, work: Path) -> list[str]:
     """One crop per texture group across k_b from the k_a = 9 teacher of seed 0 (drawn once)."""
-    model_path = work / "runs" / "teacher_ka9_s0" / "best.safetensors"
-    written = []
-    for group, regions in split.groups.items():
-        path = RESULTS / f"ablations_{tag}_crops_{group}.png"
-        if not path.exists() and model_path.exists() and regions:
+    model_path = teacher_run(work, 9, 0) / "best.safetensors"
+    paths = {group: RESULTS / f"ablations_{tag}_crops_{group}.png" for group in split.groups}
+    missing = [g for g, path in paths.items() if not path.exists() and split.groups[g]]
+    if missing and model_path.exists():
+        model = load(model_path)
+        for group in missing:
+            regions = split.groups[group]
             i, *box = regions[len(regions) // 2]  # a region from the middle of the group's list
-            crop_strip(load(model_path), pairs[i], tuple(box), KBS, path)
-        if path.exists():
-            written.append(path.name)
-    return written
+            crop_strip(model, pairs[i], tuple(box), KBS, paths[group])
+    return [path.name for path in paths.values() if path.exists()]
 
 
 def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit, pairs, work: Path) -> None:
@@ -243,8 +261,8 @@ def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit,
     if others:
         md += ["## Students and fusion", "", "| row | PSNR all | flat | textured | SSIM-RGB | seeds |",
                "|---|---|---|---|---|---|"]
-        for key in sorted({r["name"].rsplit("_s", 1)[0] for r in others}):
-            runs = [r for r in others if r["name"].rsplit("_s", 1)[0] == key]
+        for key in sorted({row_key(r["name"]) for r in others}):
+            runs = [r for r in others if row_key(r["name"]) == key]
             md.append(f"| {key} | {spread_s([r['scores']['psnr'] for r in runs])} | "
                       f"{spread_s([r['scores']['groups']['flat']['psnr'] for r in runs])} | "
                       f"{spread_s([r['scores']['groups']['textured']['psnr'] for r in runs])} | "
@@ -254,7 +272,7 @@ def report(tag: str, set_name: str, results: dict, b: dict, split: TextureSplit,
                "student_C_multi_scratch from the authors' random initialisation. The paper (SIDD validation): "
                "students A / B / C "
                f"{PAPER['student A']} / {PAPER['student B']} / {PAPER['student C']}; partition {PAPER['partition']} "
-               f"vs multi-teacher {PAPER['multi']}; mean-teacher 37.72."]
+               f"vs multi-teacher {PAPER['multi']}; mean-teacher {PAPER['mean']}."]
     write_results(f"ablations_{tag}", {"budget": b, "seeds": seeds, "threshold": split.threshold,
                                        "claims": verdicts, "rows": list(results.values())}, "\n".join(md))
 

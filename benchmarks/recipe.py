@@ -148,7 +148,7 @@ def report(base: dict, rows: list[dict], command: str | None = None) -> None:
                 tk = [r["teacher_k3"]["psnr"] for r in rs if r.get("teacher_k3")]
                 means.append(np.mean(ps))
                 md.append(f"| {recipe} | {m:g} | {len(rs)} | {spread(ps)} | {spread(ss, 4)} | "
-                          f"{spread(tk) if tk else '-'} | {rs[0]['teacher_steps']} + {rs[0]['student_steps']} |")
+                          f"{spread(tk)} | {rs[0]['teacher_steps']} + {rs[0]['student_steps']} |")
             ax.plot(pts, means, "o-", label=recipe)
         ax.set(xscale="log", xlabel="fit minutes (2 CPU cores)", ylabel="PSNR (dB)", title=name)
         for label, style in (("NLM", ":"), ("BM3D", "--"), ("noisy", "-")):
