@@ -7,6 +7,11 @@ skipped when rerun, so the study builds up over several sittings:
     python benchmarks/recipe.py demo --recipes old new --minutes 1 2 3 5 10 20
     python benchmarks/recipe.py sidd9 --recipes old new --minutes 2 5 10
     python benchmarks/recipe.py demo --recipes bf16 bf16-w24 --minutes 3    # the search, one variant a row
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/recipe.py demo --recipes fp32 --steps 600+550 --seeds 0 1 2   # budgets in steps
+
+A budget in steps (``--steps TEACHER+STUDENT``) makes the result independent of the CPU's speed: the demo's
+recipe was chosen that way (``results/recipe_steps.md``), each row with the seconds it took on this machine.
 
 Sets: ``demo`` (the demo's four scikit-image photos with simulated 'phone-night' noise), ``sidd9`` (heavy
 real phone noise) and ``polyu100`` (first 20 pairs, mild real DSLR noise). Results: ``results/recipe.md``,
@@ -22,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, spread, write_results
+from common import RESULTS, machine, spread, write_results
 from reproduce import SETS as REAL_SETS
 
 from atbsn import classical
@@ -51,8 +56,19 @@ RECIPES: dict[str, dict] = {
     "ks01-mean": {**OLD, "precision": "bf16", "lr": 2e-3, "ks": [0, 1], "loss": "mean"},
     "share0.15": {"student_share": 0.15},
     "share0.15-lr3e-3": {"student_share": 0.15, "lr": 3e-3},
+    # the fp32 search for the demo's fixed recipe (issue 25): budgets in steps, under the AVX2 cap
+    "fp32": {"precision": "fp32"},
+    "fp32-ka5": {"precision": "fp32", "k_train": 5},
+    "fp32-ka7": {"precision": "fp32", "k_train": 7},
+    "fp32-w12": {"precision": "fp32", "width": 12},
+    "fp32-b4": {"precision": "fp32", "batch": 4},
+    "fp32-lr3e-3": {"precision": "fp32", "lr": 3e-3},
+    "fp32-ks0": {"precision": "fp32", "ks": [0]},
+    "fp32-ka5-ks01-multi": {"precision": "fp32", "k_train": 5, "loss": "multi"},
 }
 WORK = RESULTS / "work_recipe"
+WORK_STEPS = RESULTS / "work_recipe_steps"
+ISA_KEYS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "native_bf16")
 
 
 def set_pairs(name: str) -> list[Pair]:
@@ -89,34 +105,64 @@ def baselines(name: str, pairs: list[Pair]) -> dict:
     return out
 
 
-def point(name: str, pairs: list[Pair], recipe: str, minutes: float, seed: int) -> dict:
-    """One fit at one budget, scored (cached as ``row.json`` beside its work)."""
-    run = WORK / name / f"{recipe}_m{minutes:g}_s{seed}"
+def point(name: str, pairs: list[Pair], recipe: str, minutes: float | None, seed: int,
+          steps: tuple[int, int] | None = None) -> dict:
+    """One fit at one budget (minutes, or ``steps`` = teacher + student steps), scored (cached as ``row.json``
+    beside its work)."""
+    label = f"m{minutes:g}" if steps is None else f"t{steps[0]}+{steps[1]}"
+    run = (WORK if steps is None else WORK_STEPS) / name / f"{recipe}_{label}_s{seed}"
     row_path = run / "row.json"
     if row_path.exists():
         return json.loads(row_path.read_text())
     if run.exists():  # an interrupted point: its wall time would be wrong, so it starts again
         shutil.rmtree(run)
-    cfg = FitConfig(**{**RECIPES[recipe], "minutes": minutes, "seed": seed, "device": "cpu"})
+    budget = {"minutes": minutes} if steps is None else {"teacher_steps": steps[0], "student_steps": steps[1]}
+    cfg = FitConfig(**{**RECIPES[recipe], **budget, "seed": seed, "device": "cpu"})
     t0 = time.perf_counter()
     model = fit([noisy_folder(name, pairs)], run / "model.safetensors", cfg, progress=False)
     seconds = time.perf_counter() - t0
     plan = json.loads((run / "model.safetensors.fit" / "plan.json").read_text())
     _, s = evaluate(load(model), pairs)
     _, t = evaluate(load(model, part="teacher"), pairs, k=3) if name == "demo" else (None, None)
-    row = {"set": name, "recipe": recipe, "minutes": minutes, "seed": seed, "fit_seconds": seconds,
+    row = {"set": name, "recipe": recipe, "minutes": minutes, "steps": list(steps) if steps else None,
+           "seed": seed, "fit_seconds": seconds, "isa": {k: machine()[k] for k in ISA_KEYS},
            "config": RECIPES[recipe], **plan, "student": {m: s[m] for m in ("psnr", "ssim_rgb", "ssim_y")},
            "teacher_k3": {m: t[m] for m in ("psnr", "ssim_rgb", "ssim_y")} if t else None}
     row_path.write_text(json.dumps(row, indent=1))
-    print(f"{name} {recipe} {minutes:g} min seed {seed}: student {s['psnr']:.2f} dB "
+    print(f"{name} {recipe} {label} seed {seed}: student {s['psnr']:.2f} dB "
           f"({plan['teacher_steps']}+{plan['student_steps']} steps, {seconds:.0f} s)", flush=True)
     return row
 
 
-def collect() -> tuple[dict, list[dict]]:
+def collect(work: Path = WORK) -> tuple[dict, list[dict]]:
     base = {p.parent.name: json.loads(p.read_text()) for p in sorted(WORK.glob("*/baselines.json"))}
-    rows = [json.loads(p.read_text()) for p in sorted(WORK.glob("*/*/row.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob("*/*/row.json"))]
     return base, rows
+
+
+def report_steps(base: dict, rows: list[dict]) -> None:
+    """The budgets in steps: student PSNR per recipe and budget, mean +- sd over seeds, with the fit's seconds."""
+    md = ["Each row: `fit` with a fixed number of teacher + student steps on the set's noisy images, scored against "
+          "the clean ones; mean +- sd over seeds. Seconds: the fit's wall time on this machine (2 cores), under the "
+          "ISA each row names. Points made by `python benchmarks/recipe.py SET --recipes ... --steps T+S ... "
+          "--seeds ...` (rows kept in results/work_recipe_steps/), this file by the command above.", ""]
+    for name in sorted({r["set"] for r in rows}):
+        b = base[name]
+        md += [f"## {name}", "", f"noisy {b['noisy']['psnr']:.2f} dB, NLM {b['NLM']['psnr']:.2f} dB, "
+               f"BM3D {b['BM3D']['psnr']:.2f} dB (true noise level)", "",
+               "| recipe | steps (teacher+student) | seeds | student PSNR | SSIM (RGB) | teacher k_b=3 | fit seconds | "
+               "ISA cap | precision |", "|---|---|---|---|---|---|---|---|---|"]
+        keys = sorted({(r["recipe"], tuple(r["steps"])) for r in rows if r["set"] == name}, key=lambda k: (k[1], k[0]))
+        for recipe, steps in keys:
+            rs = [r for r in rows if r["set"] == name and r["recipe"] == recipe and tuple(r["steps"]) == steps]
+            cap = rs[0]["isa"]["ATEN_CPU_CAPABILITY"] or "none"
+            md.append(f"| {recipe} | {steps[0]}+{steps[1]} | {len(rs)} | {spread([r['student']['psnr'] for r in rs])} "
+                      f"| {spread([r['student']['ssim_rgb'] for r in rs], 4)} | "
+                      f"{spread([r['teacher_k3']['psnr'] for r in rs if r.get('teacher_k3')])} | "
+                      f"{spread([r['fit_seconds'] for r in rs], 0)} | {cap} | "
+                      f"{(r['config'].get('precision') or 'auto')} |")
+        md.append("")
+    write_results("recipe_steps", {"baselines": base, "rows": rows}, "\n".join(md) + "\n")
 
 
 def report(base: dict, rows: list[dict], command: str | None = None) -> None:
@@ -167,17 +213,23 @@ def main() -> None:
     ap.add_argument("set", choices=["demo", *REAL_SETS])
     ap.add_argument("--recipes", nargs="+", default=["old", "new"], choices=list(RECIPES))
     ap.add_argument("--minutes", nargs="+", type=float, default=[1, 2, 3, 5, 10, 20])
+    ap.add_argument("--steps", nargs="+", help="budgets in steps instead of minutes, TEACHER+STUDENT each")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--report-only", action="store_true", help="only rewrite the tables and curves")
     a = ap.parse_args()
     if not a.report_only:
         pairs = set_pairs(a.set)
         baselines(a.set, pairs)
-        for minutes in a.minutes:
+        budgets = ([(None, tuple(int(n) for n in b.split("+"))) for b in a.steps] if a.steps
+                   else [(m, None) for m in a.minutes])
+        for minutes, steps in budgets:
             for recipe in a.recipes:
                 for seed in a.seeds:
-                    point(a.set, pairs, recipe, minutes, seed)
-    report(*collect())
+                    point(a.set, pairs, recipe, minutes, seed, steps)
+    if a.steps:
+        report_steps(*collect(WORK_STEPS))
+    else:
+        report(*collect())
 
 
 if __name__ == "__main__":

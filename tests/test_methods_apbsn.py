@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import assert_sums_close, shared_path, widest_sum
 
 from atbsn.checkpoint import load, save
 from atbsn.config import ModelConfig
@@ -27,8 +27,8 @@ def test_the_authors_checkpoint_reproduces_their_outputs(official):
     with torch.no_grad():
         got = {"train_pd5": official(x, 5), "denoise_pd2_noR3": official(x),
                "denoise_pd5_noR3": denoise_tensor(x, official, k=5), "bsn_only": official.bsn(x)}
-    for name, out in got.items():
-        torch.testing.assert_close(out, expected[name], rtol=1e-5, atol=1e-5, msg=name)
+    for name, out in got.items():  # the authors' code on another machine: the same sums in another order
+        assert_sums_close(out, expected[name], widest_sum(official), msg=name)
 
 
 @pytest.mark.parametrize("stride,shape", [(2, (6, 10)), (5, (15, 10)), (3, (9, 9))])

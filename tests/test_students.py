@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import assert_sums_close, shared_path, widest_sum
 
 from atbsn import ATBSN, Student, init_from_teacher
 from atbsn.checkpoint import load
@@ -61,8 +61,7 @@ def test_reproduces_the_authors_student_outputs(file, name):
     net = load(d / file)
     with torch.no_grad():
         out = net(expected["input"])
-    ref = expected[name]
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert_sums_close(out, expected[name], widest_sum(net))  # the authors' code: the same sums in another order
 
 
 @pytest.mark.parametrize("kind", ["A", "B", "C"])
@@ -74,24 +73,25 @@ def test_fast_path_equals_the_layer_by_layer_reference(kind):
     x = torch.rand(2, 3, 64, 96) * 255
     with torch.no_grad():
         ref = student_reference(net, x)
-        torch.testing.assert_close(net(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        assert_sums_close(net(x), ref, widest_sum(net))
         cl = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-        torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        assert_sums_close(cl, ref, widest_sum(net))
 
 
-def test_student_a_gradients_equal_the_reference():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_student_a_gradients_equal_the_reference(dtype):
     """Student A's last conv runs on the low-resolution map (phase kernels); distillation trains through it."""
     from atbsn.reference import student_reference
 
     torch.manual_seed(6)
-    net = Student("A")
-    x = torch.rand(2, 3, 36, 52) * 255
+    net = Student("A").to(dtype)
+    x = (torch.rand(2, 3, 36, 52) * 255).to(dtype)
     student_reference(net, x).square().mean().backward()
     ref = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     net(x).square().mean().backward()
-    for p, g in zip(net.parameters(), ref):
-        torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4 * g.abs().max().item())
+    for (name, p), g in zip(net.named_parameters(), ref):
+        assert_sums_close(p.grad, g, 2 * 36 * 52, msg=name)  # a weight's gradient sums over the batch's pixels
 
 
 # The 1.02M student that APR-RD and TM-BSN release, with the PSNR their own code reaches on sidd9, per image

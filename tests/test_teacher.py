@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import assert_sums_close, shared_path, widest_sum
 
 from atbsn import ATBSN
 from atbsn.checkpoint import load
@@ -24,8 +24,7 @@ def test_teachers_equal_one_call_per_k_from_one_backbone_pass(monkeypatch):
         outs = net.teachers(x, KS)
         n_backbone = len(calls)
         for k, out in zip(KS, outs):  # nin_A projected once, then shifted per k: the same up to round-off
-            one = net(x, k)
-            torch.testing.assert_close(out, one, rtol=1e-5, atol=1e-5 * one.abs().max().item())
+            assert_sums_close(out, net(x, k), widest_sum(net))
     assert n_backbone == 4  # one per rotation, not one per k
 
 
@@ -46,7 +45,7 @@ def test_teachers_for_large_inputs_take_the_banded_head_per_k(monkeypatch):
         assert len(sums) == len(KS)  # over the memory bound: the banded head, not the projections
         for k, a, b in zip(KS, projected, banded):
             assert torch.equal(b, net(x, k))  # the same code path as one forward: bit for bit
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+            assert_sums_close(a, b, widest_sum(net))
 
 
 def test_teachers_under_bf16_autocast_stay_close_to_fp32():
@@ -93,9 +92,8 @@ def test_reproduces_the_authors_outputs_at_every_k():
     assert isinstance(net, ATBSN)
     with torch.no_grad():
         outs = net.teachers(expected["input"], KS)
-    for k, out in zip(KS, outs):
-        ref = expected[f"atbsn_k{k}"]
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    for k, out in zip(KS, outs):  # the authors' code on another machine: the same sums in another order
+        assert_sums_close(out, expected[f"atbsn_k{k}"], widest_sum(net))
 
 
 def test_fast_path_equals_the_layer_by_layer_reference():
@@ -107,29 +105,36 @@ def test_fast_path_equals_the_layer_by_layer_reference():
     with torch.no_grad():
         for k in (0, 1, 3, 9):
             ref = teacher_reference(net, x, k)
-            torch.testing.assert_close(net(x, k), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+            assert_sums_close(net(x, k), ref, widest_sum(net))
             cl = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), k)
-            torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+            assert_sums_close(cl, ref, widest_sum(net))
             net.to(memory_format=torch.contiguous_format)
 
 
-def test_training_path_matches_the_reference_in_outputs_and_gradients():
-    """With gradients on, the teacher takes its training path (padded convolutions, concatenated shifts)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_path_matches_the_reference_in_outputs_and_gradients(dtype):
+    """With gradients on, the teacher takes its training path (padded convolutions, concatenated shifts).
+
+    In float64 the two paths agree to ~1e-14 of the gradients' scale, so any difference in what is computed
+    shows; in float32 (the kernels users run) the tolerance follows from the sums involved: a weight's gradient
+    sums over every pixel of the batch and its four rotations."""
     from atbsn.reference import teacher_reference
 
     torch.manual_seed(4)
-    x = torch.rand(2, 3, 64, 64) * 255
+    x = (torch.rand(2, 3, 64, 64) * 255).to(dtype)
+    grad_terms = 2 * 4 * 64 * 64  # batch x rotations x pixels
     for fmt in (torch.contiguous_format, torch.channels_last):
-        net = ATBSN(width=16).to(memory_format=fmt)
+        torch.manual_seed(4)
+        net = ATBSN(width=16).to(dtype=dtype, memory_format=fmt)
         ref = teacher_reference(net, x, 9)
         ref.abs().mean().backward()
         ref_grads = [p.grad.clone() for p in net.parameters()]
         net.zero_grad()
         out = net(x.contiguous(memory_format=fmt), 9)
         out.abs().mean().backward()
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-        for p, g in zip(net.parameters(), ref_grads):
-            torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4 * g.abs().max().item())  # sums of ~1e5 terms
+        assert_sums_close(out, ref, widest_sum(net))
+        for (name, p), g in zip(net.named_parameters(), ref_grads):
+            assert_sums_close(p.grad, g, grad_terms, msg=name)
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (53, 37), (5, 70)])
@@ -144,10 +149,9 @@ def test_banded_inference_head_equals_the_whole_image_head(monkeypatch, shape):
     monkeypatch.setattr(teacher, "_HEAD_BAND_PIXELS", 3 * shape[1])  # bands of 3 rows
     with torch.no_grad():
         for k, ref in whole.items():
-            torch.testing.assert_close(net(x, k), ref, rtol=1e-5, atol=1e-4)
+            assert_sums_close(net(x, k), ref, widest_sum(net))
         outs = net.teachers(x, list(whole))
         feats = net.features(x)
         for k, out in zip(whole, outs):
-            tol = 1e-5 * whole[k].abs().max().item()  # float32 round-off of sums in another order
-            torch.testing.assert_close(out, whole[k], rtol=1e-5, atol=tol)
-            torch.testing.assert_close(net.head(feats, k), whole[k], rtol=1e-5, atol=tol)
+            assert_sums_close(out, whole[k], widest_sum(net))
+            assert_sums_close(net.head(feats, k), whole[k], widest_sum(net))

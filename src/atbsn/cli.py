@@ -157,6 +157,7 @@ def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
     from .engine import saved_config
 
     overrides = {**given(a, RunConfig), "data": a.data, "out": a.output}
+    overrides.pop("preset", None)  # the preset is an argument of its own below, not an override
     if getattr(a, "teacher", None):
         overrides["teacher"] = a.teacher
     saved = saved_config(a.output) if a.resume else None
@@ -164,7 +165,7 @@ def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
         return RunConfig.from_preset(task, a.preset, **overrides)
     values = asdict(saved)
     values.update(preset_values(task, a.preset, values["method"]) if a.preset else {})
-    values.update(overrides)
+    values.update(overrides, preset=a.preset or values["preset"])
     return RunConfig(**values)
 
 

@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import AtbsnError
+from .runtime import log
 
 ARCHS = ("atbsn", "A", "B", "C", "C102", "apbsn")
 STUDENTS = ("A", "B", "C", "C102")
@@ -178,7 +179,10 @@ def preset_values(task: str, preset: str | None, method: str = "atbsn") -> dict[
     table = METHOD_PRESETS[method] if rival else PRESETS.get(task, {})
     if preset is None:
         return dict(table["sidd"]) if rival else {}
-    name = "sidd" if rival and preset == "dnd" else preset  # the rivals' recipes do not depend on the data
+    name = preset
+    if rival and preset == "dnd" and "dnd" not in table:  # the rivals' recipes do not depend on the data: say so
+        name = "sidd"
+        log.info(f"--preset dnd: {method} has one recipe for any data; using its authors' SIDD recipe")
     if name not in table:
         raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(table)})")
     return dict(table[name])
@@ -211,7 +215,8 @@ class RunConfig:
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
     student: str = option("C", "student network", choices=STUDENTS)
-    ks: list[int] = option(list(SIDD_KS), "teacher blind-spot sizes", low=0)
+    ks: list[int] | None = option(None, "teacher blind-spot sizes (default 0 1 3 5 7 9 11; --loss partition: 9 0)",
+                                  low=0)
     loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean; partition: --ks FLAT TEXTURE "
                        "by a texture map of the teacher's k_b output", choices=("multi", "mean", "partition"))
     texture_threshold: float = option(5.0, "partition loss: local standard deviation (0..255, 7x7) above which "
@@ -233,6 +238,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise AtbsnError(f"unknown task {self.task!r} (choose {', '.join(TASKS)})")
+        if self.ks is None:  # the loss's own default: partition takes (flat k, textured k), the paper's 9 and 0
+            self.ks = [9, 0] if self.loss == "partition" else list(SIDD_KS)
         check_options(self)
 
     @classmethod
@@ -243,6 +250,9 @@ class RunConfig:
         if method not in METHODS:
             raise AtbsnError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
         values.update(preset_values(task, preset, method))
+        if overrides.get("loss") == "partition" and overrides.get("ks") is None and "ks" in values:
+            # a preset's k set is for the multi/mean losses; partition takes its own pair unless --ks is given
+            log.info(f"--loss partition: k = 9 (flat) and 0 (textured), not the preset's {_show(values.pop('ks'))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load
-from .config import SIDD_KS, RunConfig
+from .config import RunConfig
 from .engine import Method, Trainer
 from .errors import AtbsnError
 from .losses import DistillL1
@@ -28,9 +28,7 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
         raise AtbsnError(f"{config.teacher or 'teacher'}: distillation needs an AT-BSN teacher (its blind spot k is "
                          f"chosen per call), not a {teacher.config.arch!r} network")
     teacher = teacher.to(device, memory_format=torch.channels_last)
-    # --loss partition without --ks (the default list): the paper's pair, 9 for flat and 0 for textured areas
-    ks = [9, 0] if config.loss == "partition" and list(config.ks) == list(SIDD_KS) else config.ks
-    loss = DistillL1(teacher, ks, config.loss, config.texture_threshold)
+    loss = DistillL1(teacher, config.ks, config.loss, config.texture_threshold)
     tc = teacher.config
     width = init.config.width if init is not None else tc.width  # C: the teacher's UNet
     model = Student(config.student, in_channels=tc.in_channels, width=width)
