@@ -160,7 +160,7 @@ def report_steps(base: dict, rows: list[dict]) -> None:
                       f"| {spread([r['student']['ssim_rgb'] for r in rs], 4)} | "
                       f"{spread([r['teacher_k3']['psnr'] for r in rs if r.get('teacher_k3')])} | "
                       f"{spread([r['fit_seconds'] for r in rs], 0)} | {cap} | "
-                      f"{(r['config'].get('precision') or 'auto')} |")
+                      f"{(rs[0]['config'].get('precision') or 'auto')} |")
         md.append("")
     write_results("recipe_steps", {"baselines": base, "rows": rows}, "\n".join(md) + "\n")
 
