@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +56,18 @@ def assert_sums_close(actual: torch.Tensor, expected: torch.Tensor, terms: int, 
     eps = torch.finfo(expected.dtype).eps
     atol = 2 * terms * eps * expected.abs().max().item()
     torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=msg)
+
+
+def fake_dnd(root, images, boxes):
+    """DND's layout: images_srgb/NNNN.mat (v7.3, InoisySRGB) and info.mat (v7.3, info.boundingboxes refs)."""
+    (root / "images_srgb").mkdir(parents=True)
+    for i, img in enumerate(images):
+        with h5py.File(root / "images_srgb" / f"{i + 1:04d}.mat", "w") as f:
+            f["InoisySRGB"] = img.T  # MATLAB stores column-major
+    with h5py.File(root / "info.mat", "w") as f:
+        refs = []
+        for i, b in enumerate(boxes):
+            ds = f.create_dataset(f"#refs#/b{i}", data=np.asarray(b, np.float64).T)
+            refs.append(ds.ref)
+        info = f.create_group("info")
+        info.create_dataset("boundingboxes", data=np.array([refs], dtype=h5py.ref_dtype))

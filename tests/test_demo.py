@@ -8,7 +8,8 @@ from atbsn.demo import run_demo
 
 
 def test_the_demo_scores_the_student_beside_nlm_and_bm3d(tmp_path):
-    summary = run_demo(tmp_path / "demo", minutes=0.1, progress=False, photos=("coffee",), size=64)
+    summary = run_demo(tmp_path / "demo", progress=False, photos=("coffee",), size=64, steps=(3, 2))
+    assert summary["fit"]["teacher_steps"] == 3 and summary["fit"]["student_steps"] == 2
     methods = [r["method"] for r in summary["rows"]]
     assert methods[:3] == ["noisy input", "non-local means (OpenCV)", "BM3D (true noise level)"]
     assert methods[-1] == "student C" and summary["student_minus_best_classical_db"] is not None
@@ -18,3 +19,20 @@ def test_the_demo_scores_the_student_beside_nlm_and_bm3d(tmp_path):
     assert written["images"] == 1 and set(written["student_above_all_classical"]) == {"psnr", "ssim_rgb", "ssim_y"}
     assert (tmp_path / "demo" / "side_by_side.png").exists()
     assert (tmp_path / "demo" / "denoised" / "BM3D" / "coffee.png").exists()
+
+
+def test_the_demo_recipe_is_in_steps_so_its_result_does_not_depend_on_the_cpu(tmp_path, monkeypatch):
+    """No time budget: the same steps on a fast and a slow CPU; --minutes stays available."""
+    import atbsn.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "fit", lambda photos, out, cfg, progress: seen.append(cfg) or (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    for kwargs in ({}, {"minutes": 1.5}):
+        try:
+            demo.run_demo(tmp_path / "d", progress=False, photos=("coffee",), size=32, **kwargs)
+        except KeyboardInterrupt:
+            pass
+    assert (seen[0].teacher_steps, seen[0].student_steps, seen[0].minutes) == (
+        demo.RECIPE["teacher_steps"], demo.RECIPE["student_steps"], None)
+    assert seen[1].minutes == 1.5

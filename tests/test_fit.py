@@ -110,3 +110,29 @@ def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_no
     assert 0.8 < removal_ratio(Fixed(lambda x: as_tensor), sources, cpu) < 1.3  # removes the noise exactly
     assert removal_ratio(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu) > REMOVAL_LIMIT
     assert removal_ratio(Fixed(lambda x: x), sources, cpu) == 0.0
+
+
+def test_fit_chooses_fp32_where_bf16_is_not_native_as_under_the_avx2_cap(tmp_path):
+    """ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 gives an AVX2 machine's kernels: no native bf16, so
+    ``--precision auto`` must train in fp32 there (bf16 would be emulated, slower than fp32)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from atbsn.images import write_image
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_image(tmp_path / "photos" / f"{i}.png", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-m", "atbsn", "fit", str(tmp_path / "photos"), "-o",
+                          str(tmp_path / "m.safetensors"), "--width", "4", "--crop", "16", "--batch", "2",
+                          "--teacher-steps", "2", "--student-steps", "2", "-q"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads((tmp_path / "m.safetensors.fit" / "plan.json").read_text())
+    assert plan["precision"] == "fp32"
+    assert "fp32: this CPU has no native bf16" in out.stdout

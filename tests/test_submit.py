@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import fake_dnd
 from scipy.io import loadmat, savemat
 
 from atbsn import Student
@@ -42,28 +42,13 @@ def test_sidd_csv_and_legacy_mat(tmp_path, model_file):
     assert cells.shape == (2, 3) and np.array_equal(cells[1, 2], back[5])
 
 
-def _fake_dnd(root, images, boxes):
-    """DND's layout: images_srgb/NNNN.mat (v7.3, InoisySRGB) and info.mat (v7.3, info.boundingboxes refs)."""
-    (root / "images_srgb").mkdir(parents=True)
-    for i, img in enumerate(images):
-        with h5py.File(root / "images_srgb" / f"{i + 1:04d}.mat", "w") as f:
-            f["InoisySRGB"] = img.T  # MATLAB stores column-major
-    with h5py.File(root / "info.mat", "w") as f:
-        refs = []
-        for i, b in enumerate(boxes):
-            ds = f.create_dataset(f"#refs#/b{i}", data=np.asarray(b, np.float64).T)
-            refs.append(ds.ref)
-        info = f.create_group("info")
-        info.create_dataset("boundingboxes", data=np.array([refs], dtype=h5py.ref_dtype))
-
-
 def test_dnd_bundle(tmp_path, model_file):
     model, path = model_file
     rng = np.random.default_rng(1)
     images = [rng.random((100, 120, 3), dtype=np.float32) for _ in range(2)]
     # 1-based inclusive (row0, col0, row1, col1), as DND's info.mat stores them
     boxes = [[[1, 1, 40, 50], [11, 21, 74, 84]], [[30, 40, 93, 103], [61, 1, 100, 32]]]
-    _fake_dnd(tmp_path / "dnd", images, boxes)
+    fake_dnd(tmp_path / "dnd", images, boxes)
     assert read_dnd_boxes(tmp_path / "dnd" / "info.mat")[0][1].tolist() == [10, 74, 20, 84]
     assert main(["submit", "dnd", str(tmp_path / "dnd"), "-o", str(tmp_path / "out"), "--model", path, "-q"]) == 0
     for i, (img, bb) in enumerate(zip(images, boxes)):

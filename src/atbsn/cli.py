@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole method on bundled sample photos with simulated camera noise")
     p.add_argument("-o", "--output", default="demo", help="folder for images, model, table and picture")
     p.add_argument("--minutes", type=float, default=None,
-                   help="training budget (default 2.3, which keeps the demo within 5 minutes; more, better)")
+                   help="train for a time budget instead of the demo's fixed recipe in steps (the result then "
+                        "depends on the CPU's speed)")
     p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -177,6 +177,10 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
     log.info(f"  2. student {student_arch}, {scfg.steps} steps distilled at k in {ks} ({loss} loss)"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
+    if t_step and s_step:
+        log.info(f"  about {(tcfg.steps * t_step + scfg.steps * s_step) / 60:.1f} min in all, from a probe of a few "
+                 f"steps of each" + (" (fp32: this CPU has no native bf16)" if cfg.precision == "auto" and
+                                                     precision == "fp32" and device.type == "cpu" else ""))
 
     report: dict = {"from": start.source if start else None}
     _phase(work / "teacher", tcfg, partial(train, init=start.teacher if start else None), progress)
@@ -242,5 +246,6 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         tcfg.steps = max(50, int(budget * (1 - cfg.student_share) / t_step))
         scfg.steps = max(25, int(budget * cfg.student_share / s_step))
     write_text(plan_path, json.dumps({"teacher_steps": tcfg.steps, "student_steps": scfg.steps,
-                                      "teacher_step_seconds": t_step, "student_step_seconds": s_step}))
+                                      "teacher_step_seconds": t_step, "student_step_seconds": s_step,
+                                      "precision": tcfg.precision}))
     return t_step, s_step
