@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
         t_steps, s_steps = steps or (RECIPE["teacher_steps"], RECIPE["student_steps"])
         budget = {"teacher_steps": t_steps, "student_steps": s_steps}
     log.info("demo: 1. fit learns from the noisy photos (its time estimate follows, from a probe of a few steps); "
-             f"2. non-local means and BM3D on the same photos (BM3D about 15 s a photo on 2 cores); 3. scores")
+             "2. non-local means and BM3D on the same photos (BM3D about 15 s a photo on 2 cores); 3. scores")
     t_fit = time.perf_counter()
     model_path = fit([out / "noisy"], out / "model.safetensors", FitConfig(**budget, device=device),
                      progress=progress)
