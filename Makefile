@@ -7,14 +7,19 @@ TORCH ?= torch==2.13.0
 
 .PHONY: env test test-all demo lint gpu-check clean
 
+# What the demo needs (atbsn and BM3D); the tests add the dev tools (pytest, ruff, ONNX) on top.
 $(BIN)/atbsn: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[baselines]"
 	touch $(BIN)/atbsn
 
-env: $(BIN)/atbsn
+$(VENV)/.dev: $(BIN)/atbsn
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(VENV)/.dev
+
+env: $(VENV)/.dev
 
 test: env
 	$(BIN)/python -m pytest -q
@@ -22,7 +27,7 @@ test: env
 test-all: env
 	$(BIN)/python -m pytest -q -m ""
 
-demo: env
+demo: $(BIN)/atbsn
 	$(BIN)/atbsn demo
 
 # On a GPU machine: CUDA tests, CUDA benchmarks, DDP over every GPU; one report (benchmarks/results/gpu_check.md)

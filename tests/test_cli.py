@@ -112,7 +112,7 @@ def test_real_sidd_student_scores_the_published_psnr(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
-    (["--tile", "0"], "--tile must be at least 1"),
+    (["--tile", "0"], "--tile must be at least 32"),
     (["--margin", "-1"], "--margin must be at least 0"),
 ])
 def test_bad_inference_options_fail_once_before_any_work(tmp_path, student, capsys, flags, message):

@@ -7,6 +7,7 @@ safetensors holds only tensors, and ``.pth`` files are opened with ``torch.load(
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | Non
         except Exception as e:
             raise AtbsnError(f"{path}: truncated or corrupt safetensors checkpoint ({reason(e)})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy pickles before failing: the error line says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise AtbsnError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({reason(e)})") from None
     return obj, None

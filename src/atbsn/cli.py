@@ -15,9 +15,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import RunConfig, add_options, given, preset_values
+from .config import RunConfig, add_options, given, number, preset_values
 from .errors import AtbsnError
-from .files import check_writable
+from .files import check_apart, check_writable
 from .inference import InferenceOptions
 
 
@@ -54,6 +54,7 @@ def _report(msg: str) -> None:
 def cmd_denoise(a: argparse.Namespace) -> int:
     from .inference import denoise_files
 
+    check_apart([a.output], [*a.inputs, a.model])
     model = _model(a.model, k=a.k)
     written, errors = denoise_files(
         a.inputs, a.output, model, _options(a), overwrite=a.overwrite, progress=not a.quiet,
@@ -73,14 +74,16 @@ def _split(a: argparse.Namespace, pairs):
 def _group_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--texture-groups", action="store_true",
                    help="also score flat and textured regions apart (local std of the clean image, 7x7)")
-    p.add_argument("--group-crop", type=int, help="regions: crops of this side instead of whole images")
-    p.add_argument("--texture-threshold", type=float, help="texture measure splitting the groups (default: median)")
+    p.add_argument("--group-crop", type=number(int, 8), help="regions: crops of this side instead of whole images")
+    p.add_argument("--texture-threshold", type=number(float, 0),
+                   help="texture measure splitting the groups (default: median)")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .datasets import load_pairs
     from .evaluate import evaluate, format_summary, write_report
 
+    check_apart([a.output, a.save_images], [a.data, a.model])
     for folder in (a.output, a.save_images):
         if folder:
             check_writable(folder, folder=True)  # before the work, not after it
@@ -106,6 +109,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from .evaluate import format_sweep, sweep_report
     from .methods.apbsn import SWEEP_STRIDES
 
+    check_apart([a.output], [a.data, *a.model])
     check_writable(a.output, folder=True)
 
     teachers = [_model(m, part="teacher") for m in a.model]
@@ -124,6 +128,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 def cmd_submit(a: argparse.Namespace) -> int:
     from .submit import submit_dnd, submit_sidd
 
+    check_apart([a.output or ("SubmitSrgb.csv" if a.benchmark == "sidd" else None)], [a.data, a.model])
     if a.benchmark == "sidd" or a.output:
         check_writable(a.output or "SubmitSrgb.csv", folder=a.benchmark == "dnd")
 
@@ -143,6 +148,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
 
+    check_apart([a.output], [a.model])
     check_writable(a.output)
 
     model = _model(a.model, k=a.k)
@@ -192,13 +198,14 @@ def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
     p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, resume state)")
     add_options(p, RunConfig, _SHARED_RUN_OPTIONS + task_options)
     p.add_argument("--resume", action="store_true", help="continue the run in -o exactly where it stopped")
-    p.add_argument("--stop-after", type=int, help="stop (resumably) after N more steps")
+    p.add_argument("--stop-after", type=number(int, 1), help="stop (resumably) after N more steps")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     from .datasets import prepare
 
+    check_apart([a.output], a.data)
     check_writable(a.output, folder=True)
     out = prepare(a.data, a.output, progress=not a.quiet)
     print(f"prepared store in {out}: train on it with atbsn train {out} ...")
@@ -249,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .fit import FitConfig
     from .methods.apbsn import SWEEP_STRIDES
 
-    parser = argparse.ArgumentParser(
-        prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024)."
-    )
+    parser = _Parser(prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024).")
     parser.add_argument("--version", action="version", version=f"atbsn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -268,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_args(p)
     p.add_argument("-o", "--output", help="folder for per_image.csv and summary.json")
     p.add_argument("--save-images", help="folder to write the denoised images to")
-    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
     _group_args(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -279,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
     _training_args(p, ["student", "ks", "loss", "texture_threshold", "init_from_teacher"])
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (ours or the authors') or a released name")
+    p.add_argument("--teacher", help="teacher checkpoint (ours or the authors') or a released name; on --resume, "
+                                     "the run's own (give it again if the file moved)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("prepare", help="decode training photos once into a memory-mapped store (fast data loading)")
@@ -297,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole method on bundled sample photos with simulated camera noise")
     p.add_argument("-o", "--output", default="demo", help="folder for images, model, table and picture")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=number(float, 0.1), default=None,
                    help="train for a time budget instead of the demo's fixed recipe in steps (the result then "
                         "depends on the CPU's speed)")
     p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
@@ -309,15 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "AP-BSN's PD stride)")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")
     p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
-    p.add_argument("--k", "--stride", type=int, nargs="+",
+    p.add_argument("--k", "--stride", type=number(int, 0), nargs="+",
                    help=f"k_b values (default {' '.join(map(str, SIDD_KS))}; AP-BSN: PD strides, default "
                         f"{' '.join(map(str, SWEEP_STRIDES))})")
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
-    p.add_argument("--k-train", type=int, help="label for teachers whose checkpoint does not record k_a")
+    p.add_argument("--k-train", type=number(int, 1), help="label for teachers whose checkpoint does not record k_a")
     p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")
     p.add_argument("--crops", action="store_true", help="also write the same crop at each k (crops.png)")
-    p.add_argument("--crop-size", type=int, default=96)
-    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.add_argument("--crop-size", type=number(int, 8), default=96, help="side of the crops (--crops)")
+    p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
     _group_args(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -345,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported on one line (as every other error is)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 class _Stdout(logging.Handler):
     """The library's messages on whatever ``sys.stdout`` is when they are emitted."""
 
@@ -356,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import leave_process_group
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a mistake already reported on one line
+        return int(e.code or 0)
     lib_log, handler = logging.getLogger("atbsn"), _Stdout()
     lib_log.addHandler(handler)
     level, lib_log.level = lib_log.level, logging.INFO

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -67,6 +68,8 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object of fields")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -117,6 +120,23 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
                                 choices=f.metadata["choices"], help=help_text)
 
 
+def number(kind: type, low: float | None = None, flag: str = ""):
+    """An argparse ``type`` for a finite number of ``kind`` at least ``low``: bad values are refused when the
+    command line is parsed, with one line naming the flag, as the config options are."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _show(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
@@ -136,6 +156,8 @@ def check_options(obj: Any) -> None:
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise AtbsnError(f"{flag} must be a finite number, got {v}")
             if meta["choices"] is not None and v not in meta["choices"]:
                 raise AtbsnError(f"{flag}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
             if meta["low"] is not None and v < meta["low"]:
@@ -187,7 +209,7 @@ def preset_values(task: str, preset: str | None, method: str = "atbsn") -> dict[
         raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(table)})")
     return dict(table[name])
 # Options a resumed run may change: where and how it runs, not what it computes.
-RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset", "workers"})
+RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset", "workers", "teacher"})
 
 
 @dataclass
@@ -214,6 +236,9 @@ class RunConfig:
     stride_infer: int = option(2, "AP-BSN: pixel-shuffle stride recorded for inference", low=1)
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
+    # the teacher file's sha256, recorded when the run starts: a resume may find the teacher at another path,
+    # never with other contents
+    teacher_sha256: str | None = None
     student: str = option("C", "student network", choices=STUDENTS)
     ks: list[int] | None = option(None, "teacher blind-spot sizes (default 0 1 3 5 7 9 11; --loss partition: 9 0)",
                                   low=0)

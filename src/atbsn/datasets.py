@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AtbsnError
-from .files import atomic_write, reason, write_text
+from .files import RunLock, atomic_write, reason, remove_stale_temps, write_text
 from .images import float_scale, is_image_file, read_image
 
 log = logging.getLogger("atbsn")
@@ -106,9 +106,7 @@ def load_pairs(source: str | Path, limit: int | None = None) -> list[Pair]:
     if not src.is_dir():
         raise AtbsnError(f"{src}: not a folder of pairs or a SIDD .mat file")
     if (src / "pairs.csv").exists():
-        with open(src / "pairs.csv", newline="") as f:
-            rows = [(r["noisy"], r["clean"]) for r in csv.DictReader(f)]
-        entries = [(Path(n).stem, src / n, src / c) for n, c in rows]
+        entries = [(Path(n).stem, src / n, src / c) for n, c in _pairs_csv(src / "pairs.csv")]
     elif (src / "noisy").is_dir() and (src / "clean").is_dir():
         clean = {p.stem: p for p in (src / "clean").iterdir() if is_image_file(p)}
         noisy = sorted(p for p in (src / "noisy").iterdir() if is_image_file(p))
@@ -125,11 +123,33 @@ def load_pairs(source: str | Path, limit: int | None = None) -> list[Pair]:
         raise AtbsnError(f"{src}: no noisy/clean pairs found")
     out = []
     for name, n, c in entries[:limit]:
+        for f in (n, c):
+            if not f.is_file():
+                raise AtbsnError(f"{f}: listed in {src / 'pairs.csv'} but not found")
         a, b = read_image(n), read_image(c)
         if a.shape != b.shape:
             raise AtbsnError(f"{n}: shape {a.shape} differs from its clean reference {c} {b.shape}")
         out.append(Pair(name, a, b))
     return out
+
+
+def _pairs_csv(path: Path) -> list[tuple[str, str]]:
+    """(noisy, clean) file names from a ``pairs.csv`` with columns ``noisy`` and ``clean``; one line naming the
+    file for anything else (another encoding, other columns, empty cells)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            if not {"noisy", "clean"} <= set(columns):
+                raise AtbsnError(f"{path}: needs the columns 'noisy' and 'clean' (found: "
+                                 f"{', '.join(map(repr, columns)) or 'none'})")
+            rows = [(r["noisy"], r["clean"]) for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise AtbsnError(f"{path}: not a readable CSV text file ({reason(e)})") from None
+    bad = next((i for i, (n, c) in enumerate(rows, 2) if not n or not c), None)
+    if bad is not None:
+        raise AtbsnError(f"{path}: line {bad} lacks a noisy or clean file name")
+    return rows
 
 
 # ------------------------------------------------------------------------------------ training sources
@@ -208,13 +228,19 @@ def prepare(inputs: Iterable[str | Path], out: str | Path, progress: bool = True
     the sampler would hold it: alpha dropped, stored dtype kept) and an index. Training on ``out`` then reads
     each crop's bytes from a memory map instead of decoding a whole photo per crop, and every process on a
     machine shares the OS page cache. Rerunning skips arrays already written (a killed run resumes)."""
-    from .runtime import progress_bar
-
     out = Path(out)
     sources = collect_sources(inputs)
     if any(s.kind == "store" for s in sources):
         raise AtbsnError(f"{out}: the inputs include a prepared store already; prepare from the original photos")
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # one process fills a store; what a killed one left half-written is cleared
+        remove_stale_temps(out, [f"{i:06d}.npy" for i in range(len(sources))] + [STORE_INDEX])
+        return _fill_store(sources, out, progress)
+
+
+def _fill_store(sources: list[Source], out: Path, progress: bool) -> Path:
+    from .runtime import progress_bar
+
     entries = []
     for i, src in enumerate(progress_bar(sources, desc="prepare", unit="img", show=progress)):
         target = out / f"{i:06d}.npy"

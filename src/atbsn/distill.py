@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -9,9 +10,11 @@ from torch import nn
 
 from .checkpoint import load
 from .config import RunConfig
-from .engine import Method, Trainer
+from .engine import Method, Trainer, saved_config
 from .errors import AtbsnError
+from .files import file_sha256
 from .losses import DistillL1
+from .registry import resolve
 from .students import Student, init_from_teacher
 from .train import start_from
 
@@ -48,6 +51,12 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
 def distill(config: RunConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True,
             init: nn.Module | None = None) -> dict:
     """Distill (or resume) a student, fresh or from ``init``; leaves ``last.safetensors`` and
-    ``best.safetensors`` in ``config.out``."""
+    ``best.safetensors`` in ``config.out``. The teacher file's digest goes with the run: a resume finds the
+    teacher by the saved path (or a new ``teacher``) and refuses one whose contents changed."""
+    if resume and not config.teacher:
+        saved = saved_config(config.out)
+        config = replace(config, teacher=saved.teacher if saved else None)
+    if config.teacher:
+        config = replace(config, teacher_sha256=file_sha256(resolve(config.teacher)[0], config.teacher))
     return Trainer(config, partial(distill_method, init=init), resume=resume).run(stop_after=stop_after,
                                                                                    progress=progress)

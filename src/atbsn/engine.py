@@ -24,6 +24,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ from .checkpoint import save
 from .config import RunConfig
 from .datasets import PatchSampler, collect_sources, load_pairs
 from .errors import AtbsnError
-from .files import atomic_write, check_writable, reason, remove_stale_temps, write_text
+from .files import RunLock, atomic_write, check_apart, check_writable, reason, remove_stale_temps, write_text
 from .losses import Loss
 from .runtime import autocast, init_distributed, log, progress_bar
 
@@ -99,7 +100,9 @@ def saved_config(out: str | Path) -> RunConfig | None:
 
 def _load_state(path: Path) -> dict:
     try:  # plain tensors, numbers and strings only: no code runs from a run folder
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warning about a legacy pickle: the error line says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise AtbsnError(f"{path}: unreadable resume state ({reason(e, 120)})") from None
 
@@ -165,11 +168,30 @@ class Trainer:
     def __init__(self, config: RunConfig, method: MethodFactory, resume: bool = False) -> None:
         self.out = Path(config.out)
         self.state_path = self.out / "state.pt"
-        saved = self._saved_state(config, resume)
+        check_apart([self.out], [*config.data, config.val, config.teacher])
+        if self.state_path.exists() or resume:
+            self._saved_state(config, resume)  # a wrong --resume fails before anything else
         check_writable(self.out, folder=True)  # an unwritable -o fails now, not at the first checkpoint
-        remove_stale_temps(self.out, ["state.pt", "last.safetensors", "best.safetensors", "summary.json"])
         self.config = config
         self.dist, self.device = init_distributed(config.device)
+        # one process works in a run folder: a second one is refused (the main rank holds the lock for all)
+        self._lock = RunLock(self.out) if self.dist.main else None
+        if self._lock is not None:
+            self._lock.__enter__()
+        try:
+            self._setup(config, method, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (done when :meth:`run` ends)."""
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+
+    def _setup(self, config: RunConfig, method: MethodFactory, resume: bool) -> None:
+        saved = self._saved_state(config, resume)  # again, under the lock
+        remove_stale_temps(self.out, ["state.pt", "last.safetensors", "best.safetensors", "summary.json"])
         torch.manual_seed(config.seed)
         self.method = method(config, self.device)
         self.model = self.method.model.to(self.device, memory_format=torch.channels_last)
@@ -204,6 +226,10 @@ class Trainer:
             raise AtbsnError(f"{self.out}: nothing to resume (no state.pt); start without --resume")
         saved = _load_state(self.state_path)
         before = RunConfig(**json.loads(saved["config"]))
+        if before.teacher_sha256 and config.teacher_sha256 and before.teacher_sha256 != config.teacher_sha256:
+            raise AtbsnError(f"{config.teacher}: not the teacher this run began with (its contents differ: sha256 "
+                             f"{config.teacher_sha256[:12]}..., the run's {before.teacher_sha256[:12]}...); resume "
+                             "with that teacher or start a new run")
         changed = before.conflicts(config)
         if changed:
             diffs = ", ".join(f"{n} {getattr(before, n)!r} -> {getattr(config, n)!r}" for n in changed)
@@ -293,7 +319,18 @@ class Trainer:
                  f"{self.device}{procs}{f', resuming at step {self.step}' if self.step else ''}; writing to {self.out}")
 
     def run(self, stop_after: int | None = None, progress: bool = True) -> dict:
+        try:
+            return self._run(stop_after, progress)
+        finally:
+            self.close()
+
+    def _run(self, stop_after: int | None, progress: bool) -> dict:
         cfg, main = self.config, self.dist.main
+        done = self.out / "summary.json"
+        if self.step >= cfg.steps and done.exists():  # a finished run resumed: nothing to do, its summary stays
+            if main:
+                log.info(f"{self.out}: already finished ({self.step} of {cfg.steps} steps); nothing to do")
+            return json.loads(done.read_text())
         self.out.mkdir(parents=True, exist_ok=True)
         logger = MetricLog(self.out, cfg.log, self.step) if main else None
         if main:

@@ -7,10 +7,17 @@ temporary file gets the mode an ordinary ``open()`` would (0666 minus the umask)
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+# What writers say when the disk is full: OSError's errno, and the words of torch.save and safetensors (which
+# raise RuntimeError or their own error type around the OS error).
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_FULL_WORDS = ("no space left", "storagefull", "code: 28", "disk quota", "file write failed")
 
 
 def _umask() -> int:
@@ -41,10 +48,26 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)) and disk_full(e):
+            from .errors import AtbsnError
+
+            raise AtbsnError(f"{path}: the disk is full ({reason(e)}); nothing was replaced, the partial file "
+                             "was removed: free space and run again") from None
         raise
     return path
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or what it wraps) says the disk or the user's quota is full."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if any(w in str(e).lower() for w in _FULL_WORDS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def remove_stale_temps(folder: str | Path, names: list[str]) -> int:
@@ -82,6 +105,100 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
     except OSError as e:
         raise AtbsnError(f"{p}: cannot write there ({e.strerror or reason(e)})") from None
     return p
+
+
+def check_apart(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None]) -> None:
+    """Refuse, before any work, an output that is an input, lies inside an input folder, or holds an input:
+    no command may write over, or into the tree of, what it reads (a second run would also read its own
+    outputs). Names that are not local paths (a released model's name) and outputs not given are skipped."""
+    from .errors import AtbsnError
+
+    ins = [(str(i), Path(i).resolve()) for i in inputs if i is not None and Path(i).exists()]
+    for out in outputs:
+        if out is None:
+            continue
+        o = Path(out).resolve()
+        for shown, i in ins:
+            if o == i:
+                raise AtbsnError(f"{out}: is also an input of this command ({shown}); write the output elsewhere")
+            if i.is_dir() and i in o.parents:
+                raise AtbsnError(f"{out}: lies inside the input folder {shown}; a later run would read its own "
+                                 "outputs as inputs: write them elsewhere")
+            if o in i.parents:
+                raise AtbsnError(f"{out}: holds the input {shown}; write the output elsewhere")
+
+
+class RunLock:
+    """A lock file (``.lock``: owner pid and host) for a folder one process works in: a second process is
+    refused with one line; a lock left by a process that died on this host is taken over."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / ".lock"
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        from .errors import AtbsnError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or not _alive(*owner):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise AtbsnError(f"{self.path.parent}: in use by process {owner[0]} on {owner[1]} (its lock "
+                                 f"{self.path}); wait for it, or stop it, or use another folder") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.held = True
+            return self
+        raise AtbsnError(f"{self.path}: cannot take the lock")
+
+    def _owner(self) -> tuple[int, str] | None:
+        try:
+            pid, host = self.path.read_text().split()
+            return int(pid), host
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` runs (on another host: assumed to, as it cannot be asked)."""
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def file_sha256(path: str | Path, shown: str | None = None) -> str:
+    """The sha256 of a file's bytes; a missing or unreadable file is one line naming it (``shown``)."""
+    import hashlib
+
+    from .errors import AtbsnError
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise AtbsnError(f"{shown or path}: cannot read it ({e.strerror or reason(e)})") from None
+    return digest.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -33,7 +33,7 @@ from .datasets import PatchSampler, collect_sources
 from .distill import distill, distill_method
 from .engine import Method, heldout_batch, heldout_loss
 from .errors import AtbsnError
-from .files import write_text
+from .files import RunLock, check_apart, write_text
 from .losses import BlindSpotL1, DistillL1
 from .runtime import autocast, init_distributed, log, native_bf16
 from .train import teacher_method, train
@@ -108,11 +108,17 @@ def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> fl
 
 
 def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
+    """Run (or resume, or skip when finished) one phase; a phase that stopped early stops ``fit``: the next
+    phase must never start from unfinished work (a rerun of the same command resumes it)."""
     summary = run_dir / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("finished"):
         log.info(f"{run_dir.name}: already finished, kept")
         return
-    fn(config, resume=(run_dir / "state.pt").exists(), progress=progress)
+    result = fn(config, resume=(run_dir / "state.pt").exists(), progress=progress)
+    if not result.get("finished"):
+        log.info(f"fit: the {run_dir.name} phase stopped at step {result['step']} of {result['steps']}; run the same "
+                 "command again to resume it")
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -126,6 +132,11 @@ class _Start:
 
 def _released_start(source: str) -> _Start:
     parts = load_parts(source)
+    other = next((m for m in parts.values() if m.config.knob not in (None, "k")), None)
+    if other is not None:  # a blind-spot network of another method (AP-BSN): not a teacher fit can tune
+        arch = other.config.arch
+        raise AtbsnError(f"{source}: its network is {arch!r}, not AT-BSN; --from takes an AT-BSN teacher or an AT-BSN(D) "
+                         "file (it can still denoise: atbsn denoise --model)")
     if "teacher" not in parts:
         raise AtbsnError(f"{source}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
                          "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)")
@@ -152,7 +163,13 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
         raise AtbsnError(f"{output}: the fitted model is written as a .safetensors file")
     work = Path(work_dir) if work_dir else output.with_name(output.name + ".fit")
     data = [str(p) for p in photos]
+    check_apart([output, work], [*data, cfg.from_model])
     n_images = len(collect_sources(data))  # fails at once on a wrong or empty folder
+    with RunLock(work):
+        return _fit(data, n_images, output, work, cfg, progress)
+
+
+def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
     start = _released_start(cfg.from_model) if cfg.from_model else None
     lr = cfg.finetune_lr if start else cfg.lr
     _, device = init_distributed(cfg.device)

@@ -139,9 +139,24 @@ def _read_tiff(path: Path) -> tuple[list[np.ndarray], PhotoInfo]:
             a = page.asarray()
             if a.ndim == 3 and a.shape[0] in (1, 2, 3, 4) and a.shape[2] not in (1, 2, 3, 4):
                 a = np.moveaxis(a, 0, -1)  # planar storage
+            a = _as_hwc(a, path)
+            if page.photometric == tifffile.PHOTOMETRIC.SEPARATED and a.shape[2] >= 4:
+                a = _cmyk_to_rgb(a)  # ink coverage, not light: never passed through as RGB + alpha
+                info.converted = "CMYK"
             tag = page.tags.get(_EXIF_ORIENTATION)
-            pages.append(_orient(_as_hwc(a, path), int(tag.value) if tag is not None else 1))
+            pages.append(_orient(a, int(tag.value) if tag is not None else 1))
+    if info.converted and info.icc:  # a CMYK profile does not describe the RGB output
+        info.icc = None
+        info.notes.append("its CMYK colour profile is not carried to the RGB output")
     return pages, info
+
+
+def _cmyk_to_rgb(a: np.ndarray) -> np.ndarray:
+    """CMYK samples (0 = no ink) to RGB of the same type: channel = (1 - ink) * (1 - black)."""
+    top = 1.0 if a.dtype.kind == "f" else float(np.iinfo(a.dtype).max)
+    ink = a[..., :4].astype(np.float64) / top
+    rgb = (1.0 - ink[..., :3]) * (1.0 - ink[..., 3:4]) * top
+    return rgb.astype(a.dtype) if a.dtype.kind == "f" else np.round(rgb).astype(a.dtype)
 
 
 def _read_png16(path: Path, colour: int) -> tuple[list[np.ndarray], PhotoInfo]:

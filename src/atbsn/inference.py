@@ -34,7 +34,7 @@ class InferenceOptions:
 
     k: int | None = option(None, "blind-spot control of a blind-spot network: AT-BSN's size k, AP-BSN's PD "
                            "stride (default: the one recorded for inference)", low=0, aliases=("--stride",))
-    tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=1)
+    tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=32)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=PRECISIONS)
@@ -115,6 +115,10 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
             n = x.shape[0]
             return _denoise_batch(x.reshape(n * c, 1, *x.shape[2:]), model, opts, progress).reshape(x.shape)
         raise AtbsnError(f"the model takes {cin} channels, the image has {c}")
+    if model.config.knob == "k" and opts.k is not None and opts.k >= min(x.shape[2:]):
+        raise AtbsnError(f"k={opts.k} hides a {opts.k} x {opts.k} square, as large as the {x.shape[3]} x {x.shape[2]} "
+                         f"image itself: nothing would be left to see (the output would be flat); choose k below "
+                         f"{min(x.shape[2:])}")
     dev = resolve_device(opts.device)
     ctx = autocast(dev, opts.precision)
     fn = model_fn(prepare(model, dev), opts.k, opts.r3)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .errors import AtbsnError
 from .files import reason
@@ -114,6 +115,11 @@ def fetch(name: str, progress: bool = True, base_url: str | None = None) -> Path
         import requests
 
         url = entry.url(base_url)
+        scheme = urlparse(url)
+        if scheme.scheme not in ("http", "https", "ftp", "sftp", "doi") or not scheme.netloc:
+            where = "ATBSN_REGISTRY_URL" if not base_url and os.environ.get("ATBSN_REGISTRY_URL") else "the base"
+            raise AtbsnError(f"{name}: cannot download from {url!r}: {where} is not a URL (http:// or https://); "
+                             "nothing was downloaded")
         log.info(f"{name}: downloading {url} into {target.parent}")
         try:
             pooch.retrieve(url, known_hash=f"sha256:{entry.sha256}" if entry.sha256 else None,

@@ -29,10 +29,13 @@ _MARGIN = {"atbsn": 128, "A": 32, "B": 32, "C": 96, "C102": 96, "apbsn": 128}
 _NO_POOLING = {"apbsn"}
 
 
-def default_margin(tile: int, arch: str = "C") -> int:
-    """Context around each tile for ``arch``, at most half the tile, on the 32-grid when possible."""
-    m = min(_MARGIN[arch], tile // 2)
-    return m // GRID * GRID if m >= GRID else m
+MIN_TILE = GRID  # a smaller tile costs many times its area in context (and breaks the 32-pixel pooling grid)
+
+
+def default_margin(tile: int, arch: str = "C") -> int:  # noqa: ARG001
+    """Context around each tile for ``arch``: what tiled and untiled outputs need to agree, whatever the tile
+    (a small tile gets a large window rather than too little context)."""
+    return _MARGIN[arch]
 
 
 def plan_tiles(
@@ -58,9 +61,16 @@ def plan_tiles(
         per_pixel = _BYTES_PER_PIXEL[cfg.arch] * cfg.width / 48
         window = int((budget / per_pixel) ** 0.5)
         tile = int(min(max((window - 2 * _MARGIN[cfg.arch]) // GRID * GRID, 128), 2048))
-    if tile < 1:
-        raise AtbsnError(f"tile must be a positive number of pixels, got {tile}")
-    return tile, default_margin(tile, cfg.arch) if margin is None else margin
+    if tile < MIN_TILE:
+        raise AtbsnError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels (each needs "
+                         f"{_MARGIN[cfg.arch]} pixels of context on every side)")
+    margin = default_margin(tile, cfg.arch) if margin is None else margin
+    if (tile + 2 * margin) ** 2 > 16 * tile**2:
+        from .runtime import log
+
+        log.info(f"--tile {tile}: each tile needs {margin} pixels of context on every side, "
+                 f"{((tile + 2 * margin) / tile) ** 2:.0f}x the work of untiled inference; a larger tile is faster")
+    return tile, margin
 
 
 def windows(length: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
