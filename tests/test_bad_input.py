@@ -490,7 +490,8 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_owners_lock_is_taken_over(tmp
     try:
         runs = {"train": (tmp_path / "run", ["train", photos, "-o", str(tmp_path / "run"), *TINY]),
                 "distill": (tmp_path / "d", ["distill", photos, "--teacher", _teacher(tmp_path), "-o",
-                                             str(tmp_path / "d"), "--steps", "2", "--crop", "16", "--batch", "1", "-q"]),
+                                             str(tmp_path / "d"), "--steps", "2", "--crop", "16", "--batch", "1",
+                                             "-q"]),
                 "fit": (tmp_path / "m.safetensors.fit", ["fit", photos, "-o", str(tmp_path / "m.safetensors"),
                                                          "--width", "4", "--crop", "16", "--batch", "1",
                                                          "--teacher-steps", "2", "--student-steps", "2", "-q"]),

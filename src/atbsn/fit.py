@@ -135,8 +135,8 @@ def _released_start(source: str) -> _Start:
     other = next((m for m in parts.values() if m.config.knob not in (None, "k")), None)
     if other is not None:  # a blind-spot network of another method (AP-BSN): not a teacher fit can tune
         arch = other.config.arch
-        raise AtbsnError(f"{source}: its network is {arch!r}, not AT-BSN; --from takes an AT-BSN teacher or an AT-BSN(D) "
-                         "file (it can still denoise: atbsn denoise --model)")
+        raise AtbsnError(f"{source}: its network is {arch!r}, not AT-BSN; --from takes an AT-BSN teacher or an "
+                         "AT-BSN(D) file (it can still denoise: atbsn denoise --model)")
     if "teacher" not in parts:
         raise AtbsnError(f"{source}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
                          "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)")
