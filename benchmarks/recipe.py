@@ -65,6 +65,8 @@ RECIPES: dict[str, dict] = {
     "fp32-lr3e-3": {"precision": "fp32", "lr": 3e-3},
     "fp32-ks0": {"precision": "fp32", "ks": [0]},
     "fp32-ka5-ks01-multi": {"precision": "fp32", "k_train": 5, "loss": "multi"},
+    "fp32-ka5-b4": {"precision": "fp32", "k_train": 5, "batch": 4},
+    "fp32-ka3": {"precision": "fp32", "k_train": 3},
 }
 WORK = RESULTS / "work_recipe"
 WORK_STEPS = RESULTS / "work_recipe_steps"

@@ -81,7 +81,7 @@ def test_outputs_are_skipped_unless_overwrite_and_inputs_never_replaced(tmp_path
     write_image(src / "a.png", np.full((16, 16, 3), 128, np.uint8))
     before = (src / "a.png").read_bytes()
     assert main(["denoise", str(src), "-o", str(src), "--model", student, "-q"]) == 2  # refused before any work
-    assert "overwrite the input" in capsys.readouterr().err
+    assert "is also an input of this command" in capsys.readouterr().err
     assert (src / "a.png").read_bytes() == before
     out = tmp_path / "out"
     write_image(out / "a.png", np.zeros((16, 16, 3), np.uint8))
