@@ -255,6 +255,25 @@ def legacy_pickle(r):
     return ["info", str(r / "old.pth")]
 
 
+def run_folder_in_use(r):
+    import socket
+
+    (r / "run").mkdir()
+    (r / "run" / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a live owner: this process
+    return ["train", _photos(r), "-o", str(r / "run"), *TINY]
+
+
+def teacher_changed(r):
+    from atbsn import ATBSN
+
+    photos, teacher = _photos(r), _teacher(r)
+    flags = ["--steps", "4", "--crop", "16", "--batch", "1", "-q"]
+    main(["distill", photos, "--teacher", teacher, "-o", str(r / "d"), *flags, "--stop-after", "1"])
+    torch.manual_seed(1)
+    save(ATBSN(width=4), teacher)
+    return ["distill", photos, "-o", str(r / "d"), *flags, "--resume"]
+
+
 def not_a_url(mp):
     mp.setenv("ATBSN_REGISTRY_URL", "not-a-url")
 
@@ -309,6 +328,9 @@ CASES = [
     *[Case(f"26.11 sweep --crop-size {n}", command(lambda r, n=n: ["sweep", str(_pairs(r)), "-m", _teacher(r), "-o",
                                                                     str(r / "out"), "--crops", "--crop-size", n]),
            "--crop-size: must be at least 8") for n in ("-5", "0")],
+    Case("26.13 a run folder in use by another process", run_folder_in_use, "in use by process"),
+    Case("26.14 distill --resume with a teacher whose contents changed", teacher_changed,
+         "not the teacher this run began with"),
     Case("26.16 denoise --k 99 on a small image", command(lambda r: ["denoise", _photos(r), "-o", str(r / "out"),
                                                                       "-m", _teacher(r), "--k", "99"]),
          "k=99 hides a 99 x 99 square"),
