@@ -202,3 +202,50 @@ def test_distill_into_the_1_02m_student(tmp_path, photos):
                  "--steps", "2", "--student", "C102", "--crop", "32", "--batch", "2", "-q"]) == 0
     student = load(tmp_path / "s" / "last.safetensors")
     assert student.config.arch == "C102" and student.config.value_range == 1.0
+
+
+@pytest.mark.parametrize("preset", ["cpu", "sidd", "dnd"])
+@pytest.mark.parametrize("method", ["atbsn", "n2n", "b2u", "apbsn"])
+def test_every_preset_starts_for_every_method_and_resumes(tmp_path, preset, method, capsys):
+    """`atbsn train DIR -o OUT --preset P [--method M]`, then --resume with the preset again (issue 25)."""
+    from atbsn.cli import main
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "in" / "a.png", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    tiny = ["--steps", "2", "--batch", "1", "--crop", "20", "--width", "4", "-q"]
+    argv = ["train", str(tmp_path / "in"), "-o", str(tmp_path / "run"), "--preset", preset, "--method", method, *tiny]
+    assert main([*argv, "--stop-after", "1"]) == 0
+    assert main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert ("using its authors' SIDD recipe" in out) == (preset == "dnd" and method != "atbsn")
+
+
+@pytest.mark.parametrize("preset", ["cpu", "sidd", "dnd"])
+def test_every_distill_preset_starts_and_resumes_and_partition_says_what_it_takes(tmp_path, preset, capsys):
+    from atbsn import ATBSN
+    from atbsn.checkpoint import save
+    from atbsn.cli import main
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "in" / "a.png", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    teacher = str(save(ATBSN(width=4), tmp_path / "t.safetensors"))
+    tiny = ["--steps", "2", "--batch", "1", "--crop", "20", "-q"]
+    argv = ["distill", str(tmp_path / "in"), "--teacher", teacher, "-o", str(tmp_path / "d"), "--preset", preset, *tiny]
+    assert main([*argv, "--stop-after", "1"]) == 0
+    assert main([*argv, "--resume"]) == 0
+    argv = ["distill", str(tmp_path / "in"), "--teacher", teacher, "-o", str(tmp_path / "p"), "--preset", preset,
+            "--loss", "partition", *tiny]
+    assert main(argv) == 0
+    assert "--loss partition: k = 9 (flat) and 0 (textured), not the preset's" in capsys.readouterr().out
+    from atbsn.checkpoint import load
+
+    assert load(tmp_path / "p" / "last.safetensors").config.ks == [9, 0]
+
+
+def test_a_typed_ks_is_kept_with_the_partition_loss(tmp_path):
+    from atbsn.config import RunConfig
+
+    assert RunConfig.from_preset("distill", "sidd", loss="partition", ks=[7, 1]).ks == [7, 1]
+    assert RunConfig.from_preset("distill", "sidd", loss="partition").ks == [9, 0]
+    assert RunConfig.from_preset("distill", None, loss="partition").ks == [9, 0]
+    assert RunConfig.from_preset("distill", "dnd").ks == [0, 1, 3, 5, 7, 9]

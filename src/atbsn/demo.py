@@ -63,11 +63,12 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
         write_image(out / "noisy" / f"{name}.png", noisy)
         write_image(out / "clean" / f"{name}.png", clean)
     log.info(f"demo: {len(pairs)} scikit-image photos with simulated '{level}' camera noise in {out / 'noisy'}")
+    shape = {k: v for k, v in RECIPE.items() if not k.endswith("_steps")}
     if minutes is not None:
-        budget = {"minutes": minutes}
+        budget = {**shape, "minutes": minutes}
     else:
         t_steps, s_steps = steps or (RECIPE["teacher_steps"], RECIPE["student_steps"])
-        budget = {"teacher_steps": t_steps, "student_steps": s_steps}
+        budget = {**shape, "teacher_steps": t_steps, "student_steps": s_steps}
     log.info("demo: 1. fit learns from the noisy photos (its time estimate follows, from a probe of a few steps); "
              "2. non-local means and BM3D on the same photos (BM3D about 15 s a photo on 2 cores); 3. scores")
     t_fit = time.perf_counter()
