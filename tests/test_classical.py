@@ -33,7 +33,7 @@ def test_bm3d_on_several_images_in_processes_equals_one_call_each():
     pytest.importorskip("bm3d")
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (24, 28, 3), dtype=np.uint8) for _ in range(3)]
-    outs, seconds = classical.bm3d_many(images, [20.0, 10.0, 5.0], workers=2)
-    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    outs = classical.bm3d_many(images, [20.0, 10.0, 5.0], workers=2)
+    assert len(outs) == 3
     for a, s, out in zip(images, [20.0, 10.0, 5.0], outs):
         assert np.array_equal(out, classical.bm3d(a, s))
