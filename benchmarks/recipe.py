@@ -147,8 +147,9 @@ def report_steps(base: dict, rows: list[dict]) -> None:
     md = ["Each row: `fit` with a fixed number of teacher + student steps on the set's noisy images, scored against "
           "the clean ones; mean +- sd over seeds. Seconds: the fit's wall time on this machine (2 cores), under the "
           "ISA each row names; the quality depends on the steps only, but the seconds of rows that ran beside other "
-          "work (the test suite) are up to 3x too long: the demo's own timed runs are in demo.md. Points made by `python benchmarks/recipe.py SET --recipes ... --steps T+S ... "
-          "--seeds ...` (rows kept in results/work_recipe_steps/), this file by the command above.", ""]
+          "work (the test suite) are up to 3x too long: the demo's own timed runs are in demo.md. Points made by "
+          "`python benchmarks/recipe.py SET --recipes ... --steps T+S ... --seeds ...` (rows kept in "
+          "results/work_recipe_steps/), this file by the command above.", ""]
     for name in sorted({r["set"] for r in rows}):
         b = base[name]
         md += [f"## {name}", "", f"noisy {b['noisy']['psnr']:.2f} dB, NLM {b['NLM']['psnr']:.2f} dB, "
