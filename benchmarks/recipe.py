@@ -67,6 +67,7 @@ RECIPES: dict[str, dict] = {
     "fp32-ka5-ks01-multi": {"precision": "fp32", "k_train": 5, "loss": "multi"},
     "fp32-ka5-b4": {"precision": "fp32", "k_train": 5, "batch": 4},
     "fp32-ka3": {"precision": "fp32", "k_train": 3},
+    "bf16-ka5-b4": {"precision": "bf16", "k_train": 5, "batch": 4},  # the demo's recipe where bf16 is native
 }
 WORK = RESULTS / "work_recipe"
 WORK_STEPS = RESULTS / "work_recipe_steps"
