@@ -190,8 +190,9 @@ def test_the_extraction_keeps_every_command_the_readme_shows():
 # ------------------------------------------------------------------------------------------ make targets
 def _recipe(target: str) -> list[str]:
     """The commands ``make TARGET`` would run (make -n), with the environment already built."""
-    out = subprocess.run(["make", "-n", "-o", ".venv/bin/atbsn", "-o", ".venv/.dev", target], cwd=ROOT,
-                         capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make test
+    out = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/bin/atbsn", "-o", ".venv/.dev", target],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, f"make {target}: {out.stderr.strip()}"
     return [line for line in out.stdout.splitlines() if line.strip()]
 
