@@ -122,3 +122,15 @@ def test_bad_inference_options_fail_once_before_any_work(tmp_path, student, caps
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not any((tmp_path / "out").rglob("*.png"))
+
+
+def test_the_command_shows_the_library_info_lines_even_after_a_disabled_info_call(tmp_path, capsys):
+    """A library call that logged at INFO before (level not yet raised) must not hide the command's lines:
+    the logger caches level checks, and only setLevel clears that cache."""
+    import logging
+
+    logging.getLogger("atbsn").info("before any command")
+    write_image(tmp_path / "in" / "a.png", np.full((40, 48, 3), 128, np.uint8))
+    assert main(["train", str(tmp_path / "in"), "-o", str(tmp_path / "run"), "--method", "n2n", "--preset", "dnd",
+                 "--steps", "1", "--batch", "1", "--crop", "20", "--width", "4", "-q"]) == 0
+    assert "using its authors' SIDD recipe" in capsys.readouterr().out

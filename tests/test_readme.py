@@ -132,7 +132,7 @@ def adapt(index: int) -> list[str]:
         del words[at : at + 2]
     expanded = []
     for w in words:
-        expanded += sorted(glob.glob(w)) or [w] if any(c in w for c in "*?[") else [w]
+        expanded += (sorted(glob.glob(w)) or [w]) if any(c in w for c in "*?[") else [w]
     words = [*expanded, *TINY.get(expanded[0], [])]
     nxt = COMMANDS[index + 1] if index + 1 < len(COMMANDS) else ""
     if "--resume" in nxt and "..." in nxt and "--resume" not in words:

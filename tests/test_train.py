@@ -242,7 +242,7 @@ def test_every_distill_preset_starts_and_resumes_and_partition_says_what_it_take
     assert load(tmp_path / "p" / "last.safetensors").config.ks == [9, 0]
 
 
-def test_a_typed_ks_is_kept_with_the_partition_loss(tmp_path):
+def test_a_typed_ks_is_kept_with_the_partition_loss():
     from atbsn.config import RunConfig
 
     assert RunConfig.from_preset("distill", "sidd", loss="partition", ks=[7, 1]).ks == [7, 1]

@@ -37,8 +37,8 @@ def bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
 
 def bm3d_many(images: list[np.ndarray], sigmas: list[float], workers: int | None = None) -> list[np.ndarray]:
     """:func:`bm3d` on several images, one process per core: the outputs of one call per image, in order.
-    bm3d keeps a core only partly busy, so two images side by side finish about 17% sooner than one after the
-    other (measured on 2 cores), though each takes longer."""
+    bm3d keeps a core only partly busy, so images side by side finish sooner than one after the other, though
+    each takes longer (the demo reports the wall time over its photos)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor

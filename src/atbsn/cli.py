@@ -54,7 +54,7 @@ def _report(msg: str) -> None:
 def cmd_denoise(a: argparse.Namespace) -> int:
     from .inference import denoise_files
 
-    check_apart([a.output], [*a.inputs, a.model])
+    check_apart([a.output], [a.model])  # the photos: denoise_files checks them, for Python callers too
     model = _model(a.model, k=a.k)
     written, errors = denoise_files(
         a.inputs, a.output, model, _options(a), overwrite=a.overwrite, progress=not a.quiet,
@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     lib_log, handler = logging.getLogger("atbsn"), _Stdout()
     lib_log.addHandler(handler)
-    level, lib_log.level = lib_log.level, logging.INFO
+    level = lib_log.level
+    lib_log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's cached level checks
     ok = False
     try:
         code = int(args.func(args) or 0)

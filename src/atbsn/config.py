@@ -120,18 +120,26 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
                                 choices=f.metadata["choices"], help=help_text)
 
 
-def number(kind: type, low: float | None = None, flag: str = ""):
-    """An argparse ``type`` for a finite number of ``kind`` at least ``low``: bad values are refused when the
-    command line is parsed, with one line naming the flag, as the config options are."""
+def _refusal(value: Any, low: float | None) -> str | None:
+    """Why a number is refused as an option value (not finite, or below ``low``), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if low is not None and value < low:
+        return f"must be at least {low:g}, got {value}"
+    return None
+
+
+def number(kind: type, low: float | None = None):
+    """An argparse ``type`` for a number of ``kind`` that :func:`check_options`' rule accepts (finite, at least
+    ``low``): flags outside the config dataclasses are refused when parsed, on one line, as the options are."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        why = _refusal(value, low)
+        if why:
+            raise argparse.ArgumentTypeError(why)
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -156,12 +164,11 @@ def check_options(obj: Any) -> None:
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise AtbsnError(f"{flag} must be a finite number, got {v}")
             if meta["choices"] is not None and v not in meta["choices"]:
                 raise AtbsnError(f"{flag}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
-            if meta["low"] is not None and v < meta["low"]:
-                raise AtbsnError(f"{flag} must be at least {meta['low']:g}, got {v}")
+            why = _refusal(v, meta["low"])
+            if why:
+                raise AtbsnError(f"{flag} {why}")
 
 
 # ------------------------------------------------------------------------------------------ runs

@@ -5,8 +5,9 @@ the noisy images alone, and the result is scored against the clean originals bes
 instead, computed in the same run on the same photos: OpenCV's non-local means and BM3D given the true noise
 level (an oracle no real photo offers). A table (PSNR, SSIM, seconds per image) and a side-by-side picture.
 
-The fit is a fixed recipe in steps (:data:`RECIPE`), not a time budget, so the result does not depend on the
-CPU: one without native bf16 takes longer, not worse. ``minutes`` trains for a time budget instead.
+The fit is a fixed recipe in steps (:data:`STEPS`, :data:`RECIPE`), not a time budget, so the result does not
+depend on the CPU: one without native bf16 takes longer, not worse. ``minutes`` trains for a time budget
+instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 # three minutes of fp32 on 2 cores. Batch 4 (more updates for the same pixels) and k_a = 5: the simulated
 # noise is correlated over two pixels (0.56 at one, 0.16 at two, 0.03 at three), which a 5 x 5 blind spot
 # covers; k_a = 9 hides more signal and learns slower (27.33 against 27.50 dB at 600 + 600 steps).
-RECIPE = {"teacher_steps": 600, "student_steps": 600, "k_train": 5, "batch": 4}
+RECIPE = {"k_train": 5, "batch": 4}  # fit options besides the steps (also with ``minutes``)
+STEPS = (600, 600)  # teacher, student
 
 
 def sample_pairs(level: str = "phone-night", seed: int = 0, photos: tuple[str, ...] = PHOTOS,
@@ -57,8 +59,8 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
              size: int | None = None, steps: tuple[int, int] | None = None) -> dict:
     """Make noisy photos, fit, score, and write ``results.md``, ``results.json``, ``side_by_side.png``.
 
-    The fit runs :data:`RECIPE` (``steps``: other teacher and student step counts; ``minutes``: a time budget
-    instead). ``photos`` and ``size`` (centre crops) make a smaller demo."""
+    The fit runs :data:`RECIPE` for :data:`STEPS` (``steps``: other teacher and student step counts;
+    ``minutes``: a time budget instead). ``photos`` and ``size`` (centre crops) make a smaller demo."""
     out = Path(out_dir)
     t_start = time.perf_counter()
     pairs = sample_pairs(level, photos=photos, size=size)
@@ -66,12 +68,11 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
         write_image(out / "noisy" / f"{name}.png", noisy)
         write_image(out / "clean" / f"{name}.png", clean)
     log.info(f"demo: {len(pairs)} scikit-image photos with simulated '{level}' camera noise in {out / 'noisy'}")
-    shape = {k: v for k, v in RECIPE.items() if not k.endswith("_steps")}
     if minutes is not None:
-        budget = {**shape, "minutes": minutes}
+        budget = {**RECIPE, "minutes": minutes}
     else:
-        t_steps, s_steps = steps or (RECIPE["teacher_steps"], RECIPE["student_steps"])
-        budget = {**shape, "teacher_steps": t_steps, "student_steps": s_steps}
+        t_steps, s_steps = steps or STEPS
+        budget = {**RECIPE, "teacher_steps": t_steps, "student_steps": s_steps}
     log.info("demo: 1. fit learns from the noisy photos (its time estimate follows, from a probe of a few steps); "
              "2. non-local means and BM3D on the same photos (BM3D about 15 s a photo); 3. scores")
     t_fit = time.perf_counter()

@@ -169,15 +169,12 @@ class Trainer:
         self.out = Path(config.out)
         self.state_path = self.out / "state.pt"
         check_apart([self.out], [*config.data, config.val, config.teacher])
-        if self.state_path.exists() or resume:
-            self._saved_state(config, resume)  # a wrong --resume fails before anything else
+        self._check_resume(resume)  # a wrong --resume fails before anything else, without reading the state
         check_writable(self.out, folder=True)  # an unwritable -o fails now, not at the first checkpoint
         self.config = config
         self.dist, self.device = init_distributed(config.device)
         # one process works in a run folder: a second one is refused (the main rank holds the lock for all)
-        self._lock = RunLock(self.out) if self.dist.main else None
-        if self._lock is not None:
-            self._lock.__enter__()
+        self._lock = RunLock(self.out).acquire() if self.dist.main else None
         try:
             self._setup(config, method, resume)
         except BaseException:
@@ -187,10 +184,10 @@ class Trainer:
     def close(self) -> None:
         """Release the run folder (done when :meth:`run` ends)."""
         if self._lock is not None:
-            self._lock.__exit__(None, None, None)
+            self._lock.release()
 
     def _setup(self, config: RunConfig, method: MethodFactory, resume: bool) -> None:
-        saved = self._saved_state(config, resume)  # again, under the lock
+        saved = self._saved_state(config, resume)  # read under the lock
         remove_stale_temps(self.out, ["state.pt", "last.safetensors", "best.safetensors", "summary.json"])
         torch.manual_seed(config.seed)
         self.method = method(config, self.device)
@@ -217,13 +214,17 @@ class Trainer:
         self._stop_signal = False
 
     # -------------------------------------------------------------------------------- state on disk
-    def _saved_state(self, config: RunConfig, resume: bool) -> dict | None:
-        if not resume:
-            if self.state_path.exists():
-                raise AtbsnError(f"{self.out}: already holds a run; use --resume to continue it or choose another -o")
-            return None
-        if not self.state_path.exists():
+    def _check_resume(self, resume: bool) -> None:
+        """A new run needs a folder without a run; --resume needs one."""
+        if not resume and self.state_path.exists():
+            raise AtbsnError(f"{self.out}: already holds a run; use --resume to continue it or choose another -o")
+        if resume and not self.state_path.exists():
             raise AtbsnError(f"{self.out}: nothing to resume (no state.pt); start without --resume")
+
+    def _saved_state(self, config: RunConfig, resume: bool) -> dict | None:
+        self._check_resume(resume)  # again: another process may have written meanwhile
+        if not resume:
+            return None
         saved = _load_state(self.state_path)
         before = RunConfig(**json.loads(saved["config"]))
         if before.teacher_sha256 and config.teacher_sha256 and before.teacher_sha256 != config.teacher_sha256:

@@ -130,18 +130,18 @@ def check_apart(outputs: Iterable[str | Path | None], inputs: Iterable[str | Pat
 
 class RunLock:
     """A lock file (``.lock``: owner pid and host) for a folder one process works in: a second process is
-    refused with one line; a lock left by a process that died on this host is taken over."""
+    refused with one line; a lock left by a process that died on this host is taken over. A context manager,
+    or :meth:`acquire` and :meth:`release` for a lock held across calls."""
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / ".lock"
         self.held = False
 
-    def __enter__(self) -> RunLock:
+    def acquire(self) -> RunLock:
         from .errors import AtbsnError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
+        for _ in range(2):  # a second try after removing a stale lock
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -152,10 +152,15 @@ class RunLock:
                 raise AtbsnError(f"{self.path.parent}: in use by process {owner[0]} on {owner[1]} (its lock "
                                  f"{self.path}); wait for it, or stop it, or use another folder") from None
             with os.fdopen(fd, "w") as f:
-                f.write(me + "\n")
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
             self.held = True
             return self
         raise AtbsnError(f"{self.path}: cannot take the lock")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
     def _owner(self) -> tuple[int, str] | None:
         try:
@@ -164,17 +169,16 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
     def __exit__(self, *exc: object) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        self.release()
 
 
 def _alive(pid: int, host: str) -> bool:
     """Whether process ``pid`` runs (on another host: assumed to, as it cannot be asked)."""
     if host != socket.gethostname():
-        return True
-    if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)

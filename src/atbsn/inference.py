@@ -60,6 +60,13 @@ class InferenceOptions:
         return replace(self, k=resolve_k(model, self.k))
 
 
+def _check_k_fits(model: nn.Module, k: int | None, h: int, w: int) -> None:
+    """Refuse an AT-BSN blind spot as large as the image: nothing would be left to see (a flat output)."""
+    if model.config.knob == "k" and k is not None and k >= min(h, w):
+        raise AtbsnError(f"k={k} hides a {k} x {k} square, as large as the {w} x {h} image itself: nothing would be "
+                         f"left to see (the output would be flat); choose k below {min(h, w)}")
+
+
 def resolve_k(model: nn.Module, k: int | None) -> int | None:
     """The blind-spot control to run ``model`` with (default the one recorded for inference): an AT-BSN's k,
     an AP-BSN's PD stride; None for a non-blind network."""
@@ -115,10 +122,7 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
             n = x.shape[0]
             return _denoise_batch(x.reshape(n * c, 1, *x.shape[2:]), model, opts, progress).reshape(x.shape)
         raise AtbsnError(f"the model takes {cin} channels, the image has {c}")
-    if model.config.knob == "k" and opts.k is not None and opts.k >= min(x.shape[2:]):
-        raise AtbsnError(f"k={opts.k} hides a {opts.k} x {opts.k} square, as large as the {x.shape[3]} x {x.shape[2]} "
-                         f"image itself: nothing would be left to see (the output would be flat); choose k below "
-                         f"{min(x.shape[2:])}")
+    _check_k_fits(model, opts.k, x.shape[2], x.shape[3])
     dev = resolve_device(opts.device)
     ctx = autocast(dev, opts.precision)
     fn = model_fn(prepare(model, dev), opts.k, opts.r3)
@@ -201,6 +205,8 @@ def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: Infe
     if not model.config.is_teacher or a.ndim != 3 or a.shape[2] != model.config.in_channels:
         return {k: denoise(a, model, replace(opts, k=k)) for k in ks}
     ks = [validate_k(k) for k in ks]
+    for k in ks:
+        _check_k_fits(model, k, a.shape[0], a.shape[1])
     dev = resolve_device(opts.device)
     net = prepare(model, dev)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
@@ -239,16 +245,17 @@ def denoise_files(
     that fails is reported (one line naming it) and the rest go on. Returns (written files, error lines).
     """
     from .datasets import expand_inputs
-    from .files import check_writable
+    from .files import check_apart, check_writable
     from .images import read_photo, write_photo
 
     opts = InferenceOptions.of(options, **kw).for_model(model)  # a bad k or option fails before any work
-    out_root = check_writable(out_dir, folder=True)
-    opts = replace(opts, device=resolve_device(opts.device))
-    check_precision(opts.precision, opts.device)  # fp16 on a CPU: one line before any work, not one per image
     jobs = expand_inputs(inputs)
     if not jobs:
         raise AtbsnError(f"no image files (PNG, JPEG, TIFF) found in {', '.join(map(str, inputs))}")
+    check_apart([out_dir], [*inputs, *(src for src, _ in jobs)])  # never onto or inside what it reads
+    out_root = check_writable(out_dir, folder=True)
+    opts = replace(opts, device=resolve_device(opts.device))
+    check_precision(opts.precision, opts.device)  # fp16 on a CPU: one line before any work, not one per image
     _refuse_collisions(jobs, out_root)
     written, errors = [], []
     for src, rel in progress_bar(jobs, desc="denoise", unit="img", show=progress):
@@ -276,12 +283,11 @@ def denoise_files(
 
 
 def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:
-    """Two inputs for one output name, or an output onto its own input: refused before anything is written."""
+    """Two inputs for one output name: refused before anything is written (an output onto its own input is
+    refused by ``check_apart``: the output folder would hold the input)."""
     seen: dict[Path, Path] = {}
     for src, rel in jobs:
         dst = (out_root / rel).resolve()
-        if dst == src.resolve():
-            raise AtbsnError(f"{src}: output would overwrite the input; choose another output folder")
         if dst in seen:
             raise AtbsnError(f"{seen[dst]} and {src} would both be written to {out_root / rel}; "
                              "denoise them into separate output folders")

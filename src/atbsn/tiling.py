@@ -32,7 +32,7 @@ _NO_POOLING = {"apbsn"}
 MIN_TILE = GRID  # a smaller tile costs many times its area in context (and breaks the 32-pixel pooling grid)
 
 
-def default_margin(tile: int, arch: str = "C") -> int:  # noqa: ARG001
+def default_margin(arch: str = "C") -> int:
     """Context around each tile for ``arch``: what tiled and untiled outputs need to agree, whatever the tile
     (a small tile gets a large window rather than too little context)."""
     return _MARGIN[arch]
@@ -64,7 +64,7 @@ def plan_tiles(
     if tile < MIN_TILE:
         raise AtbsnError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels (each needs "
                          f"{_MARGIN[cfg.arch]} pixels of context on every side)")
-    margin = default_margin(tile, cfg.arch) if margin is None else margin
+    margin = default_margin(cfg.arch) if margin is None else margin
     if (tile + 2 * margin) ** 2 > 16 * tile**2:
         from .runtime import log
 
@@ -102,7 +102,7 @@ def run_tiled(
     """
     n, _, h, w = x.shape
     if margin is None:
-        margin = default_margin(tile)
+        margin = default_margin()
     if margin < 0:
         raise AtbsnError(f"tile margin must be >= 0, got {margin}")
     if h <= tile and w <= tile:
