@@ -25,7 +25,7 @@ from atbsn.config import RunConfig
 from atbsn.datasets import PatchSampler, collect_sources, prepare
 from atbsn.engine import Trainer, _StepBatches, _thread_batches
 from atbsn.images import write_image
-from atbsn.train import teacher_method
+from atbsn.methods import method
 
 SIZE = (3000, 5328)  # SIDD Medium's full-size photos
 CACHE_GB = 1.0  # smaller than the set: the photo path decodes most crops, as on SIDD Medium (15 GB)
@@ -87,7 +87,7 @@ def main() -> None:
     cfg = RunConfig.from_preset("train", "cpu", data=[str(store)], out=str(work / "run"), crop=128, batch=BATCH,
                                 device=a.device)
     shutil.rmtree(cfg.out, ignore_errors=True)
-    trainer = Trainer(cfg, teacher_method)
+    trainer = Trainer(cfg, lambda config, device: method("atbsn").make(config))
     fixed = trainer.sampler.batch(0, BATCH)
     steps = 6
     trainer._step(*fixed)  # warm-up

@@ -30,9 +30,10 @@ from atbsn.config import SIDD_KS, RunConfig
 from atbsn.datasets import load_pairs
 from atbsn.distill import distill
 from atbsn.evaluate import evaluate
-from atbsn.inference import denoise, denoise_tensor, from_model_range, prepare, to_model_range
+from atbsn.inference import denoise, denoise_tensor, prepare
 from atbsn.metrics import scores
 from atbsn.plots import image_strip, plot_sweep
+from atbsn.ranges import from_model_range, to_model_range
 from atbsn.tiling import plan_tiles, run_tiled
 from atbsn.train import train
 

@@ -26,9 +26,9 @@ from atbsn import ATBSN
 from atbsn.checkpoint import load
 from atbsn.config import ModelConfig, RunConfig
 from atbsn.evaluate import evaluate
-from atbsn.inference import to_model_range
 from atbsn.methods.apbsn import APBSN
 from atbsn.metrics import scores
+from atbsn.ranges import to_model_range
 from atbsn.train import train
 
 BUDGET = {"steps": 1000, "batch": 8, "crop": 64, "lr": 1e-3, "seed": 0}

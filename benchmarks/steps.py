@@ -1,8 +1,9 @@
 """Training iterations as the engine runs them: teacher training, distillation, and the naive distillation
 that runs the teacher once per k (the authors' loop), each with its peak memory.
 
-Every step is the real method's loss (``teacher_method`` / ``distill_method``) plus backward and an Adam update, on
-the paper's recipes by default (teacher: 8 x 256^2 at k_a = 9; distillation: 8 x 128^2, seven k, student C).
+Every step is the real method's loss (the ``atbsn`` method's ``make`` / ``distill_method``) plus backward and an
+Adam update, on the paper's recipes by default (teacher: 8 x 256^2 at k_a = 9; distillation: 8 x 128^2, seven k,
+student C).
 Each configuration runs in a fresh process, so its peak resident memory (ru_maxrss) is its own.
 """
 
@@ -31,14 +32,14 @@ def child(kind: str, batch: int, crop: int, steps: int, precision: str) -> dict:
     from atbsn.config import RunConfig
     from atbsn.distill import distill_method
     from atbsn.losses import masked_l1
+    from atbsn.methods import method as registered
     from atbsn.runtime import autocast
-    from atbsn.train import teacher_method
 
     torch.manual_seed(0)
     dev = common.DEVICE
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if kind == "teacher":
-        method = teacher_method(RunConfig(task="train", crop=crop, batch=batch), dev)
+        method = registered("atbsn").make(RunConfig(task="train", crop=crop, batch=batch))
     else:
         method = distill_method(RunConfig(task="distill", crop=crop, batch=batch), dev, teacher=ATBSN().to(dev))
     net = method.model.to(dev, memory_format=torch.channels_last).train()

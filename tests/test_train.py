@@ -108,7 +108,7 @@ def test_rival_presets_are_their_authors_recipes_and_cpu_is_one_budget():
     from atbsn.engine import RunConfig
 
     ap = RunConfig.from_preset("train", None, method="apbsn")
-    assert (ap.width, ap.crop, ap.lr, ap.stride_train, ap.stride_infer) == (128, 120, 1e-4, 5, 2)
+    assert (ap.width, ap.crop, ap.lr, ap.k_train, ap.k_infer) == (128, 120, 1e-4, 5, 2)
     assert RunConfig.from_preset("train", None, method="n2n").batch == 4
     cpu = {m: RunConfig.from_preset("train", "cpu", method=m) for m in ("atbsn", "n2n", "b2u", "apbsn")}
     assert len({(c.steps, c.batch) for c in cpu.values()}) == 1

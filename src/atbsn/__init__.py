@@ -10,6 +10,7 @@ The public API, listed explicitly (importing it changes nothing in the host proc
 - learning: :func:`train`, :func:`distill`, :class:`RunConfig`, :func:`fit`, :class:`FitConfig`; the
   losses :class:`BlindSpotL1`, :class:`DistillL1`, the rivals' :class:`PDBlindSpotL1`,
   :class:`Neighbor2NeighborLoss`, :class:`Blind2UnblindLoss`, and the :class:`Trainer` that runs any network + loss
+- methods: :mod:`atbsn.methods`, the registry of network families and training methods (one file each)
 - scoring and submissions: :func:`evaluate`, :func:`sweep`, :func:`submit_sidd`, :func:`submit_dnd`,
   :func:`export_onnx`; the camera-noise simulator :func:`add_camera_noise`
 """

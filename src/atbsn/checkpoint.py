@@ -11,25 +11,24 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from . import methods as registry
 from .config import ModelConfig
 from .errors import AtbsnError
 from .files import atomic_write, reason
-from .methods.apbsn import APBSN
-from .students import Student
-from .teacher import ATBSN
+from .registry import resolve, unknown
 
 FORMAT = "atbsn"
 FORMAT_VERSION = "1"
 
 
 def build(config: ModelConfig) -> nn.Module:
-    """An untrained network for a config."""
-    if config.arch == "apbsn":
-        return APBSN(config)
-    return ATBSN(config=config) if config.is_teacher else Student(config=config)
+    """An untrained network for a config (its family's ``build``, from the method registry)."""
+    return config.family.build(config)
 
 
 TEACHER_PREFIX = "teacher."
@@ -45,8 +44,6 @@ def save(model: nn.Module, path: str | Path, teacher: nn.Module | None = None) -
     With ``teacher``, the file is a bundle (like the authors' AT-BSN(D) release): the student loads by
     default and the teacher with ``load(path, part="teacher")``.
     """
-    from safetensors.torch import save_file
-
     tensors = _tensors(model)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
     if teacher is not None:
@@ -54,14 +51,12 @@ def save(model: nn.Module, path: str | Path, teacher: nn.Module | None = None) -
             raise AtbsnError("a bundle holds a student and its teacher")
         tensors.update(_tensors(teacher, TEACHER_PREFIX))
         meta["teacher_config"] = teacher.config.to_json()
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
     return Path(path)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of one of our checkpoints (no weights are read)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -72,18 +67,14 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
     """Tensors and (for our format) metadata, with every failure turned into one clear line."""
     if not path.is_file():
-        from .registry import unknown
-
         raise unknown(str(path))
     with open(path, "rb") as f:
         head = f.read(16)
     is_zip_or_pickle = head[:2] == b"PK" or head[:1] == b"\x80"
     if path.suffix == ".safetensors" or not is_zip_or_pickle:
-        from safetensors.torch import load_file
-
         meta = read_metadata(path)
         try:
-            return load_file(str(path)), meta
+            return safetensors.torch.load_file(str(path)), meta
         except Exception as e:
             raise AtbsnError(f"{path}: truncated or corrupt safetensors checkpoint ({reason(e)})") from None
     try:
@@ -98,16 +89,19 @@ def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | Non
 def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
     """Strip wrappers and ``module.`` prefixes; return the state dict and the input scale it implies.
 
-    ``{"model_state_dict": ...}`` is how APR-RD releases its AT-BSN students, trained on 0..1 inputs;
-    the AT-BSN authors save bare state dicts on 0..255.
+    The wrappers of the authors' trainers are declared by their families (``Arch.unwrap``); a plain
+    ``{"state_dict": ...}`` is peeled too. Bare state dicts are on 0..255, as the AT-BSN authors save them.
     """
     value_range = 255.0
-    if isinstance(obj, Mapping) and isinstance(obj.get("model_weight"), Mapping) and "denoiser" in obj["model_weight"]:
-        obj = obj["model_weight"]["denoiser"]  # AP-BSN's trainer: {"epoch", "model_weight": {"denoiser"}, ...}
-    elif isinstance(obj, Mapping) and "model_state_dict" in obj:
-        obj, value_range = obj["model_state_dict"], 1.0
-    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    if isinstance(obj, Mapping):
+        for family in registry.archs().values():
+            peeled = family.unwrap(obj) if family.unwrap else None
+            if peeled is not None:
+                obj, value_range = peeled
+                break
+        else:
+            if isinstance(obj.get("state_dict"), Mapping):
+                obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise AtbsnError(f"{path}: not an AT-BSN checkpoint (no state dict of tensors inside)")
     sd = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
@@ -115,33 +109,17 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
 
 
 def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> ModelConfig:
-    """Which network a bare state dict holds, from its key names and shapes."""
-    for key in ("bsn.head.0.weight", "unet.intro.conv.weight", "enc1.conv.weight", "enc1.conv.conv.weight",
-                "enc1.conv1.conv.weight"):
-        if key in sd and sd[key].ndim != 4:
-            raise AtbsnError(f"{path}: {key} has shape {tuple(sd[key].shape)}, not a convolution's 4-D weight")
-    if "bsn.head.0.weight" in sd and "bsn.branch1.body.0.mask" in sd:  # AP-BSN: strides 5 / 2 as published
-        w = sd["bsn.head.0.weight"]
-        return ModelConfig("apbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range,
-                           k_train=5, k_infer=2)
-    if "nin_A.weight" in sd and "unet.intro.conv.weight" in sd:
-        w = sd["unet.intro.conv.weight"]
-        return ModelConfig("atbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range)
-    if "unet.intro.conv.weight" in sd:
-        w = sd["unet.intro.conv.weight"]
-        return ModelConfig("C", width=w.shape[0], in_channels=w.shape[1], value_range=value_range)
-    if "enc1.conv.weight" in sd and "dec1_1.weight" in sd:  # the 1.02M layout: released for 0..1 inputs only
-        w = sd["enc1.conv.weight"]
-        return ModelConfig("C102", width=w.shape[0], in_channels=w.shape[1], value_range=1.0)
-    if "enc1.conv.conv.weight" in sd:
-        return ModelConfig("A", in_channels=sd["enc1.conv.conv.weight"].shape[1], value_range=value_range)
-    if "enc1.conv1.conv.weight" in sd:
-        return ModelConfig("B", in_channels=sd["enc1.conv1.conv.weight"].shape[1], value_range=value_range)
+    """Which network a bare state dict holds: the first family whose ``detect`` recognises its keys."""
+    for family in registry.archs().values():
+        try:
+            config = family.detect(sd, value_range)
+        except AtbsnError as e:
+            raise AtbsnError(f"{path}: {e}") from None
+        if config is not None:
+            return config
     sample = ", ".join(list(sd)[:3])
-    raise AtbsnError(
-        f"{path}: unknown checkpoint layout (keys start {sample}); expected AT-BSN, AT-BSN(D) or a student "
-        "(A, B, C or the 1.02M C) or AP-BSN"
-    )
+    raise AtbsnError(f"{path}: unknown checkpoint layout (keys start {sample}); expected "
+                     f"{registry.titles(lambda a: True)}")
 
 
 def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
@@ -195,8 +173,6 @@ def load_parts(source: str | Path, map_location: str | torch.device = "cpu",
 
 
 def _read(source: str | Path, progress: bool) -> tuple[Path, object, Contents]:
-    from .registry import resolve
-
     path, entry = resolve(source, progress=progress)
     return path, entry, _contents(path)
 
@@ -211,7 +187,7 @@ def _ready(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path, entr
 
 
 def _part(config: ModelConfig) -> str:
-    """Blind-spot networks (AT-BSN, AP-BSN) are teachers; non-blind ones students."""
+    """Blind-spot networks are teachers; non-blind ones students."""
     return "teacher" if config.knob else "student"
 
 

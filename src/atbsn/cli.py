@@ -15,16 +15,30 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm import tqdm
+
+from . import __version__
+from . import methods as registry
+from .checkpoint import load
 from .config import RunConfig, add_options, given, number, preset_values
+from .datasets import load_pairs, prepare
+from .demo import run_demo
+from .distill import distill
+from .engine import saved_config
 from .errors import AtbsnError
+from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, sweep_report, write_report
+from .export import export_onnx
 from .files import check_apart, check_writable
-from .inference import InferenceOptions
+from .fit import FitConfig, fit
+from .inference import InferenceOptions, denoise_files, resolve_k
+from .registry import cache_dir, table
+from .runtime import enable_huge_pages, leave_process_group
+from .submit import submit_dnd, submit_sidd
+from .train import train
 
 
 def _model(path: str, part: str = "auto", k: int | None = None):
     """Load a checkpoint and check that ``k`` suits it; errors name the checkpoint file."""
-    from .checkpoint import load
-    from .inference import resolve_k
 
     model = load(path, part=part)
     try:
@@ -46,13 +60,11 @@ def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) 
 
 def _report(msg: str) -> None:
     """An error line on stderr that does not land inside a progress bar's line."""
-    from tqdm import tqdm
 
     tqdm.write(f"error: {msg}", file=sys.stderr)
 
 
 def cmd_denoise(a: argparse.Namespace) -> int:
-    from .inference import denoise_files
 
     check_apart([a.output], [a.model])  # the photos: denoise_files checks them, for Python callers too
     model = _model(a.model, k=a.k)
@@ -66,7 +78,6 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 
 def _split(a: argparse.Namespace, pairs):
     """The flat/textured split the user asked for (``--texture-groups``), else None."""
-    from .evaluate import TextureSplit
 
     return TextureSplit.of(pairs, a.group_crop, a.texture_threshold) if a.texture_groups else None
 
@@ -80,8 +91,6 @@ def _group_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .datasets import load_pairs
-    from .evaluate import evaluate, format_summary, write_report
 
     check_apart([a.output, a.save_images], [a.data, a.model])
     for folder in (a.output, a.save_images):
@@ -104,10 +113,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from .config import SIDD_KS
-    from .datasets import load_pairs
-    from .evaluate import format_sweep, sweep_report
-    from .methods.apbsn import SWEEP_STRIDES
 
     check_apart([a.output], [a.data, *a.model])
     check_writable(a.output, folder=True)
@@ -115,7 +120,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     teachers = [_model(m, part="teacher") for m in a.model]
     labels = [f"{t.config.knob}_a = {t.config.k_train or a.k_train}" if (t.config.k_train or a.k_train)
               else Path(m).stem for m, t in zip(a.model, teachers)]
-    ks = a.k or (SWEEP_STRIDES if all(t.config.arch == "apbsn" for t in teachers) else SIDD_KS)
+    ks = a.k  # None: the networks' own sweep values
     pairs = load_pairs(a.data, a.limit)
     report = sweep_report(teachers, pairs, a.output, ks, _options(a), labels=labels,
                           crop_size=a.crop_size if a.crops else None, split=_split(a, pairs))
@@ -126,7 +131,6 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from .submit import submit_dnd, submit_sidd
 
     check_apart([a.output or ("SubmitSrgb.csv" if a.benchmark == "sidd" else None)], [a.data, a.model])
     if a.benchmark == "sidd" or a.output:
@@ -146,7 +150,6 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .export import export_onnx
 
     check_apart([a.output], [a.model])
     check_writable(a.output)
@@ -160,7 +163,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
     """The run's configuration: preset, then the options given. On ``--resume``, the saved run's options
     take the place of the preset, and any option given must agree with them (the trainer checks)."""
-    from .engine import saved_config
 
     overrides = {**given(a, RunConfig), "data": a.data, "out": a.output}
     overrides.pop("preset", None)  # the preset is an argument of its own below, not an override
@@ -176,14 +178,12 @@ def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train
 
     summary = train(_run_config(a, "train"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet)
     return 0 if summary["finished"] or a.stop_after else 130
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .distill import distill
 
     summary = distill(_run_config(a, "distill"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet)
     return 0 if summary["finished"] or a.stop_after else 130
@@ -203,7 +203,6 @@ def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from .datasets import prepare
 
     check_apart([a.output], a.data)
     check_writable(a.output, folder=True)
@@ -213,7 +212,6 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
-    from .fit import FitConfig, fit
 
     check_writable(a.output)
 
@@ -222,7 +220,6 @@ def cmd_fit(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
 
     budget = {"minutes": a.minutes} if a.minutes is not None else {}
     summary = run_demo(a.output, level=a.noise, progress=not a.quiet, device=a.device, **budget)
@@ -237,7 +234,6 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from .registry import cache_dir, table
 
     rows = table()
     print(f"{'name':<18} {'kind':<8} {'cached':<6} what / trained on / reported by its authors")
@@ -251,10 +247,6 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .config import SIDD_KS
-    from .fit import FitConfig
-    from .methods.apbsn import SWEEP_STRIDES
 
     parser = _Parser(prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024).")
     parser.add_argument("--version", action="version", version=f"atbsn {__version__}")
@@ -279,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train the AT-BSN teacher (or a rival method) on noisy images, self-supervised")
-    _training_args(p, ["method", "width", "k_train", "k_infer", "stride_train", "stride_infer"])
+    _training_args(p, ["method", "width", "k_train", "k_infer"])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
@@ -316,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")
     p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
     p.add_argument("--k", "--stride", type=number(int, 0), nargs="+",
-                   help=f"k_b values (default {' '.join(map(str, SIDD_KS))}; AP-BSN: PD strides, default "
-                        f"{' '.join(map(str, SWEEP_STRIDES))})")
+                   help="values of the networks' blind-spot control (default: their own sweep; "
+                        + "; ".join(f"{a.title}: {a.knob.name} {' '.join(map(str, a.knob.sweep))}"
+                                    for a in registry.archs().values() if a.knob) + ")")
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.add_argument("--k-train", type=number(int, 1), help="label for teachers whose checkpoint does not record k_a")
     p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")
@@ -366,7 +359,6 @@ class _Stdout(logging.Handler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import leave_process_group
 
     parser = build_parser()
     try:
@@ -403,7 +395,6 @@ def entry() -> None:
     process ("terminate called without an active exception", about 1 run in 20 of a 2-process CPU run
     on a loaded machine).
     """
-    from .runtime import enable_huge_pages
 
     enable_huge_pages()  # this process is ours: large buffers on huge pages (see runtime)
     code = main()

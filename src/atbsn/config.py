@@ -15,13 +15,10 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from . import methods as registry
 from .errors import AtbsnError
 from .runtime import log
 
-ARCHS = ("atbsn", "A", "B", "C", "C102", "apbsn")
-STUDENTS = ("A", "B", "C", "C102")
-# Blind-spot networks whose blind spot is chosen per call, and what that control is called.
-KNOBS = {"atbsn": "k", "apbsn": "stride"}
 SIDD_KS = (0, 1, 3, 5, 7, 9, 11)  # the paper's teachers for SIDD (and the default everywhere)
 DND_KS = (0, 1, 3, 5, 7, 9)  # milder noise: no k = 11
 
@@ -34,8 +31,8 @@ class ModelConfig:
     APR-RD's); every model in this package takes and returns 0..255 and converts internally.
     ``train_crop`` is the patch size the network was trained on: short CPU runs generalise badly to much
     larger inputs, so inference tiles at (a multiple of) this size when it is set.
-    ``k_train`` / ``k_infer`` are the blind-spot control for training and inference (:data:`KNOBS`): AT-BSN's
-    blind-spot size k, AP-BSN's pixel-shuffle stride.
+    ``k_train`` / ``k_infer`` are the blind-spot control for training and inference (the family's
+    :class:`~atbsn.methods.Knob`: AT-BSN's blind-spot size k, AP-BSN's PD stride).
     """
 
     arch: str = "atbsn"
@@ -49,18 +46,23 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise AtbsnError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        registry.arch(self.arch)  # an unknown architecture is refused here, naming the known ones
+
+    @property
+    def family(self) -> registry.Arch:
+        """What the registry knows about this network's family (:class:`atbsn.methods.Arch`)."""
+        return registry.arch(self.arch)
 
     @property
     def is_teacher(self) -> bool:
-        """An AT-BSN: the meta-teacher that distillation learns from."""
-        return self.arch == "atbsn"
+        """A multi-k teacher that distillation learns from (the AT-BSN meta-teacher)."""
+        return self.family.teacher
 
     @property
     def knob(self) -> str | None:
         """The name of the per-call blind-spot control ("k", "stride"), None for a non-blind network."""
-        return KNOBS.get(self.arch)
+        knob = self.family.knob
+        return knob.name if knob else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -79,13 +81,18 @@ def option(default: Any, help: str, *, choices: tuple | None = None, low: float 
            cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field that is also a command-line option (``--name-with-dashes``, or ``flag``).
 
-    ``low``: the smallest value allowed; ``choices``: the values allowed; ``cli=False``: API only;
-    ``aliases``: more flags for the same option.
+    ``low``: the smallest value allowed; ``choices``: the values allowed, or a function returning them (read
+    when used: the registry's methods); ``cli=False``: API only; ``aliases``: more flags for the same option.
     """
     meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag, "aliases": aliases}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _choices(meta: dict) -> tuple | None:
+    choices = meta["choices"]
+    return tuple(choices()) if callable(choices) else choices
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -117,7 +124,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=help_text)
         else:
             parser.add_argument(*flags, dest=f.name, type=kind, nargs="+" if many else None, default=None,
-                                choices=f.metadata["choices"], help=help_text)
+                                choices=_choices(f.metadata), help=help_text)
 
 
 def _refusal(value: Any, low: float | None) -> str | None:
@@ -163,58 +170,47 @@ def check_options(obj: Any) -> None:
             continue
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         values = value if isinstance(value, (list, tuple)) else [value]
+        choices = _choices(meta)
         for v in values:
-            if meta["choices"] is not None and v not in meta["choices"]:
-                raise AtbsnError(f"{flag}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
+            if choices is not None and v not in choices:
+                raise AtbsnError(f"{flag}: {v!r} is not one of {', '.join(map(str, choices))}")
             why = _refusal(v, meta["low"])
             if why:
                 raise AtbsnError(f"{flag} {why}")
 
 
 # ------------------------------------------------------------------------------------------ runs
-# The paper's recipes (sidd, dnd) and a laptop-sized one (cpu). Any field can be overridden.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "train": {
-        "sidd": {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4},
-        "dnd": {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4},
-        "cpu": {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "k_train": 9, "k_infer": 3, "lr": 3e-4,
-                "val_every": 250, "save_every": 250},
-    },
-    "distill": {
-        "sidd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": list(SIDD_KS), "lr": 3e-4},
-        "dnd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": list(DND_KS), "lr": 3e-4},
-        "cpu": {"steps": 1_000, "batch": 8, "crop": 64, "ks": list(SIDD_KS), "lr": 3e-4, "val_every": 250,
-                "save_every": 250},
-    },
+# Distillation's recipes: the paper's (sidd, dnd) and a laptop-sized one (cpu). Training recipes belong to each
+# method (its file in atbsn.methods: "sidd" is its authors' recipe, the default when no preset is named).
+DISTILL_PRESETS: dict[str, dict[str, Any]] = {
+    "sidd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": list(SIDD_KS), "lr": 3e-4},
+    "dnd": {"steps": 100_000, "batch": 8, "crop": 128, "ks": list(DND_KS), "lr": 3e-4},
+    "cpu": {"steps": 1_000, "batch": 8, "crop": 64, "ks": list(SIDD_KS), "lr": 3e-4, "val_every": 250,
+            "save_every": 250},
 }
-# The rival methods' recipes (their authors' papers and repositories; see atbsn.methods): the "sidd" recipe
-# is also what --method applies when no preset is named. "cpu" is the same laptop budget for every method.
-_CPU = {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "lr": 3e-4, "val_every": 250, "save_every": 250}
-METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "n2n": {"sidd": {"steps": 100_000, "batch": 4, "crop": 256, "width": 48, "lr": 3e-4}, "cpu": _CPU},
-    "b2u": {"sidd": {"steps": 100_000, "batch": 4, "crop": 256, "width": 48, "lr": 1e-4}, "cpu": _CPU},
-    "apbsn": {"sidd": {"steps": 80_000, "batch": 8, "crop": 120, "width": 128, "lr": 1e-4, "stride_train": 5,
-                       "stride_infer": 2},
-              "cpu": {**_CPU, "crop": 60, "width": 32, "stride_train": 5, "stride_infer": 2}},
-}
-METHODS = ("atbsn", *METHOD_PRESETS)
-TASKS = tuple(PRESETS)
+TASKS = ("train", "distill")
 
 
 def preset_values(task: str, preset: str | None, method: str = "atbsn") -> dict[str, Any]:
-    """The values a preset sets for a task (and, for training, a method); a rival method without a
-    preset gets its authors' recipe."""
-    rival = task == "train" and method in METHOD_PRESETS
-    table = METHOD_PRESETS[method] if rival else PRESETS.get(task, {})
-    if preset is None:
-        return dict(table["sidd"]) if rival else {}
+    """The values a preset sets for a task (for training, the method's own recipes); training without a preset
+    gets the method's authors' recipe ("sidd"), distillation the defaults."""
+    if task != "train":
+        table = DISTILL_PRESETS
+        if preset is None:
+            return {}
+    else:
+        table = registry.method(method).presets
+        if preset is None:
+            return dict(table["sidd"])
     name = preset
-    if rival and preset == "dnd" and "dnd" not in table:  # the rivals' recipes do not depend on the data: say so
+    if task == "train" and preset == "dnd" and "dnd" not in table:  # a recipe that does not depend on the data
         name = "sidd"
         log.info(f"--preset dnd: {method} has one recipe for any data; using its authors' SIDD recipe")
     if name not in table:
         raise AtbsnError(f"unknown preset {preset!r} (choose {', '.join(table)})")
     return dict(table[name])
+
+
 # Options a resumed run may change: where and how it runs, not what it computes.
 RESUMABLE = frozenset({"out", "device", "cache_gb", "log", "val_limit", "preset", "workers", "teacher"})
 
@@ -234,19 +230,19 @@ class RunConfig:
     lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0)
     seed: int = option(0, "random seed: batches are a pure function of (seed, step, rank)", low=0)
     # training
-    method: str = option("atbsn", "atbsn (the paper's teacher) or a rival: n2n (Neighbor2Neighbor), b2u "
-                         "(Blind2Unblind), apbsn (AP-BSN)", choices=METHODS)
-    width: int = option(48, "channels of the network (AT-BSN 48; AP-BSN's base width 128)", low=1)
-    k_train: int = option(9, "blind-spot size k_a for training", low=1)
-    k_infer: int = option(3, "blind-spot size k_b recorded for inference", low=0)
-    stride_train: int = option(5, "AP-BSN: pixel-shuffle stride for training", low=1)
-    stride_infer: int = option(2, "AP-BSN: pixel-shuffle stride recorded for inference", low=1)
+    method: str = option("atbsn", "what to train: the paper's teacher (atbsn) or a rival method (atbsn.methods)",
+                         choices=registry.method_names)
+    width: int = option(48, "channels of the network (default: the method's recipe)", low=1)
+    k_train: int | None = option(None, "the blind-spot control for training: AT-BSN's size k_a, a rival's own (a PD "
+                                 "stride); default: the method's", low=1, aliases=("--stride-train",))
+    k_infer: int | None = option(None, "the blind-spot control recorded for inference (AT-BSN's k_b); default: the "
+                                 "method's", low=0, aliases=("--stride-infer",))
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
     # the teacher file's sha256, recorded when the run starts: a resume may find the teacher at another path,
     # never with other contents
     teacher_sha256: str | None = None
-    student: str = option("C", "student network", choices=STUDENTS)
+    student: str = option("C", "student network", choices=registry.student_names)
     ks: list[int] | None = option(None, "teacher blind-spot sizes (default 0 1 3 5 7 9 11; --loss partition: 9 0)",
                                   low=0)
     loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean; partition: --ks FLAT TEXTURE "
@@ -273,15 +269,23 @@ class RunConfig:
         if self.ks is None:  # the loss's own default: partition takes (flat k, textured k), the paper's 9 and 0
             self.ks = [9, 0] if self.loss == "partition" else list(SIDD_KS)
         check_options(self)
+        if self.task == "train":  # the method's blind-spot control: its defaults, checked now (before any folder)
+            knob = registry.arch(registry.method(self.method).arch).knob
+            if knob is not None:
+                self.k_train = knob.train if self.k_train is None else self.k_train
+                self.k_infer = knob.infer if self.k_infer is None else self.k_infer
+                for flag, value, check in (("--k-train", self.k_train, knob.validate_train or knob.validate),
+                                           ("--k-infer", self.k_infer, knob.validate)):
+                    try:
+                        check(value)
+                    except AtbsnError as e:
+                        raise AtbsnError(f"{flag}: {e}") from None
 
     @classmethod
     def from_preset(cls, task: str, preset: str | None, **overrides: Any) -> RunConfig:
         """Preset values, then every override that is not None."""
         values: dict[str, Any] = {"task": task, "preset": preset}
-        method = overrides.get("method") or "atbsn"
-        if method not in METHODS:
-            raise AtbsnError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
-        values.update(preset_values(task, preset, method))
+        values.update(preset_values(task, preset, overrides.get("method") or "atbsn"))
         if overrides.get("loss") == "partition" and overrides.get("ks") is None and "ks" in values:
             # a preset's k set is for the multi/mean losses; partition takes its own pair unless --ks is given
             log.info(f"--loss partition: k = 9 (flat) and 0 (textured), not the preset's {_show(values.pop('ks'))}")
@@ -290,6 +294,19 @@ class RunConfig:
         unknown = set(values) - known
         if unknown:
             raise AtbsnError(f"unknown run options: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> RunConfig:
+        """A run's configuration as saved with its state; runs of atbsn 0.1 saved a knob of its own name
+        (``stride_train``): read as ``k_train``."""
+        values = dict(values)
+        spec = registry.methods().get(values.get("method", "atbsn"))
+        knob = registry.arch(spec.arch).knob if spec else None
+        for key in [k for k in values if k.endswith(("_train", "_infer")) and not k.startswith("k_")]:
+            value = values.pop(key)
+            if knob is not None and key.startswith(knob.name + "_"):
+                values["k_" + key.rsplit("_", 1)[1]] = value
         return cls(**values)
 
     def conflicts(self, other: RunConfig) -> list[str]:

@@ -17,7 +17,9 @@ import numpy as np
 
 from .errors import AtbsnError
 from .files import RunLock, atomic_write, reason, remove_stale_temps, write_text
-from .images import float_scale, is_image_file, read_image
+from .images import is_image_file, read_image
+from .ranges import to_255
+from .runtime import progress_bar
 
 log = logging.getLogger("atbsn")
 
@@ -239,8 +241,6 @@ def prepare(inputs: Iterable[str | Path], out: str | Path, progress: bool = True
 
 
 def _fill_store(sources: list[Source], out: Path, progress: bool) -> Path:
-    from .runtime import progress_bar
-
     entries = []
     for i, src in enumerate(progress_bar(sources, desc="prepare", unit="img", show=progress)):
         target = out / f"{i:06d}.npy"
@@ -259,11 +259,6 @@ def _prepared(path: Path) -> np.ndarray | None:
         return np.load(path, mmap_mode="r") if path.is_file() else None
     except (OSError, ValueError):
         return None
-
-
-def to_255(a: np.ndarray) -> float:
-    """The factor that brings an image's stored samples to 0..255."""
-    return 255.0 / (65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else float_scale(a))
 
 
 def store_sources(folder: Path) -> list[Source]:

@@ -25,8 +25,10 @@ from .evaluate import evaluate
 from .files import write_text
 from .fit import FitConfig, fit
 from .images import read_image, write_image
+from .metrics import scores
 from .noise import add_camera_noise
 from .plots import image_strip
+from .ranges import to_model_range
 from .runtime import log
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -124,9 +126,6 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
 
 def _classical_rows(pairs, out: Path) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
     """Non-local means and BM3D (at the true noise level) on the demo's photos: rows and outputs."""
-    from .inference import to_model_range
-    from .metrics import scores
-
     def nlm(pairs):
         t0 = time.perf_counter()
         outs = [classical.nlm(noisy) for _, noisy, _ in pairs]

@@ -10,13 +10,13 @@ from torch import nn
 
 from .checkpoint import load
 from .config import RunConfig
-from .engine import Method, Trainer, saved_config
+from .engine import Trainer, saved_config
 from .errors import AtbsnError
 from .files import file_sha256
 from .losses import DistillL1
+from .methods import Method, start_from
 from .registry import resolve
 from .students import Student, init_from_teacher
-from .train import start_from
 
 
 def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module | None = None,

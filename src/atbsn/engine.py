@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -38,19 +38,11 @@ from .checkpoint import save
 from .config import RunConfig
 from .datasets import PatchSampler, collect_sources, load_pairs
 from .errors import AtbsnError
+from .evaluate import evaluate
 from .files import RunLock, atomic_write, check_apart, check_writable, reason, remove_stale_temps, write_text
 from .losses import Loss
+from .methods import Method
 from .runtime import autocast, init_distributed, log, progress_bar
-
-
-@dataclass
-class Method:
-    """What the trainer needs from a method: the network it trains, its loss, and a line for the user."""
-
-    model: nn.Module
-    loss: Loss
-    description: str
-
 
 MethodFactory = Callable[[RunConfig, torch.device], Method]
 
@@ -95,7 +87,7 @@ def heldout_loss(model: nn.Module, loss: Loss, batch: tuple, device: torch.devic
 def saved_config(out: str | Path) -> RunConfig | None:
     """The configuration of the run in ``out`` (None when it holds none), without loading weights."""
     state = Path(out) / "state.pt"
-    return RunConfig(**json.loads(_load_state(state)["config"])) if state.exists() else None
+    return RunConfig.from_saved(json.loads(_load_state(state)["config"])) if state.exists() else None
 
 
 def _load_state(path: Path) -> dict:
@@ -277,8 +269,6 @@ class Trainer:
         self._export_config()
         model.config = copy.deepcopy(self.model.config)
         if self.val_pairs:
-            from .evaluate import evaluate
-
             _, s = evaluate(model, self.val_pairs, device=self.device)
             return {"val_psnr": s["psnr"], "val_ssim_rgb": s["ssim_rgb"], "val_ssim_y": s["ssim_y"]}
         return {"val_loss": heldout_loss(model, self.loss, self.val_batch, self.device, self.config.precision)}

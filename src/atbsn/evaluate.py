@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .config import SIDD_KS
 from .datasets import Pair, load_pairs
 from .errors import AtbsnError
 from .files import atomic_write, write_text
-from .inference import InferenceOptions, denoise, denoise_ks, to_model_range
-from .metrics import psnr, scores
+from .images import write_image
+from .inference import InferenceOptions, denoise, denoise_ks
+from .metrics import TEXTURE_WINDOW, local_std, psnr, scores
+from .plots import image_strip, plot_heatmap, plot_sweep
+from .ranges import as_batch, to_model_range
 from .runtime import progress_bar
 
 METRICS = ("psnr", "ssim_rgb", "ssim_y")
@@ -25,9 +27,6 @@ METRICS = ("psnr", "ssim_rgb", "ssim_y")
 
 def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
-
-
-TEXTURE_WINDOW = 7
 
 
 @dataclass
@@ -47,13 +46,9 @@ class TextureSplit:
 
     @classmethod
     def of(cls, pairs: Sequence[Pair], crop: int | None = None, threshold: float | None = None) -> TextureSplit:
-        import torch
-
-        from .losses import local_std
-
         regions, measures = [], []
         for i, p in enumerate(pairs):
-            clean = torch.from_numpy(np.ascontiguousarray(to_model_range(p.clean)[0].transpose(2, 0, 1)))[None]
+            clean = as_batch(p.clean)[0]
             texture = local_std(clean, TEXTURE_WINDOW)[0, 0].numpy()
             h, w = texture.shape
             boxes = [(0, 0, h, w)] if not crop else [(y, x, crop, crop) for y in range(0, h - crop + 1, crop)
@@ -99,8 +94,6 @@ def evaluate(
     and the textured group. Keyword arguments are :class:`~atbsn.inference.InferenceOptions` fields (``k``,
     ``tile``, ``device``, ``precision``).
     """
-    from .images import write_image
-
     opts = InferenceOptions.of(options, **kw).for_model(model)
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
     outputs, seconds = [], 0.0
@@ -160,10 +153,23 @@ def format_summary(summary: dict) -> str:
     )
 
 
+def sweep_values(teachers: Sequence[nn.Module]) -> tuple[int, ...]:
+    """What a sweep tries by default: the teachers' blind-spot control's own sweep (AT-BSN's k 0..11, AP-BSN's PD
+    strides 1..5); teachers with different controls cannot share one axis."""
+    knobs = {t.config.family.knob for t in teachers}
+    if None in knobs:
+        bad = next(t for t in teachers if t.config.family.knob is None)
+        raise AtbsnError(f"a sweep scores blind-spot networks over their blind spot; {bad.config.arch} is non-blind")
+    if len(knobs) > 1:
+        names = ", ".join(sorted(k.name for k in knobs))
+        raise AtbsnError(f"these networks have different blind-spot controls ({names}); sweep them separately")
+    return knobs.pop().sweep
+
+
 def sweep(
     teachers: Sequence[nn.Module],
     data: str | Path | list[Pair],
-    ks: Sequence[int] = SIDD_KS,
+    ks: Sequence[int] | None = None,
     options: InferenceOptions | None = None,
     *,
     labels: Sequence[str] | None = None,
@@ -175,9 +181,11 @@ def sweep(
 
     Each row names its teacher by ``labels[i]`` (default ``k_a = <k_train>``, or ``teacher <i>`` when the
     checkpoint does not record k_a). With ``split``, each row also holds the flat and textured groups'
-    scores under ``groups`` (every image is denoised once, whole, and scored per region).
+    scores under ``groups`` (every image is denoised once, whole, and scored per region). ``ks`` None: the
+    teachers' own sweep values (:func:`sweep_values`).
     """
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
+    ks = sweep_values(teachers) if ks is None else ks
     rows = []
     for i, t in enumerate(teachers):
         label = labels[i] if labels else (f"{t.config.knob}_a = {t.config.k_train}" if t.config.k_train
@@ -208,8 +216,6 @@ def crops_by_k(
 def crop_strip(teacher: nn.Module, pair: Pair, box: tuple[int, int, int, int], ks: Sequence[int], path: str | Path,
                options: InferenceOptions | None = None) -> Path:
     """The picture of :func:`crops_by_k`: noisy | one crop per k | clean, labelled, written to ``path``."""
-    from .plots import image_strip
-
     y, x, h, w = box
     crops = crops_by_k(teacher, pair.noisy, box, ks, options)
     images = [pair.noisy[y : y + h, x : x + w], *crops, pair.clean[y : y + h, x : x + w]]
@@ -217,7 +223,7 @@ def crop_strip(teacher: nn.Module, pair: Pair, box: tuple[int, int, int, int], k
 
 
 def sweep_report(
-    teachers: Sequence[nn.Module], data: str | Path | list[Pair], out_dir: str | Path, ks: Sequence[int] = SIDD_KS,
+    teachers: Sequence[nn.Module], data: str | Path | list[Pair], out_dir: str | Path, ks: Sequence[int] | None = None,
     options: InferenceOptions | None = None, *, labels: Sequence[str] | None = None, limit: int | None = None,
     crop_size: int | None = None, split: TextureSplit | None = None,
 ) -> dict:
@@ -228,9 +234,8 @@ def sweep_report(
 
     Returns the rows, the noisy input's mean PSNR and the paths written.
     """
-    from .plots import plot_heatmap, plot_sweep
-
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
+    ks = sweep_values(teachers) if ks is None else ks
     rows = sweep(teachers, pairs, ks, options, labels=labels, split=split)
     out = Path(out_dir)
     noisy = float(np.mean([psnr(*(to_model_range(x)[0] for x in (p.noisy, p.clean))) for p in pairs]))

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .errors import AtbsnError
+
 # What writers say when the disk is full: OSError's errno, and the words of torch.save and safetensors (which
 # raise RuntimeError or their own error type around the OS error).
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
@@ -51,7 +53,6 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if not isinstance(e, (KeyboardInterrupt, SystemExit)) and disk_full(e):
-            from .errors import AtbsnError
 
             raise AtbsnError(f"{path}: the disk is full ({reason(e)}); nothing was replaced, the partial file "
                              "was removed: free space and run again") from None
@@ -87,7 +88,6 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
     Creates the folder (or the file's folder) and a probe file in it, which is what writing needs; permission
     bits alone do not say it (root, read-only mounts, a file where a folder should be).
     """
-    from .errors import AtbsnError
 
     p = Path(path)
     where = p if folder else p.parent
@@ -111,7 +111,6 @@ def check_apart(outputs: Iterable[str | Path | None], inputs: Iterable[str | Pat
     """Refuse, before any work, an output that is an input, lies inside an input folder, or holds an input:
     no command may write over, or into the tree of, what it reads (a second run would also read its own
     outputs). Names that are not local paths (a released model's name) and outputs not given are skipped."""
-    from .errors import AtbsnError
 
     ins = [(str(i), Path(i).resolve()) for i in inputs if i is not None and Path(i).exists()]
     for out in outputs:
@@ -138,7 +137,6 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> RunLock:
-        from .errors import AtbsnError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):  # a second try after removing a stale lock
@@ -193,7 +191,6 @@ def file_sha256(path: str | Path, shown: str | None = None) -> str:
     """The sha256 of a file's bytes; a missing or unreadable file is one line naming it (``shown``)."""
     import hashlib
 
-    from .errors import AtbsnError
 
     digest = hashlib.sha256()
     try:

@@ -23,20 +23,27 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from . import methods as registry
+from .blindspot import validate_k
 from .checkpoint import load, load_parts, save
-from .config import SIDD_KS, STUDENTS, RunConfig, check_options, option
+from .config import SIDD_KS, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
 from .distill import distill, distill_method
-from .engine import Method, heldout_batch, heldout_loss
+from .engine import heldout_batch, heldout_loss
 from .errors import AtbsnError
 from .files import RunLock, check_apart, write_text
+from .inference import denoise_tensor
 from .losses import BlindSpotL1, DistillL1
+from .methods import Method
+from .noise import flat_noise_std
 from .runtime import autocast, init_distributed, log, native_bf16
-from .train import teacher_method, train
+from .train import train
 
 # A fitted model that removes more than this times the flat-area noise level gets a warning. Measured
 # (benchmarks/removal.py): medians 1.0-1.2 for every fit that improved the demo photos and sidd9, 1.9-2.9 for
@@ -59,21 +66,23 @@ class FitConfig:
     batch: int = option(8, "patches per step", low=1)
     teacher_steps: int = option(1_500, "teacher training steps", low=1)
     student_steps: int = option(600, "distillation steps", low=1)
-    student: str = option("C", "student network", choices=STUDENTS)
+    student: str = option("C", "student network (from a released model: its own student when it has one)",
+                          choices=registry.student_names)
     ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default 0 1 from "
                                   "scratch; from a released model the paper's 0 1 3 5 7 9 11)", low=0)
     loss: str | None = option(None, "distillation loss: multi (one L1 per teacher) or mean (L1 to their mean); "
                               "default mean from scratch, multi (the paper's) from a released model",
                               choices=("multi", "mean"))
-    k_train: int = option(9, "blind-spot size k_a for training", low=1)
-    k_infer: int = option(3, "blind-spot size k_b of the teacher", low=0)
-    lr: float = option(2e-3, "Adam learning rate of both phases", low=0.0)
+    k_train: int = option(9, "blind-spot size k_a for training (from a released model: the one it records, when it "
+                          "records one)", low=1)
+    k_infer: int = option(3, "blind-spot size k_b of the teacher (from a released model: its own)", low=0)
+    lr: float = option(2e-3, "Adam learning rate of both phases (from a released model: --finetune-lr)", low=0.0)
     seed: int = option(0, "random seed", low=0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("auto", "autocast precision (auto: bf16 where the device computes it natively, else "
                             "fp32; fp16: CUDA only)", choices=("auto", "fp32", "bf16", "fp16"))
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
-    init_from_teacher: bool = option(True, "start student C from the teacher's UNet", cli=False)
+    init_from_teacher: bool = option(True, "start a student that shares the teacher's UNet (C) from it", cli=False)
     from_model: str | None = option(None, "start from a released model (name or file) with a teacher: fine-tune "
                                     "it on the photos instead of training from scratch", flag="--from")
     finetune_lr: float = option(1e-4, "learning rate of both phases when starting from a released model",
@@ -83,6 +92,12 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+        values = [("--k-train", self.k_train), ("--k-infer", self.k_infer), *(("--ks", k) for k in self.ks or ())]
+        for flag, k in values:
+            try:
+                validate_k(k)
+            except AtbsnError as e:
+                raise AtbsnError(f"{flag}: {e}") from None
 
 
 def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
@@ -122,25 +137,44 @@ def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
 
 
 @dataclass
-class _Start:
-    """What a run starts from: a released teacher and, when the file has one, its student."""
+class Start:
+    """Where a fit starts, as data: the networks it begins from (none from scratch) and the choices that follow
+    from them. Everything else in :func:`fit` is one recipe for both starts."""
 
-    teacher: torch.nn.Module
-    student: torch.nn.Module | None
-    source: str
+    source: str | None  # the released model (name or file), None from scratch
+    teacher: nn.Module | None
+    student: nn.Module | None
+    lr: float
+    ks: list[int]
+    loss: str
+    teacher_shape: dict[str, Any]  # width, k_train, k_infer of the teacher
+    student_arch: str
 
 
-def _released_start(source: str) -> _Start:
-    parts = load_parts(source)
+# A teacher trained for minutes loses texture with every pixel of blind spot, so from scratch the student learns
+# from k = 0 and 1 (their mean); a released teacher is converged, so it teaches at the paper's k with its loss.
+FROM_SCRATCH = {"ks": [0, 1], "loss": "mean"}
+FROM_RELEASED = {"ks": list(SIDD_KS), "loss": "multi"}
+
+
+def start_of(cfg: FitConfig) -> Start:
+    """The start ``cfg`` asks for: from scratch, or ``cfg.from_model`` (its teacher's shape is the released one)."""
+    if not cfg.from_model:
+        return Start(None, None, None, cfg.lr, cfg.ks or FROM_SCRATCH["ks"], cfg.loss or FROM_SCRATCH["loss"],
+                     {"width": cfg.width, "k_train": cfg.k_train, "k_infer": cfg.k_infer}, cfg.student)
+    parts = load_parts(cfg.from_model)
     other = next((m for m in parts.values() if m.config.knob not in (None, "k")), None)
-    if other is not None:  # a blind-spot network of another method (AP-BSN): not a teacher fit can tune
-        arch = other.config.arch
-        raise AtbsnError(f"{source}: its network is {arch!r}, not AT-BSN; --from takes an AT-BSN teacher or an "
-                         "AT-BSN(D) file (it can still denoise: atbsn denoise --model)")
+    if other is not None:  # a blind-spot network of another method: not a teacher fit can tune
+        raise AtbsnError(f"{cfg.from_model}: its network is {other.config.arch!r}, not AT-BSN; --from takes an AT-BSN "
+                         "teacher or an AT-BSN(D) file (it can still denoise: atbsn denoise --model)")
     if "teacher" not in parts:
-        raise AtbsnError(f"{source}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
+        raise AtbsnError(f"{cfg.from_model}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
                          "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)")
-    return _Start(parts["teacher"], parts.get("student"), source)
+    t, student = parts["teacher"].config, parts.get("student")
+    return Start(cfg.from_model, parts["teacher"], student, cfg.finetune_lr, cfg.ks or FROM_RELEASED["ks"],
+                 cfg.loss or FROM_RELEASED["loss"],
+                 {"width": t.width, "k_train": t.k_train or cfg.k_train, "k_infer": t.k_infer},
+                 student.config.arch if student is not None else cfg.student)
 
 
 def _keep_better(label: str, start: torch.nn.Module, result: torch.nn.Module, loss, batch, device,
@@ -170,48 +204,38 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
 
 
 def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
-    start = _released_start(cfg.from_model) if cfg.from_model else None
-    lr = cfg.finetune_lr if start else cfg.lr
+    start = start_of(cfg)
     _, device = init_distributed(cfg.device)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
-    common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": lr, "seed": cfg.seed,
+    common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": start.lr, "seed": cfg.seed,
               "device": cfg.device, "precision": precision, "on_bad_file": cfg.on_bad_file,
               "val_every": 10**9, "save_every": 100}
-    t0 = start.teacher.config if start else None
-    tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps,
-                     width=t0.width if t0 else cfg.width, k_train=(t0.k_train or cfg.k_train) if t0 else cfg.k_train,
-                     k_infer=t0.k_infer if t0 else cfg.k_infer, **common)
-    # a teacher trained for minutes loses texture with every pixel of blind spot; a released one is converged
-    ks = cfg.ks or (list(SIDD_KS) if start else [0, 1])
-    loss = cfg.loss or ("multi" if start else "mean")
-    student_arch = start.student.config.arch if start and start.student is not None else cfg.student
+    tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps, **start.teacher_shape,
+                     **common)
+    shares_unet = start.student_arch == "C"  # student C is the teacher's UNet made non-blind
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
-                     teacher=str(work / "teacher.safetensors"), student=student_arch, ks=ks, loss=loss,
-                     init_from_teacher=cfg.init_from_teacher and student_arch == "C", **common)
+                     teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
+                     loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
     t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start)
-    log.info(f"fit: {n_images} noisy image(s) -> {output}" + (f", starting from {start.source}" if start else ""))
+    log.info(f"fit: {n_images} noisy image(s) -> {output}"
+             + (f", starting from {start.source}" if start.source else ""))
     log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
-    log.info(f"  2. student {student_arch}, {scfg.steps} steps distilled at k in {ks} ({loss} loss)"
+    log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss)"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
     if t_step and s_step:
         log.info(f"  about {(tcfg.steps * t_step + scfg.steps * s_step) / 60:.1f} min in all, from a probe of a few "
                  f"steps of each" + (" (fp32: this CPU has no native bf16)" if cfg.precision == "auto" and
                                                      precision == "fp32" and device.type == "cpu" else ""))
 
-    report: dict = {"from": start.source if start else None}
-    _phase(work / "teacher", tcfg, partial(train, init=start.teacher if start else None), progress)
-    teacher = load(work / "teacher" / "last.safetensors")
-    if start:
-        teacher, report["teacher"] = _keep_better("teacher", start.teacher, teacher, BlindSpotL1(tcfg.k_train),
-                                                  heldout_batch(tcfg, 3, 32), device, precision)
+    report: dict = {"from": start.source}
+    _phase(work / "teacher", tcfg, partial(train, init=start.teacher), progress)
+    teacher = _better(report, "teacher", start.teacher, load(work / "teacher" / "last.safetensors"),
+                      lambda: BlindSpotL1(tcfg.k_train), tcfg, device, precision)
     save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
-    _phase(work / "student", scfg, partial(distill, init=start.student if start else None), progress)
-    student = load(work / "student" / "last.safetensors")
-    if start and start.student is not None:
-        student, report["student"] = _keep_better(
-            "student", start.student, student, DistillL1(load(scfg.teacher).to(device), ks, loss),
-            heldout_batch(scfg, 3, 32), device, precision)
+    _phase(work / "student", scfg, partial(distill, init=start.student), progress)
+    student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
+                      lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
     save(student, output, teacher=teacher)
     report["removed_over_noise"] = ratio = removal_ratio(student, collect_sources(data), device)
     if ratio > REMOVAL_LIMIT:
@@ -223,15 +247,21 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     return output
 
 
+def _better(report: dict, label: str, start: nn.Module | None, result: nn.Module, loss, config: RunConfig,
+            device: torch.device, precision: str) -> nn.Module:
+    """``result``, or with a starting network the better of the two by held-out ``loss()`` (recorded in ``report``)."""
+    if start is None:
+        return result
+    kept, report[label] = _keep_better(label, start, result, loss(), heldout_batch(config, 3, 32), device, precision)
+    return kept
+
+
 def removal_ratio(model: torch.nn.Module, sources: list, device: torch.device, limit: int = 8,
                   side: int = 512) -> float:
     """How much a denoiser takes away, against the noise it could take: the median over up to ``limit`` photos
     (centre crops of ``side``) of the standard deviation of input minus output over the noise level of the
     photo's flattest areas (:func:`atbsn.noise.flat_noise_std`). Near 1 for a denoiser that removes noise;
     far above it, the output has lost signal as well (no clean image is needed to see it)."""
-    from .inference import denoise_tensor
-    from .noise import flat_noise_std
-
     ratios = []
     for src in sources[:limit]:
         a, factor = src.load()
@@ -244,7 +274,7 @@ def removal_ratio(model: torch.nn.Module, sources: list, device: torch.device, l
 
 
 def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device,
-          start: _Start | None) -> tuple[float | None, float | None]:
+          start: Start) -> tuple[float | None, float | None]:
     """Step counts: those chosen when the work began (resume), else from the budget and measured step times."""
     plan_path = work / "plan.json"
     if plan_path.exists():
@@ -253,11 +283,10 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         log.info(f"  resuming the work in {work}")
         return None, None
     torch.manual_seed(cfg.seed)
-    probe = teacher_method(tcfg, device)
+    probe = registry.method(tcfg.method).make(tcfg)
     t_step = _step_seconds(probe, tcfg, device)
     # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
-    student_init = start.student if start else None
-    s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model, init=student_init), scfg, device)
+    s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model, init=start.student), scfg, device)
     if cfg.minutes is not None:
         budget = cfg.minutes * 60
         tcfg.steps = max(50, int(budget * (1 - cfg.student_share) / t_step))

@@ -19,12 +19,12 @@ import numpy as np
 
 from .errors import AtbsnError
 from .files import atomic_write, reason
+from .ranges import float_scale
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 _EXIF_ORIENTATION = 274
 _TIFF_ICC = 34675  # InterColorProfile
 _TIFF_EXIF_IFD = 34665
-_FLOAT_SCALES = (1.0, 255.0, 65535.0)  # float samples: 0..1, or integer ranges stored as floats
 
 
 @dataclass
@@ -39,18 +39,6 @@ class PhotoInfo:
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS
-
-
-def float_scale(a: np.ndarray, path: str | Path = "image") -> float:
-    """The range float samples are stored in (1, 255 or 65535), decided from the data; NaN, infinities and
-    values beyond 65535 are refused rather than clipped."""
-    if not np.isfinite(a).all():
-        raise AtbsnError(f"{path}: holds NaN or infinite samples")
-    peak = float(a.max(initial=0.0))
-    for scale in _FLOAT_SCALES:
-        if peak <= scale * 1.01:  # a little overshoot from editing stays in its range
-            return scale
-    raise AtbsnError(f"{path}: float samples up to {peak:g}, beyond any known range (0..1, 0..255, 0..65535)")
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:

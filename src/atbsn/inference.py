@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blindspot import validate_k
+from . import methods as registry
 from .config import check_options, option
+from .datasets import expand_inputs
 from .errors import AtbsnError
-from .images import float_scale
-from .methods.apbsn import validate_stride
+from .files import check_apart, check_writable
+from .images import read_photo, write_photo
+from .ranges import as_batch, from_model_range
 from .runtime import PRECISIONS, autocast, check_precision, log, progress_bar, resolve_device
 from .tiling import plan_tiles, run_tiled
 
@@ -53,32 +55,35 @@ class InferenceOptions:
         check_options(self)
 
     def for_model(self, model: nn.Module) -> InferenceOptions:
-        """These options resolved for ``model`` (validated once: a blind-spot network's k or stride, none for a
-        non-blind network; R3 only for AP-BSN)."""
-        if self.r3 and model.config.arch != "apbsn":
-            raise AtbsnError(f"r3 (random-replacing refinement) applies only to AP-BSN, not to {model.config.arch}")
-        return replace(self, k=resolve_k(model, self.k))
+        """These options resolved for ``model``, once: its family's blind-spot control (none for a non-blind
+        network), the refinements it accepts (R3), the device (a ``torch.device``) and the precision on it."""
+        family = model.config.family
+        if self.r3 and "r3" not in family.refinements:
+            raise AtbsnError(f"r3 (random-replacing refinement) applies only to "
+                             f"{registry.titles(lambda a: 'r3' in a.refinements)}, not to {model.config.arch}")
+        device = resolve_device(self.device)
+        check_precision(self.precision, device)  # fp16 on a CPU: one line before any work
+        return replace(self, k=resolve_k(model, self.k), device=device)
 
 
 def _check_k_fits(model: nn.Module, k: int | None, h: int, w: int) -> None:
-    """Refuse an AT-BSN blind spot as large as the image: nothing would be left to see (a flat output)."""
-    if model.config.knob == "k" and k is not None and k >= min(h, w):
-        raise AtbsnError(f"k={k} hides a {k} x {k} square, as large as the {w} x {h} image itself: nothing would be "
-                         f"left to see (the output would be flat); choose k below {min(h, w)}")
+    """Refuse a blind-spot control the image cannot hold (an AT-BSN blind spot as large as the image)."""
+    knob = model.config.family.knob
+    why = knob.covers(k, h, w) if knob is not None and knob.covers is not None and k is not None else None
+    if why:
+        raise AtbsnError(why)
 
 
 def resolve_k(model: nn.Module, k: int | None) -> int | None:
-    """The blind-spot control to run ``model`` with (default the one recorded for inference): an AT-BSN's k,
-    an AP-BSN's PD stride; None for a non-blind network."""
-    knob = model.config.knob
-    if knob == "k":
-        return validate_k(model.config.k_infer if k is None else k)
-    if knob == "stride":
-        return validate_stride(model.config.k_infer if k is None else k)
+    """The blind-spot control to run ``model`` with (default the one recorded for inference), validated by its
+    family's knob (an AT-BSN's k, an AP-BSN's PD stride); None for a non-blind network."""
+    knob = model.config.family.knob
+    if knob is not None:
+        return knob.validate(model.config.k_infer if k is None else k)
     if k is not None:
         raise AtbsnError(
-            f"k={k} applies only to a blind-spot network (AT-BSN, AP-BSN); {model.config.arch} is non-blind "
-            "and has no blind spot"
+            f"k={k} applies only to a blind-spot network ({registry.titles(lambda a: a.knob is not None)}); "
+            f"{model.config.arch} is non-blind and has no blind spot"
         )
     return None
 
@@ -123,7 +128,7 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
             return _denoise_batch(x.reshape(n * c, 1, *x.shape[2:]), model, opts, progress).reshape(x.shape)
         raise AtbsnError(f"the model takes {cin} channels, the image has {c}")
     _check_k_fits(model, opts.k, x.shape[2], x.shape[3])
-    dev = resolve_device(opts.device)
+    dev = opts.device
     ctx = autocast(dev, opts.precision)
     fn = model_fn(prepare(model, dev), opts.k, opts.r3)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
@@ -133,32 +138,6 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
             return fn(t.float().contiguous(memory_format=torch.channels_last))
 
     return run_tiled(run, x, tile, margin, device=dev, progress=progress)
-
-
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-def to_model_range(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """A float32 copy of an image in 0..255, and the factor that maps 0..255 back to its own range."""
-    if np.issubdtype(image.dtype, np.floating):
-        scale = float_scale(image)  # 0..1, or 0..255 / 0..65535 stored as floats: decided from the data
-    elif image.dtype in _SCALE:
-        scale = _SCALE[image.dtype]
-    else:
-        raise AtbsnError(f"unsupported image dtype {image.dtype} (use uint8, uint16 or float)")
-    return image.astype(np.float32) * (255.0 / scale), scale / 255.0
-
-
-def from_model_range(y: np.ndarray, factor: float, dtype: np.dtype) -> np.ndarray:
-    """Back to the image's own range and dtype: clip, and round for integer types."""
-    out = np.clip(y * factor, 0.0, factor * 255.0)
-    return np.round(out).astype(dtype) if np.issubdtype(dtype, np.integer) else out.astype(dtype)
-
-
-def _as_batch(image: np.ndarray) -> tuple[torch.Tensor, float]:
-    """H x W x C in its own range -> a 1 x C x H x W float tensor in 0..255, and the factor back."""
-    x, factor = to_model_range(image)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None], factor
 
 
 def _finite(y: np.ndarray, model: nn.Module) -> np.ndarray:
@@ -186,7 +165,7 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
         raise AtbsnError(f"expected an H x W x C image with C in 1..4, got shape {a.shape}")
     colour, alpha = (a[:, :, :-1], a[:, :, -1:]) if a.shape[2] in (2, 4) else (a, None)
-    t, factor = _as_batch(colour)
+    t, factor = as_batch(colour)
     with torch.no_grad():
         y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
     out = from_model_range(y, factor, a.dtype)
@@ -204,13 +183,13 @@ def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: Infe
     a = np.asarray(image)
     if not model.config.is_teacher or a.ndim != 3 or a.shape[2] != model.config.in_channels:
         return {k: denoise(a, model, replace(opts, k=k)) for k in ks}
-    ks = [validate_k(k) for k in ks]
+    ks = [resolve_k(model, k) for k in ks]
     for k in ks:
         _check_k_fits(model, k, a.shape[0], a.shape[1])
-    dev = resolve_device(opts.device)
+    dev = opts.device
     net = prepare(model, dev)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
-    t, factor = _as_batch(a)
+    t, factor = as_batch(a)
 
     def run(w: torch.Tensor) -> torch.Tensor:
         with autocast(dev, opts.precision):
@@ -244,18 +223,12 @@ def denoise_files(
     existing outputs, also ones another process writes meanwhile, are skipped unless ``overwrite``. A file
     that fails is reported (one line naming it) and the rest go on. Returns (written files, error lines).
     """
-    from .datasets import expand_inputs
-    from .files import check_apart, check_writable
-    from .images import read_photo, write_photo
-
     opts = InferenceOptions.of(options, **kw).for_model(model)  # a bad k or option fails before any work
     jobs = expand_inputs(inputs)
     if not jobs:
         raise AtbsnError(f"no image files (PNG, JPEG, TIFF) found in {', '.join(map(str, inputs))}")
     check_apart([out_dir], [*inputs, *(src for src, _ in jobs)])  # never onto or inside what it reads
     out_root = check_writable(out_dir, folder=True)
-    opts = replace(opts, device=resolve_device(opts.device))
-    check_precision(opts.precision, opts.device)  # fp16 on a CPU: one line before any work, not one per image
     _refuse_collisions(jobs, out_root)
     written, errors = [], []
     for src, rel in progress_bar(jobs, desc="denoise", unit="img", show=progress):

@@ -13,6 +13,7 @@ from torch import nn
 
 from .blindspot import validate_k
 from .errors import AtbsnError
+from .metrics import local_std
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,22 +59,6 @@ class BlindSpotL1(Loss):
 
 
 DISTILL_MODES = ("multi", "mean", "partition")
-PARTITION_WINDOW = 7  # local standard deviation window for the texture measure of the partition loss
-
-
-def local_std(x: torch.Tensor, window: int = PARTITION_WINDOW) -> torch.Tensor:
-    """Standard deviation of the luma of N x 3 x H x W (or N x 1) images over ``window`` x ``window``
-    neighbourhoods (reflect-padded): N x 1 x H x W, the texture measure of partition distillation."""
-    y = x.float()
-    if y.shape[1] == 3:
-        y = 0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:]
-    pad = window // 2
-    yp = torch.nn.functional.pad(y, (pad,) * 4, mode="reflect" if min(y.shape[-2:]) > pad else "replicate")
-    mean = torch.nn.functional.avg_pool2d(yp, window, stride=1)
-    sq = torch.nn.functional.avg_pool2d(yp.square(), window, stride=1)
-    return (sq - mean.square()).clamp_min(0).sqrt()
-
-
 class DistillL1(Loss):
     """Distillation from one frozen AT-BSN at several blind spots ``ks``.
 

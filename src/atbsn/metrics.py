@@ -3,11 +3,17 @@
 - ``psnr``: RGB, 0..255, on the output clipped and rounded to uint8 (SIDD benchmark, AP-BSN).
 - ``ssim_rgb``: Gaussian window (sigma 1.5), data range 255, averaged over RGB (most papers).
 - ``ssim_y``: the same SSIM on the BT.601 luma channel (the AT-BSN authors' code; higher numbers).
+
+And the texture measure (:func:`local_std`) that both partition distillation and the flat/textured groups of
+``evaluate`` and ``sweep`` use.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.metrics import structural_similarity
 
 
 def to_uint8(a: np.ndarray) -> np.ndarray:
@@ -22,8 +28,6 @@ def psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, channel_axis: int | None) -> float:
-    from skimage.metrics import structural_similarity
-
     return float(
         structural_similarity(
             a, b, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
@@ -55,3 +59,19 @@ def ssim_y(x: np.ndarray, ref: np.ndarray) -> float:
 def scores(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """All three metrics of one image."""
     return {"psnr": psnr(x, ref), "ssim_rgb": ssim_rgb(x, ref), "ssim_y": ssim_y(x, ref)}
+
+
+TEXTURE_WINDOW = 7  # the side of the window of the texture measure
+
+
+def local_std(x: torch.Tensor, window: int = TEXTURE_WINDOW) -> torch.Tensor:
+    """The texture measure: the standard deviation of the luma of N x 3 x H x W (or N x 1) images in 0..255
+    over ``window`` x ``window`` neighbourhoods (reflect-padded), N x 1 x H x W."""
+    y = x.float()
+    if y.shape[1] == 3:
+        y = 0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:]
+    pad = window // 2
+    yp = F.pad(y, (pad,) * 4, mode="reflect" if min(y.shape[-2:]) > pad else "replicate")
+    mean = F.avg_pool2d(yp, window, stride=1)
+    sq = F.avg_pool2d(yp.square(), window, stride=1)
+    return (sq - mean.square()).clamp_min(0).sqrt()

@@ -16,6 +16,7 @@ from torch import nn
 from .blindspot import NEG_SLOPE, Conv, execution_path, multiple_pad, upsample2
 from .config import ModelConfig
 from .errors import AtbsnError
+from .ranges import into_weights, out_of_weights
 from .unet import UNet, init_weights
 
 
@@ -57,10 +58,7 @@ class _Student(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         if not exporting and self._channels_last():
             x = x.contiguous(memory_format=torch.channels_last)  # the weights' layout: NCHW input is ~1.4x slower
-        y = self.net(x * (vr / 255.0) if vr != 255.0 else x)
-        if vr != 255.0:
-            y = y * (255.0 / vr)
-        return y[..., :h, :w]
+        return out_of_weights(self.net(into_weights(x, vr)), vr)[..., :h, :w]
 
 
 class StudentC(_Student):

@@ -17,6 +17,7 @@ from torch import nn
 
 from .blindspot import NEG_SLOPE, execution_path, multiple_pad, rotate, shift_for_k
 from .config import SIDD_KS, ModelConfig
+from .ranges import into_weights, out_of_weights
 from .unet import UNet, init_weights
 
 Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -109,7 +110,7 @@ class ATBSN(nn.Module):
 
     def _backbone(self, x: torch.Tensor, plan: dict) -> list[torch.Tensor]:
         """The blind UNet on the four rotations of ``x`` padded to 32: four maps, each in its rotated frame."""
-        x = x * (self.config.value_range / 255.0) if self.config.value_range != 255.0 else x
+        x = into_weights(x, self.config.value_range)
         h, w = x.shape[-2:]
         x = F.pad(x, (0, multiple_pad(w, 32), 0, multiple_pad(h, 32)))  # bottom/right: tiles keep the pool grid
 
@@ -147,7 +148,7 @@ class ATBSN(nn.Module):
     def _mix_after_a(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.nin_B(x), NEG_SLOPE, inplace=True)
         x = self.nin_C(x)
-        return x * (255.0 / self.config.value_range) if self.config.value_range != 255.0 else x
+        return out_of_weights(x, self.config.value_range)
 
 
 # ------------------------------------------------------------------------------------------------------

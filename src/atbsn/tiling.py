@@ -13,29 +13,10 @@ import torch
 from torch import nn
 
 from .errors import AtbsnError
-from .runtime import available_memory
+from .runtime import available_memory, log
 
 GRID = 32
-# Peak bytes per input pixel under no_grad, fp32, CPU, measured on one 512 x 512 window (teacher 2,700 since
-# its head runs in bands; C 1,400, kept at the earlier 2,400; A 1,170; B 2,300), rounded up.
-# benchmarks/memory.py checks the whole tiled path on a 24 MP photo.
-_BYTES_PER_PIXEL = {"atbsn": 3000, "A": 1200, "B": 2400, "C": 2400, "C102": 2400, "apbsn": 1200}
-# Context each tile needs so that tiled and untiled outputs agree (measured on the released SIDD student C:
-# 96 px gives 0.05/255 max difference; the teacher's half-plane backbone reaches about twice as far
-# vertically; students A and B see +-16 px).
-_MARGIN = {"atbsn": 128, "A": 32, "B": 32, "C": 96, "C102": 96, "apbsn": 128}
-# Networks without pooling (AP-BSN's DBSNl) see no image border inside a small training crop: they are not
-# tiled at their training crop.
-_NO_POOLING = {"apbsn"}
-
-
 MIN_TILE = GRID  # a smaller tile costs many times its area in context (and breaks the 32-pixel pooling grid)
-
-
-def default_margin(arch: str = "C") -> int:
-    """Context around each tile for ``arch``: what tiled and untiled outputs need to agree, whatever the tile
-    (a small tile gets a large window rather than too little context)."""
-    return _MARGIN[arch]
 
 
 def plan_tiles(
@@ -47,10 +28,11 @@ def plan_tiles(
     A model that records its training crop (short CPU runs generalise badly to larger inputs) is run on
     windows of that crop: tile = crop / 2 with crop / 4 of context. Otherwise the tile is the largest
     multiple of 32 whose window (tile plus context) has an estimated peak within a quarter of free
-    memory (at most 4 GiB on CPU).
+    memory (at most 4 GiB on CPU). The per-family constants (peak bytes per pixel, context) come from the
+    method registry (:class:`atbsn.methods.Arch`).
     """
-    cfg = model.config
-    if tile is None and cfg.train_crop and cfg.arch not in _NO_POOLING:
+    cfg, family = model.config, model.config.family
+    if tile is None and cfg.train_crop and family.tile_at_train_crop:
         crop = int(cfg.train_crop)
         return max(crop // 2, 1), crop // 4 if margin is None else margin
     if tile is None:
@@ -58,16 +40,14 @@ def plan_tiles(
             budget = available_memory(device) // 4
             if device.type == "cpu":
                 budget = min(budget, 4 << 30)
-        per_pixel = _BYTES_PER_PIXEL[cfg.arch] * cfg.width / 48
+        per_pixel = family.bytes_per_pixel * cfg.width / 48
         window = int((budget / per_pixel) ** 0.5)
-        tile = int(min(max((window - 2 * _MARGIN[cfg.arch]) // GRID * GRID, 128), 2048))
+        tile = int(min(max((window - 2 * family.margin) // GRID * GRID, 128), 2048))
     if tile < MIN_TILE:
         raise AtbsnError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels (each needs "
-                         f"{_MARGIN[cfg.arch]} pixels of context on every side)")
-    margin = default_margin(cfg.arch) if margin is None else margin
+                         f"{family.margin} pixels of context on every side)")
+    margin = family.margin if margin is None else margin
     if (tile + 2 * margin) ** 2 > 16 * tile**2:
-        from .runtime import log
-
         log.info(f"--tile {tile}: each tile needs {margin} pixels of context on every side, "
                  f"{((tile + 2 * margin) / tile) ** 2:.0f}x the work of untiled inference; a larger tile is faster")
     return tile, margin
@@ -90,7 +70,7 @@ def run_tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     tile: int,
-    margin: int | None = None,
+    margin: int,
     device: torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
@@ -101,8 +81,6 @@ def run_tiled(
     (tile + 2 margin)^2. Returns float32 on ``x``'s device.
     """
     n, _, h, w = x.shape
-    if margin is None:
-        margin = default_margin()
     if margin < 0:
         raise AtbsnError(f"tile margin must be >= 0, got {margin}")
     if h <= tile and w <= tile:

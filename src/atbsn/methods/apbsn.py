@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blindspot import execution_path, multiple_pad
-from ..config import ModelConfig
+from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
 from ..losses import Loss, masked_l1
+from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
+from .atbsn import CPU_BUDGET
 
 PD_PAD = 2  # zeros between sub-images of the mosaic
 MODULES = 9  # residual dilated modules per branch
@@ -187,3 +189,41 @@ class PDBlindSpotL1(Loss):
 
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_l1(model(y, self.stride), y, mask)
+
+
+def _unwrap(obj) -> tuple[dict, float] | None:
+    """AP-BSN's trainer saves ``{"epoch", "model_weight": {"denoiser": state dict}, ...}``."""
+    weights = obj.get("model_weight")
+    return (weights["denoiser"], 255.0) if isinstance(weights, dict) and "denoiser" in weights else None
+
+
+def _detect(sd, value_range: float) -> ModelConfig | None:
+    """The authors' DBSNl keys (``bsn.head.0``, masked ``bsn.branch1.body.0``): strides 5 / 2 as published."""
+    if "bsn.head.0.weight" in sd and "bsn.branch1.body.0.mask" in sd:
+        w = conv_weight(sd, "bsn.head.0.weight")
+        return ModelConfig("apbsn", width=w.shape[0], in_channels=w.shape[1], value_range=value_range,
+                           k_train=5, k_infer=2)
+    return None
+
+
+STRIDE = Knob("stride", "PD stride", train=5, infer=2, sweep=SWEEP_STRIDES, validate=validate_stride)
+# Tiling: DBSNl has no pooling, so a training crop shows it no border and it is tiled from free memory
+# (1,200 bytes per pixel at width 48, scaled with the width); 128 px of context (the dilated branches reach far).
+register(Arch("apbsn", "AP-BSN", APBSN, _detect, bytes_per_pixel=1200, margin=128, knob=STRIDE,
+              refinements=("r3",), tile_at_train_crop=False, unwrap=_unwrap))
+
+
+def make(config: RunConfig, init=None) -> Method:
+    """AP-BSN of base width ``config.width``: PD stride ``k_train`` in training, ``k_infer`` recorded."""
+    stride_train, stride_infer = knob_values(config, SPEC)
+    model = APBSN(ModelConfig("apbsn", width=config.width, k_train=stride_train, k_infer=stride_infer))
+    how = start(model, init)
+    return Method(model, PDBlindSpotL1(stride_train),
+                  f"training AP-BSN (base width {config.width}, {parameters(model)} parameters, {how}): PD stride "
+                  f"{stride_train} for training, {stride_infer} for inference")
+
+
+SPEC = register(MethodSpec("apbsn", "AP-BSN", "apbsn", make, presets={
+    "sidd": {"steps": 80_000, "batch": 8, "crop": 120, "width": 128, "lr": 1e-4, "k_train": 5, "k_infer": 2},
+    "cpu": {**CPU_BUDGET, "crop": 60, "width": 32, "k_train": 5, "k_infer": 2},
+}))

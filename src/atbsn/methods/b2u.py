@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import Loss, masked_mse
+from . import MethodSpec, register
+from .atbsn import CPU_BUDGET, unet_method
 
 GRID = 4  # 4 x 4 cells: 16 masked copies
 _KERNEL = torch.tensor([[0.5, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 1.0, 0.5]]) / 6.0
@@ -79,3 +81,9 @@ class Blind2UnblindLoss(Loss):
         zero = torch.zeros_like(x)
         revisible = b + self.beta * unblind - (1 + self.beta) * x
         return REG * masked_mse(b - x, zero, mask) + masked_mse(revisible, zero, mask)
+
+
+register(MethodSpec(
+    "b2u", "Blind2Unblind", "C",
+    lambda config, init=None: unet_method(config, init, Blind2UnblindLoss(), "Blind2Unblind"),
+    presets={"sidd": {"steps": 100_000, "batch": 4, "crop": 256, "width": 48, "lr": 1e-4}, "cpu": CPU_BUDGET}))

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from ..losses import Loss, masked_mse
+from . import MethodSpec, register
+from .atbsn import CPU_BUDGET, unet_method
 
 # ordered pairs of positions in a 2 x 2 cell (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
 PAIRS = torch.tensor([[0, 1], [0, 2], [1, 3], [2, 3], [1, 0], [2, 0], [3, 1], [3, 2]])
@@ -70,3 +72,9 @@ class Neighbor2NeighborLoss(Loss):
             f1, f2 = subsample(model(y).float(), pairs)
         diff = (model(sub1.contiguous()).float() - sub2) / 255.0  # the authors' loss is on 0..1 values
         return masked_mse(diff, torch.zeros_like(diff), m) + self.gamma * masked_mse(diff, (f1 - f2) / 255.0, m)
+
+
+register(MethodSpec(
+    "n2n", "Neighbor2Neighbor", "C",
+    lambda config, init=None: unet_method(config, init, Neighbor2NeighborLoss(config.seed), "Neighbor2Neighbor"),
+    presets={"sidd": {"steps": 100_000, "batch": 4, "crop": 256, "width": 48, "lr": 3e-4}, "cpu": CPU_BUDGET}))
