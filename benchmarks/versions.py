@@ -3,9 +3,10 @@
 Each measurement runs in a fresh process with the checkout's ``src`` first on ``sys.path``, and the two
 checkouts alternate, round after round, so that drift on a shared machine hits both alike. Paths: the
 forward pass (batch 1, no grad, channels-last input as the inference code passes it) of the teacher (k = 3)
-and students A, B, C; the same networks called as a Python user would, freshly built and given an ordinary
-NCHW tensor (``plain``); ``denoise_tensor``; one teacher training step (2 x 128^2, k_a = 9) and one
-distillation step (seven k), both forward + backward.
+and students A, B, C, and AP-BSN (width 48, stride 2); the same networks called as a Python user would, freshly
+built and given an ordinary NCHW tensor (``plain``); ``denoise_tensor``; one teacher training step (2 x 128^2,
+k_a = 9), one distillation step (seven k), and one step of each rival's loss (Neighbor2Neighbor and Blind2Unblind
+on student C's UNet, AP-BSN at stride 5), all forward + backward.
 
     python benchmarks/versions.py --old /tmp/old/src --new src     # writes results/versions.json and .md
 """
@@ -23,7 +24,8 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 import atbsn
-from atbsn import ATBSN, Student, denoise_tensor
+from atbsn import (APBSN, ATBSN, Blind2UnblindLoss, ModelConfig, Neighbor2NeighborLoss, PDBlindSpotL1, Student,
+                   denoise_tensor)
 
 def best(fn, n):
     fn()
@@ -36,7 +38,8 @@ torch.manual_seed(0)
 size, out = int(sys.argv[2]), {}
 x = torch.rand(1, 3, size, size) * 255
 xc = x.contiguous(memory_format=torch.channels_last)
-nets = {"teacher": ATBSN, "A": lambda: Student("A"), "B": lambda: Student("B"), "C": lambda: Student("C")}
+nets = {"teacher": ATBSN, "A": lambda: Student("A"), "B": lambda: Student("B"), "C": lambda: Student("C"),
+        "apbsn": lambda: APBSN(ModelConfig("apbsn", width=48, k_train=5, k_infer=2))}
 with torch.no_grad():
     for name, make in nets.items():
         net = make().eval()
@@ -57,6 +60,11 @@ def distill():
         targets = frozen.teachers(xt, (0, 1, 3, 5, 7, 9, 11))
     sum(l1(student(xt), t) for t in targets).backward()
 out["distillation step"] = best(distill, 2)
+rivals = {"n2n step": (Student("C"), Neighbor2NeighborLoss()), "b2u step": (Student("C"), Blind2UnblindLoss()),
+          "apbsn step": (APBSN(ModelConfig("apbsn", width=48, k_train=5, k_infer=2)), PDBlindSpotL1(5))}
+for name, (net, loss) in rivals.items():
+    net = net.to(memory_format=torch.channels_last)
+    out[name] = best(lambda: loss(net, xt, m).backward(), 2)
 print(json.dumps(out))
 """
 
