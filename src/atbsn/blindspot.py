@@ -44,6 +44,14 @@ def validate_k(k: object) -> int:
     return value
 
 
+def validate_k_train(k: object) -> int:
+    """A training blind spot k_a: a valid k that hides something (k_a = 0 would learn the identity)."""
+    value = validate_k(k)
+    if value == 0:
+        raise AtbsnError("k_train = 0 hides nothing: the network would learn the identity; use k_a >= 1")
+    return value
+
+
 def shift_for_k(k: int) -> int:
     """Rows each directional feature map is shifted down so that a k x k square is hidden."""
     return (validate_k(k) + 1) // 2

@@ -8,6 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from . import methods as registry
 from .checkpoint import load
 from .config import RunConfig
 from .engine import Trainer, saved_config
@@ -29,7 +30,8 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
         teacher = load(config.teacher, part="teacher")
     if not teacher.config.is_teacher:
         raise AtbsnError(f"{config.teacher or 'teacher'}: distillation needs an AT-BSN teacher (its blind spot k is "
-                         f"chosen per call), not a {teacher.config.arch!r} network")
+                         f"chosen per call; also {registry.titles(lambda a: a.teacher)}), not a "
+                         f"{teacher.config.arch!r} network")
     teacher = teacher.to(device, memory_format=torch.channels_last)
     loss = DistillL1(teacher, config.ks, config.loss, config.texture_threshold)
     tc = teacher.config

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import methods as registry
-from .blindspot import validate_k
+from .blindspot import validate_k, validate_k_train
 from .checkpoint import load, load_parts, save
 from .config import SIDD_KS, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
@@ -92,10 +92,11 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
-        values = [("--k-train", self.k_train), ("--k-infer", self.k_infer), *(("--ks", k) for k in self.ks or ())]
-        for flag, k in values:
+        rules = [("--k-train", self.k_train, validate_k_train), ("--k-infer", self.k_infer, validate_k),
+                 *(("--ks", k, validate_k) for k in self.ks or ())]
+        for flag, k, rule in rules:
             try:
-                validate_k(k)
+                rule(k)
             except AtbsnError as e:
                 raise AtbsnError(f"{flag}: {e}") from None
 

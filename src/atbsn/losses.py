@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blindspot import validate_k
+from .blindspot import validate_k_train
 from .errors import AtbsnError
 from .metrics import local_std
 
@@ -50,9 +50,7 @@ class BlindSpotL1(Loss):
 
     def __init__(self, k_train: int) -> None:
         super().__init__()
-        self.k_train = validate_k(k_train)
-        if self.k_train == 0:
-            raise AtbsnError("k_train = 0 hides nothing: the network would learn the identity; use k_a >= 1")
+        self.k_train = validate_k_train(k_train)
 
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_l1(model(y, self.k_train), y, mask)
@@ -60,7 +58,7 @@ class BlindSpotL1(Loss):
 
 DISTILL_MODES = ("multi", "mean", "partition")
 class DistillL1(Loss):
-    """Distillation from one frozen AT-BSN at several blind spots ``ks``.
+    """Distillation from one frozen multi-k teacher (AT-BSN; also TM-BSN) at several blind spots ``ks``.
 
     ``multi`` (the paper's): one L1 term per teacher; ``mean``: L1 to the teachers' average (ablation S4);
     ``partition`` (ablation S4, after the region partitioning of Spatially-Adaptive SSL, Li et al., CVPR
@@ -75,7 +73,7 @@ class DistillL1(Loss):
         super().__init__()
         if mode not in DISTILL_MODES:
             raise AtbsnError(f"unknown distillation loss {mode!r} ({' or '.join(DISTILL_MODES)})")
-        self.ks = [validate_k(k) for k in ks]
+        self.ks = [teacher.config.family.knob.validate(k) for k in ks]  # the teacher's own rule (k, hole)
         if not self.ks:
             raise AtbsnError("distillation needs at least one k (--ks)")
         if mode == "partition" and len(self.ks) != 2:

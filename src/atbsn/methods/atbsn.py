@@ -11,21 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..blindspot import validate_k
+from ..blindspot import validate_k, validate_k_train
 from ..config import SIDD_KS, ModelConfig, RunConfig
-from ..errors import AtbsnError
 from ..losses import BlindSpotL1
 from ..students import Student
 from ..teacher import ATBSN
 from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
-
-
-def _k_a(k: object) -> int:
-    """A training blind spot: a k that hides something (k_a = 0 would learn the identity)."""
-    value = validate_k(k)
-    if value == 0:
-        raise AtbsnError("k_train = 0 hides nothing: the network would learn the identity; use k_a >= 1")
-    return value
 
 
 def _covers(k: int, h: int, w: int) -> str | None:
@@ -35,7 +26,7 @@ def _covers(k: int, h: int, w: int) -> str | None:
     return None
 
 
-K = Knob("k", "blind-spot size", train=9, infer=3, sweep=SIDD_KS, validate=validate_k, validate_train=_k_a,
+K = Knob("k", "blind-spot size", train=9, infer=3, sweep=SIDD_KS, validate=validate_k, validate_train=validate_k_train,
          covers=_covers)
 
 
