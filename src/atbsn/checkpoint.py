@@ -35,7 +35,14 @@ TEACHER_PREFIX = "teacher."
 
 
 def _tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    """The weights as float32 on the CPU; a tensor a network holds under two names (a module registered twice,
+    as in the authors' BNN) is copied, since safetensors stores no shared memory."""
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().to("cpu", torch.float32).contiguous()
+        out[prefix + k] = t.clone() if t.data_ptr() in seen else t
+        seen.add(t.data_ptr())
+    return out
 
 
 def save(model: nn.Module, path: str | Path, teacher: nn.Module | None = None) -> Path:

@@ -5,7 +5,7 @@ the trainer runs any method the same way:
 
 - batches come from :class:`~atbsn.datasets.PatchSampler`, a pure function of (seed, step, rank), so a
   resumed run sees exactly the batches an uninterrupted one would;
-- Adam with cosine decay to 0 over ``steps``;
+- Adam with cosine decay to 0 over ``steps`` (or the method's own schedule);
 - every ``save_every`` steps (and when stopped or interrupted) ``state.pt`` holds weights, optimizer,
   scheduler, RNG and step, written atomically and readable without unpickling code; ``last.safetensors``
   is the same weights in our format;
@@ -188,10 +188,15 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.method.partial,
             )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999))
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=config.steps, eta_min=0.0)
+        if self.method.schedule is None:
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=config.steps, eta_min=0.0)
+        else:
+            schedule, steps = self.method.schedule, config.steps
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: schedule(step, steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.step, self.best, self.elapsed = 0, None, 0.0
         if saved is not None:

@@ -41,6 +41,8 @@ class InferenceOptions:
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=PRECISIONS)
     r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
+    ensemble: bool = option(False, "average over the 8 flips and rotations of the input (8x the cost; "
+                            "Spatially-Adaptive SSL's SIDD submission)")
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -88,13 +90,31 @@ def resolve_k(model: nn.Module, k: int | None) -> int | None:
     return None
 
 
-def model_fn(model: nn.Module, k: int | None = None, r3: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def model_fn(model: nn.Module, k: int | None = None, r3: bool = False,
+             ensemble: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function ``x -> denoised x``: a blind-spot network at its k or stride (default the recorded one,
-    AP-BSN optionally with R3), or a non-blind network."""
+    AP-BSN optionally with R3), or a non-blind network; with ``ensemble``, averaged over 8 flips/rotations."""
     kk = resolve_k(model, k)
     if r3:
-        return lambda x: model(x, kk, r3=True)
-    return model if kk is None else (lambda x: model(x, kk))
+        fn = lambda x: model(x, kk, r3=True)  # noqa: E731
+    else:
+        fn = model if kk is None else (lambda x: model(x, kk))
+    return (lambda x: ensemble8(fn, x)) if ensemble else fn
+
+
+def ensemble8(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``fn`` over the 8 flips and rotations of ``x``, each undone (view i: flip rows if i >= 4,
+    flip columns if i % 4 > 1, rotate a quarter turn if i is odd; the order of Spatially-Adaptive SSL's wrapper)."""
+    outs = []
+    for i in range(8):
+        t = x.flip(2) if i >= 4 else x
+        t = t.flip(3) if i % 4 > 1 else t
+        t = torch.rot90(t, 1, (2, 3)) if i % 2 else t
+        y = fn(t)
+        y = torch.rot90(y, 3, (2, 3)) if i % 2 else y
+        y = y.flip(3) if i % 4 > 1 else y
+        outs.append(y.flip(2) if i >= 4 else y)
+    return torch.stack(outs).mean(0)
 
 
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -130,7 +150,7 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
     _check_k_fits(model, opts.k, x.shape[2], x.shape[3])
     dev = opts.device
     ctx = autocast(dev, opts.precision)
-    fn = model_fn(prepare(model, dev), opts.k, opts.r3)
+    fn = model_fn(prepare(model, dev), opts.k, opts.r3, opts.ensemble)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
 
     def run(t: torch.Tensor) -> torch.Tensor:
@@ -181,7 +201,7 @@ def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: Infe
     otherwise one call per k."""
     opts = InferenceOptions.of(options, **kw, k=None).for_model(model)  # the ks given replace any k
     a = np.asarray(image)
-    if not model.config.is_teacher or a.ndim != 3 or a.shape[2] != model.config.in_channels:
+    if not model.config.is_teacher or opts.ensemble or a.ndim != 3 or a.shape[2] != model.config.in_channels:
         return {k: denoise(a, model, replace(opts, k=k)) for k in ks}
     ks = [resolve_k(model, k) for k in ks]
     for k in ks:

@@ -64,14 +64,16 @@ def scores(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 TEXTURE_WINDOW = 7  # the side of the window of the texture measure
 
 
-def local_std(x: torch.Tensor, window: int = TEXTURE_WINDOW) -> torch.Tensor:
-    """The texture measure: the standard deviation of the luma of N x 3 x H x W (or N x 1) images in 0..255
-    over ``window`` x ``window`` neighbourhoods (reflect-padded), N x 1 x H x W."""
-    y = x.float()
+def local_std(x: torch.Tensor, window: int = TEXTURE_WINDOW, gray: str = "luma") -> torch.Tensor:
+    """The texture measure: the (population) standard deviation over ``window`` x ``window`` neighbourhoods
+    (reflect-padded) of the luma of N x 3 x H x W (or N x 1) images in 0..255 (``gray="mean"``: of the mean of
+    the channels, as Spatially-Adaptive SSL measures it), N x 1 x H x W float32. Computed in float64: E[x^2] -
+    E[x]^2 in float32 loses the small deviations of flat areas, where the measure matters most."""
+    y = x.double()
     if y.shape[1] == 3:
-        y = 0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:]
+        y = y.mean(1, keepdim=True) if gray == "mean" else 0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:]
     pad = window // 2
     yp = F.pad(y, (pad,) * 4, mode="reflect" if min(y.shape[-2:]) > pad else "replicate")
     mean = F.avg_pool2d(yp, window, stride=1)
     sq = F.avg_pool2d(yp.square(), window, stride=1)
-    return (sq - mean.square()).clamp_min(0).sqrt()
+    return (sq - mean.square()).clamp_min(0).sqrt().to(torch.float32)

@@ -74,11 +74,18 @@ class Arch:
 
 @dataclass
 class Method:
-    """What the trainer needs from a method: the network it trains, its loss, and a line for the user."""
+    """What the trainer needs from a method: the network it trains, its loss, and a line for the user.
+
+    ``schedule(step, steps)`` is the learning rate's factor at a step; None is the engine's cosine decay to 0
+    over the run (a method trained in stages, each with its own cosine, gives its own). ``partial``: a step
+    updates only part of the network (a stage), which data-parallel training must be told.
+    """
 
     model: nn.Module
     loss: Loss
     description: str
+    schedule: Callable[[int, int], float] | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True)
