@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blindspot import execution_path
+from ..blindspot import execution_path, multiple_pad
 from ..config import ModelConfig, RunConfig
 from ..losses import Loss, masked_l1
 from ..ranges import into_weights, out_of_weights
@@ -76,7 +76,7 @@ class SDAP(DBSNl):
     def forward(self, x: torch.Tensor, stride: int | None = None, enhance: bool = True) -> torch.Tensor:
         s = validate_stride(self.config.k_infer if stride is None else stride)
         h, w = x.shape[-2:]
-        ph, pw = -h % s, -w % s
+        ph, pw = multiple_pad(h, s), multiple_pad(w, s)
         y = into_weights(x, self.config.value_range)
         exporting = execution_path() == "export"  # symbolic sizes: pad unconditionally
         if ph or pw or exporting:
