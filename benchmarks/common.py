@@ -73,13 +73,15 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
 
 
 def count_macs(model, x: torch.Tensor, k: int | None = None) -> float:
-    """Multiply-accumulates of the convolutions in one forward (torch's FLOP counter / 2)."""
+    """Multiply-accumulates of the convolutions and matrix products (LG-BPN's attention) in one forward (torch's
+    FLOP counter / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x, k) if k is not None else model(x)
-    conv = {"convolution", "_convolution", "conv2d", "cudnn_convolution", "mkldnn_convolution"}
+    conv = {"convolution", "_convolution", "conv2d", "cudnn_convolution", "mkldnn_convolution", "mm", "bmm", "addmm",
+            "baddbmm"}
     flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op).split(".")[1] in conv)
     return flops / 2
 

@@ -7,7 +7,9 @@
 Fully self-supervised: every method trains only on the noisy images it is scored on, with the same steps,
 batch, crop and learning rate (``BUDGET``); seeds vary the initialisation and the batches. Scored:
 Neighbor2Neighbor, Blind2Unblind (plain UNets at inference), AP-BSN at PD stride 5/5 and 5/2 without and with
-R3, AT-BSN at k 9/9 and 9/3, beside the AT-BSN paper's SIDD numbers; parameters and GMACs at 512^2 for each.
+R3, LG-BPN in its symmetric (4/5, ratio 1) and asymmetric (3/4, the authors' SIDD setting) inference, with R3,
+SDAP(E), Spatially-Adaptive SSL (its UNet), the TM-BSN teacher at hole 5/5 and 5/2, AT-BSN at k 9/9 and 9/3,
+beside the AT-BSN paper's SIDD numbers; parameters and GMACs at 512^2 for each.
 Runs resume (same command) and finished runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
 """
 
@@ -23,7 +25,7 @@ from common import count_macs, spread, write_results
 from reproduce import SETS, _run, open_set
 
 from atbsn import ATBSN
-from atbsn.checkpoint import load
+from atbsn.checkpoint import build, load
 from atbsn.config import ModelConfig, RunConfig
 from atbsn.evaluate import evaluate
 from atbsn.methods.apbsn import APBSN
@@ -32,7 +34,9 @@ from atbsn.ranges import to_model_range
 from atbsn.train import train
 
 BUDGET = {"steps": 1000, "batch": 8, "crop": 64, "lr": 1e-3, "seed": 0}
-WIDTHS = {"atbsn": 16, "n2n": 16, "b2u": 16, "apbsn": 32}  # UNets as in reproduce.py; DBSNl has no pooling
+# UNets as in reproduce.py; DBSNl-like networks (AP-BSN, SDAP, LG-BPN) have no pooling; TM-BSN's 57 convolutions
+# at full resolution cost as much at 16 as AT-BSN's UNet
+WIDTHS = {"atbsn": 16, "n2n": 16, "b2u": 16, "apbsn": 32, "lgbpn": 32, "sdap": 32, "sasl": 16, "tmbsn": 16}
 # (method, label, inference options, the AT-BSN paper's SIDD validation PSNR for it)
 ROWS = [
     ("n2n", "Neighbor2Neighbor", {}, 25.98),
@@ -41,6 +45,13 @@ ROWS = [
     ("apbsn", "AP-BSN 5/2 (asymmetric)", {"k": 2}, 34.86),
     ("apbsn", "AP-BSN 5/5 + R3", {"k": 5, "r3": True}, None),
     ("apbsn", "AP-BSN 5/2 + R3", {"k": 2, "r3": True}, None),
+    ("lgbpn", "LG-BPN 4/5 (symmetric)", {"k": 4}, 35.64),
+    ("lgbpn", "LG-BPN 3/4 (asymmetric)", {"k": 3}, 37.32),
+    ("lgbpn", "LG-BPN 3/4 + R3", {"k": 3, "r3": True}, None),
+    ("sdap", "SDAP(E), PD 2", {"k": 2}, None),
+    ("sasl", "Spatially-Adaptive SSL (UNet)", {}, None),
+    ("tmbsn", "TM-BSN hole 5/5 (symmetric)", {"k": 5}, None),
+    ("tmbsn", "TM-BSN hole 5/2 (asymmetric)", {"k": 2}, None),
     ("atbsn", "AT-BSN 9/9 (symmetric)", {"k": 9}, 36.35),
     ("atbsn", "AT-BSN 9/3 (asymmetric)", {"k": 3}, 36.80),
 ]
@@ -57,7 +68,7 @@ def _gmacs(model, options: dict) -> float:
     return count_macs(net, x, k=k) / 1e9
 
 
-METHODS = ("n2n", "b2u", "apbsn", "atbsn")
+METHODS = tuple(WIDTHS)
 SEED_DIRS = 10  # seeds looked for when collecting finished runs
 
 
@@ -118,7 +129,13 @@ def main() -> None:
                   "AP-BSN, paper width 128 (stride 2)": (APBSN(ModelConfig("apbsn", width=128, k_train=5, k_infer=2)),
                                                          {"k": 2}),
                   "AP-BSN + R3, paper width 128": (APBSN(ModelConfig("apbsn", width=128, k_train=5, k_infer=2)),
-                                                   {"k": 2, "r3": True})}
+                                                   {"k": 2, "r3": True}),
+                  "LG-BPN, paper width 128 (setting 3/4)": (build(ModelConfig("lgbpn", width=128)), {"k": 3}),
+                  "SDAP(E), paper width 128 (PD 2)": (build(ModelConfig("sdap", width=128, value_range=1.0)),
+                                                      {"k": 2}),
+                  "Spatially-Adaptive SSL, its UNet (width 48)": (build(ModelConfig("sasl", width=48)), {}),
+                  "TM-BSN teacher, paper width 48 (hole 2)": (build(ModelConfig("tmbsn", width=48, value_range=1.0)),
+                                                              {"k": 2})}
     reference = [{"method": name, "params": sum(p.numel() for p in net.parameters()), "gmac_512": _gmacs(net, o)}
                  for name, (net, o) in paper_nets.items()]
 

@@ -177,3 +177,26 @@ def test_a_new_method_is_one_registration(photos, tmp_path, monkeypatch, capsys)
     assert (tmp_path / "out" / "p0.png").exists()
     with pytest.raises(AtbsnError, match="registered twice"):
         registry.register(registry.Arch("toy", "Toy", _Toy, lambda sd, vr: None, bytes_per_pixel=1, margin=0))
+
+
+@pytest.mark.parametrize("name", ["lgbpn", "sdap", "sasl", "tmbsn"])
+def test_the_cli_trains_each_new_method_then_denoises_evaluates_sweeps_and_exports(name, photos, tmp_path, capsys):
+    """``atbsn train --method M`` on a photo folder, and the result through every command, as a user runs them."""
+    rng = np.random.default_rng(3)
+    clean = np.full((48, 40, 3), 128, np.uint8)
+    write_image(tmp_path / "pairs" / "clean" / "a.png", clean)
+    write_image(tmp_path / "pairs" / "noisy" / "a.png",
+                np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8))
+    run, model = tmp_path / "run", str(tmp_path / "run" / "last.safetensors")
+    tiny = ["--steps", "1", "--width", "8", "--crop", "40", "--batch", "2", "-q"]
+    assert main(["train", str(photos), "-o", str(run), "--method", name, *tiny]) == 0
+    assert main(["denoise", str(photos / "p0.png"), "-o", str(tmp_path / "out"), "-m", model, "-q"]) == 0
+    assert (tmp_path / "out" / "p0.png").exists()
+    assert main(["evaluate", str(tmp_path / "pairs"), "-m", model, "-q"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    blind = registry.arch(registry.method(name).arch).knob is not None
+    code = main(["sweep", str(tmp_path / "pairs"), "-m", model, "-o", str(tmp_path / "sweep")])
+    assert code == (0 if blind else 2)  # a non-blind network has nothing to sweep, and says so
+    if blind:
+        assert (tmp_path / "sweep" / "sweep.json").exists()
+    assert main(["export", "-m", model, "-o", str(tmp_path / "m.onnx")]) == 0

@@ -22,7 +22,7 @@ def model_file(tmp_path):
     return model, str(save(model, tmp_path / "a.safetensors"))
 
 
-def test_sidd_csv_and_legacy_mat(tmp_path, model_file):
+def test_sidd_csv_and_legacy_mat(tmp_path, model_file, capsys):
     model, path = model_file
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 256, size=(2, 3, 256, 256, 3), dtype=np.uint8)
@@ -30,6 +30,7 @@ def test_sidd_csv_and_legacy_mat(tmp_path, model_file):
     csv_path = tmp_path / "SubmitSrgb.csv"
     assert main(["submit", "sidd", str(tmp_path / "BenchmarkNoisyBlocksSrgb.mat"), "-o", str(csv_path),
                  "--model", path, "-q"]) == 0
+    assert "for the Kaggle re-host of the SIDD benchmark" in capsys.readouterr().out  # which protocol it is for
     back = read_sidd_csv(csv_path)
     assert sorted(back) == list(range(6))
     for i in range(2):
@@ -38,6 +39,7 @@ def test_sidd_csv_and_legacy_mat(tmp_path, model_file):
     mat_path = tmp_path / "SubmitSrgb.mat"
     assert main(["submit", "sidd", str(tmp_path / "BenchmarkNoisyBlocksSrgb.mat"), "-o", str(mat_path),
                  "--model", path, "-q"]) == 0
+    assert "the original SIDD server's format" in capsys.readouterr().out
     cells = loadmat(mat_path)["DenoisedBlocksSrgb"]
     assert cells.shape == (2, 3) and np.array_equal(cells[1, 2], back[5])
 

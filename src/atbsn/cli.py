@@ -33,7 +33,7 @@ from .fit import FitConfig, fit
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .registry import cache_dir, table
 from .runtime import enable_huge_pages, leave_process_group
-from .submit import submit_dnd, submit_sidd
+from .submit import sidd_protocol, submit_dnd, submit_sidd
 from .train import train
 
 
@@ -140,7 +140,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     kw = given(a, InferenceOptions)
     if a.benchmark == "sidd":
         out = a.output or "SubmitSrgb.csv"
-        print(f"wrote {submit_sidd(a.data, out, model, progress=not a.quiet, **kw)}")
+        print(f"wrote {submit_sidd(a.data, out, model, progress=not a.quiet, **kw)}: for {sidd_protocol(out)}")
     else:
         if not a.output:
             raise AtbsnError("submit dnd needs -o OUTDIR for the per-image .mat files")
