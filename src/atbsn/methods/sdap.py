@@ -58,7 +58,9 @@ def subimages(x: torch.Tensor, index: torch.Tensor, p: int = RSG_STRIDE) -> torc
 
 class SDAP(DBSNl):
     """SDAP(E): ``forward(x, stride=None, enhance=True)`` on N x C x H x W in 0..255; ``stride`` is the inference
-    PD stride (``config.k_infer``, 2), ``enhance`` the second, PD-free pass. ``net(x)`` is the bare network."""
+    PD stride (``config.k_infer``, 2), ``enhance`` the second, PD-free pass; ``bare=True`` runs the network alone
+    (training's path, through ``forward`` as data-parallel training needs). ``net(x)``: the same on the weights'
+    scale."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         config = config or ModelConfig("sdap", width=128, value_range=1.0, k_train=RSG_STRIDE, k_infer=2)
@@ -73,7 +75,10 @@ class SDAP(DBSNl):
         """The blind-spot network itself, on the weights' scale."""
         return super().forward(x)
 
-    def forward(self, x: torch.Tensor, stride: int | None = None, enhance: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stride: int | None = None, enhance: bool = True,
+                bare: bool = False) -> torch.Tensor:
+        if bare:
+            return out_of_weights(self.net(into_weights(x, self.config.value_range)), self.config.value_range)
         s = validate_stride(self.config.k_infer if stride is None else stride)
         h, w = x.shape[-2:]
         ph, pw = multiple_pad(h, s), multiple_pad(w, s)
@@ -107,13 +112,12 @@ class RSGL1(Loss):
         y, mask = y[..., :h, :w], mask[..., :h, :w].expand(-1, 1, -1, -1).to(y.dtype)
         index = draw_cells(y.shape[0], h // p, w // p, self.rng, p)
         subs, masks = subimages(y, index, p), subimages(mask, index, p)
-        vr = model.config.value_range
-        total = 0.0
-        for j in range(p * p):
-            pred = out_of_weights(model.net(into_weights(subs[j].contiguous(), vr)), vr)
-            k = (j + 1) % (p * p)
-            total = total + masked_l1(pred, subs[k], masks[j] * masks[k])
-        return total
+        j, n = p * p, y.shape[0]
+        # the 25 sub-images in one batch (the network mixes no images: the same as the authors' 25 passes)
+        flat = subs.reshape(j * n, *subs.shape[2:]).contiguous(memory_format=torch.channels_last)
+        pred = model(flat, bare=True).reshape(subs.shape)
+        target, weight = subs.roll(-1, 0), masks * masks.roll(-1, 0)  # sub-image j + 1 (cyclically)
+        return sum(masked_l1(pred[i], target[i], weight[i]) for i in range(j))
 
 
 def _detect(sd, value_range: float) -> ModelConfig | None:  # noqa: ARG001 - the authors' files are on 0..1
