@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_path
+from conftest import assert_close_to_scale, shared_path
 
 from atbsn.checkpoint import load
 from atbsn.config import ModelConfig, RunConfig
@@ -25,9 +25,7 @@ def authors():
 
 def _close(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> None:
     """The README's tolerance: two runs of the authors' code differ by 1e-6 of the scale with 2 threads."""
-    ours = ours.detach()
-    assert ours.shape == ref.shape
-    assert float((ours - ref).abs().max()) <= rel * float(ref.abs().max()), float((ours - ref).abs().max())
+    assert_close_to_scale(ours, ref, rel)
 
 
 def test_the_authors_checkpoint_loads_as_their_teacher(authors):

@@ -68,6 +68,7 @@ AUTHORS_FILES = {
     "AT-BSN_D_SIDD.pth": ("fixtures", "official", "atbsn_d_official_format.pth"),
     "AT-BSN_SIDD.pth": ("fixtures", "official", "atbsn_official_format.pth"),
     "AP-BSN_SIDD.pth": ("fixtures", "apbsn", "apbsn_official_format.pth"),
+    "TMBSN_SIDD.pth": ("fixtures", "tmbsn", "tmbsn_official_format.pth"),
 }
 # Released models whose files the test data holds (verified against the registry's sha256 before use).
 CACHEABLE = {"tmbsn-c102-sidd": ("fixtures", "pretrained", "tmbsn_nbsn102_sidd.pth"),

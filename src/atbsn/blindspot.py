@@ -31,14 +31,21 @@ def execution_path() -> str:
     return "train" if torch.is_grad_enabled() else "infer"
 
 
+def integer(value: object) -> int | None:
+    """``value`` as an int if it is an integer (ints and numpy integers; not bools, floats or strings), else None:
+    the first check of every blind-spot control."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def validate_k(k: object) -> int:
     """Return ``k`` as an int if it is a valid blind-spot size (0 or a positive odd integer)."""
-    try:
-        if isinstance(k, bool):
-            raise TypeError
-        value = operator.index(k)  # ints and numpy integers; floats and strings are refused
-    except TypeError:
-        value = -1
+    value = integer(k)
+    value = -1 if value is None else value
     if value != 0 and (value < 0 or value % 2 == 0):
         raise AtbsnError(f"invalid blind-spot size k={k!r}: k must be 0 or a positive odd integer (1, 3, 5, ...)")
     return value

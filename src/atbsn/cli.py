@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "AP-BSN's PD stride)")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")
     p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
-    p.add_argument("--k", "--stride", type=number(int, 0), nargs="+",
+    p.add_argument("--k", *registry.knob_flags(), type=number(int, 0), nargs="+",
                    help="values of the networks' blind-spot control (default: their own sweep; "
                         + "; ".join(f"{a.title}: {a.knob.name} {' '.join(map(str, a.knob.sweep))}"
                                     for a in registry.archs().values() if a.knob) + ")")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -78,11 +79,12 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------ options
 def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,  # noqa: A002
-           cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
+           cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] | Callable[[], tuple] = ()) -> Any:
     """A dataclass field that is also a command-line option (``--name-with-dashes``, or ``flag``).
 
     ``low``: the smallest value allowed; ``choices``: the values allowed, or a function returning them (read
-    when used: the registry's methods); ``cli=False``: API only; ``aliases``: more flags for the same option.
+    when used: the registry's methods); ``cli=False``: API only; ``aliases``: more flags for the same option (or a
+    function returning them).
     """
     meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag, "aliases": aliases}
     if isinstance(default, (list, dict)):
@@ -119,7 +121,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
                                                              is not MISSING else None)
         help_text = f.metadata["help"] + ("" if default in (None, False) else f" (default {_show(default)})")
-        flags = (flag, *f.metadata.get("aliases", ()))
+        aliases = f.metadata.get("aliases", ())
+        flags = (flag, *(aliases() if callable(aliases) else aliases))
         if kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=help_text)
         else:
@@ -234,9 +237,10 @@ class RunConfig:
                          choices=registry.method_names)
     width: int = option(48, "channels of the network (default: the method's recipe)", low=1)
     k_train: int | None = option(None, "the blind-spot control for training: AT-BSN's size k_a, a rival's own (a PD "
-                                 "stride); default: the method's", low=1, aliases=("--stride-train",))
+                                 "stride, a hole); default: the method's", low=1,
+                                 aliases=lambda: registry.knob_flags("train"))
     k_infer: int | None = option(None, "the blind-spot control recorded for inference (AT-BSN's k_b); default: the "
-                                 "method's", low=0, aliases=("--stride-infer",))
+                                 "method's", low=0, aliases=lambda: registry.knob_flags("infer"))
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
     # the teacher file's sha256, recorded when the run starts: a resume may find the teacher at another path,

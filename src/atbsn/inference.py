@@ -35,7 +35,8 @@ class InferenceOptions:
     """
 
     k: int | None = option(None, "blind-spot control of a blind-spot network: AT-BSN's size k, AP-BSN's PD "
-                           "stride (default: the one recorded for inference)", low=0, aliases=("--stride",))
+                           "stride, TM-BSN's hole, LG-BPN's setting (default: the one recorded for inference)", low=0,
+                           aliases=lambda: registry.knob_flags())
     tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=32)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")

@@ -138,17 +138,17 @@ def methods() -> dict[str, MethodSpec]:
 
 def arch(name: str) -> Arch:
     """The network family ``name``; an unknown name is one line listing the known ones."""
-    known = archs()
-    if name not in known:
-        raise AtbsnError(f"unknown architecture {name!r}; expected one of {', '.join(known)}")
-    return known[name]
+    _load()
+    if name not in _ARCHS:
+        raise AtbsnError(f"unknown architecture {name!r}; expected one of {', '.join(_ARCHS)}")
+    return _ARCHS[name]
 
 
 def method(name: str) -> MethodSpec:
-    known = methods()
-    if name not in known:
-        raise AtbsnError(f"--method: {name!r} is not one of {', '.join(known)}")
-    return known[name]
+    _load()
+    if name not in _METHODS:
+        raise AtbsnError(f"--method: {name!r} is not one of {', '.join(_METHODS)}")
+    return _METHODS[name]
 
 
 def arch_names() -> tuple[str, ...]:
@@ -161,6 +161,13 @@ def method_names() -> tuple[str, ...]:
 
 def student_names() -> tuple[str, ...]:
     return tuple(n for n, a in archs().items() if a.student)
+
+
+def knob_flags(suffix: str | None = None) -> tuple[str, ...]:
+    """The flags that name each family's control besides ``--k`` (``--stride``, ``--hole``, ...; with ``suffix``,
+    ``--stride-train``): the same option under the name a method's users know."""
+    names = sorted({a.knob.name for a in archs().values() if a.knob is not None} - {"k"})
+    return tuple(f"--{n}-{suffix}" if suffix else f"--{n}" for n in names)
 
 
 def titles(where: Callable[[Arch], bool]) -> str:

@@ -19,13 +19,13 @@ one, the same numbers.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..blindspot import integer
 from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
 from ..losses import Loss, masked_l1
@@ -39,13 +39,8 @@ TRIANGLE = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # 
 
 def validate_hole(h: object) -> int:
     """A hole size: an integer >= 0 (0 hides only what the triangles already hide: nothing)."""
-    try:
-        if isinstance(h, bool):
-            raise TypeError
-        value = operator.index(h)
-    except TypeError:
-        value = -1
-    if value < 0:
+    value = integer(h)
+    if value is None or value < 0:
         raise AtbsnError(f"invalid hole size {h!r}: TM-BSN's hole is an integer >= 0 (2 to 6 in its paper)")
     return value
 
