@@ -4,6 +4,7 @@ A new method is one file: a method registered from a test trains and denoises th
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 
 import numpy as np
@@ -15,14 +16,10 @@ from atbsn import methods as registry
 from atbsn.checkpoint import _detect, build, load, save
 from atbsn.cli import main
 from atbsn.config import ModelConfig, RunConfig
-from atbsn.datasets import Pair
 from atbsn.errors import AtbsnError
-from atbsn.evaluate import sweep, sweep_values
-from atbsn.export import export_onnx
 from atbsn.images import write_image
 from atbsn.inference import InferenceOptions, denoise
 from atbsn.losses import Loss, masked_l1
-from atbsn.train import train
 
 ARCHS = list(registry.archs())
 METHODS = list(registry.methods())
@@ -85,22 +82,29 @@ def photos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_every_method_walks_through_the_harness(name, photos, tmp_path):
+def test_every_method_walks_through_the_harness(name, photos, tmp_path, capsys):
+    """``atbsn train --method M`` on a photo folder (one step through the one engine), the checkpoint saved and
+    loaded by its config alone, denoised at an odd size and in tiles, then evaluated, swept over its own control
+    and exported, as a user runs them."""
     spec = registry.method(name)
     family = registry.arch(spec.arch)
-    config = RunConfig.from_preset("train", "cpu", method=name, data=[str(photos)], out=str(tmp_path / "run"),
-                                   steps=1, width=8, crop=32, batch=2)
-    assert train(config, progress=False)["finished"]  # one training step through the one engine
-    model = load(tmp_path / "run" / "last.safetensors")  # saved by the engine, loaded by its config alone
+    rng = np.random.default_rng(3)
+    clean = np.full((48, 40, 3), 128, np.uint8)
+    write_image(tmp_path / "pairs" / "clean" / "a.png", clean)
+    write_image(tmp_path / "pairs" / "noisy" / "a.png",
+                np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8))
+    run, path = tmp_path / "run", str(tmp_path / "run" / "last.safetensors")
+    tiny = ["--steps", "1", "--width", "8", "--crop", "40", "--batch", "2", "--preset", "cpu", "-q"]
+    assert main(["train", str(photos), "-o", str(run), "--method", name, *tiny]) == 0
+    model = load(path)  # saved by the engine, loaded by its config alone
     assert model.config.arch == spec.arch and model.config.training["method"] == name
     again = load(save(model, tmp_path / "again.safetensors"))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
-    image = np.random.default_rng(1).integers(0, 256, (45, 37, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (45, 37, 3), dtype=np.uint8)
     out = denoise(image, model)
     assert out.shape == image.shape and out.dtype == np.uint8
-
-    wide = np.random.default_rng(2).integers(0, 256, (70, 330, 3), dtype=np.uint8)  # wider than a window
+    wide = rng.integers(0, 256, (70, 330, 3), dtype=np.uint8)  # wider than a window
     windows = []
     tiled = denoise(wide, model, tile=32, progress=lambda done, total: windows.append(total))
     whole = denoise(wide, model, tile=512)
@@ -109,15 +113,19 @@ def test_every_method_walks_through_the_harness(name, photos, tmp_path):
     # one step from random: the untrained teacher differs by about 2 levels on average)
     assert windows[-1] > 1 and tiled.shape == whole.shape and np.abs(tiled.astype(float) - whole).mean() < 5
 
-    assert export_onnx(model, tmp_path / "m.onnx") < 1.0
-    pairs = [Pair("a", image, image)]
+    assert main(["denoise", str(photos / "p0.png"), "-o", str(tmp_path / "out"), "-m", path, "-q"]) == 0
+    assert (tmp_path / "out" / "p0.png").exists()
+    assert main(["evaluate", str(tmp_path / "pairs"), "-m", path, "-q"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    code = main(["sweep", str(tmp_path / "pairs"), "-m", path, "-o", str(tmp_path / "sweep")])
     if family.knob is not None:
-        rows = sweep([model], pairs, family.knob.sweep[:2])
-        assert [r["k_b"] for r in rows] == list(family.knob.sweep[:2])
-        assert sweep_values([model]) == family.knob.sweep
+        assert code == 0
+        rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+        assert [r["k_b"] for r in rows] == list(family.knob.sweep)  # its own control's values
     else:
-        with pytest.raises(AtbsnError, match="non-blind"):
-            sweep([model], pairs)
+        err = capsys.readouterr().err  # nothing to sweep, and it says so on one line
+        assert code == 2 and "holds no teacher" in err and err.count("\n") == 1
+    assert main(["export", "-m", path, "-o", str(tmp_path / "m.onnx")]) == 0
 
 
 def test_k_rules_are_refused_when_the_config_is_built_before_any_folder(tmp_path):
@@ -177,26 +185,3 @@ def test_a_new_method_is_one_registration(photos, tmp_path, monkeypatch, capsys)
     assert (tmp_path / "out" / "p0.png").exists()
     with pytest.raises(AtbsnError, match="registered twice"):
         registry.register(registry.Arch("toy", "Toy", _Toy, lambda sd, vr: None, bytes_per_pixel=1, margin=0))
-
-
-@pytest.mark.parametrize("name", ["lgbpn", "sdap", "sasl", "tmbsn"])
-def test_the_cli_trains_each_new_method_then_denoises_evaluates_sweeps_and_exports(name, photos, tmp_path, capsys):
-    """``atbsn train --method M`` on a photo folder, and the result through every command, as a user runs them."""
-    rng = np.random.default_rng(3)
-    clean = np.full((48, 40, 3), 128, np.uint8)
-    write_image(tmp_path / "pairs" / "clean" / "a.png", clean)
-    write_image(tmp_path / "pairs" / "noisy" / "a.png",
-                np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8))
-    run, model = tmp_path / "run", str(tmp_path / "run" / "last.safetensors")
-    tiny = ["--steps", "1", "--width", "8", "--crop", "40", "--batch", "2", "-q"]
-    assert main(["train", str(photos), "-o", str(run), "--method", name, *tiny]) == 0
-    assert main(["denoise", str(photos / "p0.png"), "-o", str(tmp_path / "out"), "-m", model, "-q"]) == 0
-    assert (tmp_path / "out" / "p0.png").exists()
-    assert main(["evaluate", str(tmp_path / "pairs"), "-m", model, "-q"]) == 0
-    assert "PSNR" in capsys.readouterr().out
-    blind = registry.arch(registry.method(name).arch).knob is not None
-    code = main(["sweep", str(tmp_path / "pairs"), "-m", model, "-o", str(tmp_path / "sweep")])
-    assert code == (0 if blind else 2)  # a non-blind network has nothing to sweep, and says so
-    if blind:
-        assert (tmp_path / "sweep" / "sweep.json").exists()
-    assert main(["export", "-m", model, "-o", str(tmp_path / "m.onnx")]) == 0
