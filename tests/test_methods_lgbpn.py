@@ -12,13 +12,13 @@ from conftest import assert_close_to_scale, shared_path
 from atbsn.checkpoint import load
 from atbsn.config import ModelConfig
 from atbsn.errors import AtbsnError
+from atbsn.losses import SelfL1
 from atbsn.methods.lgbpn import (
     LGBPN,
     R3_P,
     R3_T,
     SETTINGS,
     MaskedConv,
-    SelfL1,
     global_mask,
     local_mask,
     validate_setting,

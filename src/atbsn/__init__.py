@@ -8,7 +8,8 @@ The public API, listed explicitly (importing it changes nothing in the host proc
 - inference: :func:`denoise` (numpy, any size, tiled), :func:`denoise_tensor` (torch batches),
   :func:`denoise_files`, all taking :class:`InferenceOptions` or its fields as keywords
 - learning: :func:`train`, :func:`distill`, :class:`RunConfig`, :func:`fit`, :class:`FitConfig`; the
-  losses :class:`BlindSpotL1`, :class:`DistillL1`, the rivals' :class:`PDBlindSpotL1`,
+  losses :class:`SelfL1` (L1 to the noisy input at one value of a blind-spot control), :class:`BlindSpotL1`,
+  :class:`DistillL1`, the rivals' :class:`PDBlindSpotL1`,
   :class:`Neighbor2NeighborLoss`, :class:`Blind2UnblindLoss`, and the :class:`Trainer` that runs any network + loss
 - methods: :mod:`atbsn.methods`, the registry of network families and training methods (one file each)
 - scoring and submissions: :func:`evaluate`, :func:`sweep`, :func:`submit_sidd`, :func:`submit_dnd`,
@@ -25,7 +26,7 @@ from .evaluate import evaluate, sweep
 from .export import export_onnx
 from .fit import FitConfig, fit
 from .inference import InferenceOptions, denoise, denoise_files, denoise_tensor
-from .losses import BlindSpotL1, DistillL1, Loss
+from .losses import BlindSpotL1, DistillL1, Loss, SelfL1
 from .methods.apbsn import APBSN, PDBlindSpotL1
 from .methods.b2u import Blind2UnblindLoss
 from .methods.n2n import Neighbor2NeighborLoss
@@ -39,7 +40,7 @@ from .train import train
 __all__ = [
     "APBSN", "ATBSN", "AtbsnError", "Blind2UnblindLoss", "BlindSpotL1", "DistillL1", "FitConfig",
     "InferenceOptions", "Loss", "Method", "ModelConfig", "Neighbor2NeighborLoss", "PDBlindSpotL1", "RunConfig",
-    "Student", "Trainer", "add_camera_noise", "denoise", "denoise_files", "denoise_tensor", "distill",
+    "SelfL1", "Student", "Trainer", "add_camera_noise", "denoise", "denoise_files", "denoise_tensor", "distill",
     "enable_huge_pages", "evaluate", "export_onnx", "fit", "init_from_teacher", "load", "save", "submit_dnd",
     "submit_sidd", "sweep", "train", "validate_k",
 ]

@@ -41,7 +41,20 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-class BlindSpotL1(Loss):
+class SelfL1(Loss):
+    """L1 between the network's output and the noisy ``y`` itself, at one value of its blind-spot control
+    (``control``; None: the network's training path decides). The self-supervised loss of every network whose
+    blind spot hides the noise it predicts: AT-BSN, AP-BSN, LG-BPN, TM-BSN (each validates its own control)."""
+
+    def __init__(self, control: int | None = None) -> None:
+        super().__init__()
+        self.control = control
+
+    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_l1(model(y) if self.control is None else model(y, self.control), y, mask)
+
+
+class BlindSpotL1(SelfL1):
     """AT-BSN's self-supervised loss: L1 between ``model(y, k_a)`` and the noisy ``y`` itself.
 
     The k_a x k_b blind spot hides the pixel being predicted and its correlated neighbours, so the noisy
@@ -49,14 +62,13 @@ class BlindSpotL1(Loss):
     """
 
     def __init__(self, k_train: int) -> None:
-        super().__init__()
-        self.k_train = validate_k_train(k_train)
-
-    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_l1(model(y, self.k_train), y, mask)
+        super().__init__(validate_k_train(k_train))
+        self.k_train = self.control
 
 
 DISTILL_MODES = ("multi", "mean", "partition")
+
+
 class DistillL1(Loss):
     """Distillation from one frozen multi-k teacher (AT-BSN; also TM-BSN) at several blind spots ``ks``.
 

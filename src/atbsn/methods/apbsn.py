@@ -24,7 +24,7 @@ from torch import nn
 from ..blindspot import execution_path, multiple_pad
 from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
-from ..losses import Loss, masked_l1
+from ..losses import SelfL1
 from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
 from .atbsn import CPU_BUDGET
 
@@ -180,15 +180,12 @@ class APBSN(nn.Module):
         return total / R3_T
 
 
-class PDBlindSpotL1(Loss):
+class PDBlindSpotL1(SelfL1):
     """AP-BSN's loss: L1 between the PD blind-spot output at the training stride and the noisy input."""
 
     def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = validate_stride(stride)
-
-    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_l1(model(y, self.stride), y, mask)
+        super().__init__(validate_stride(stride))
+        self.stride = self.control
 
 
 def _unwrap(obj) -> tuple[dict, float] | None:

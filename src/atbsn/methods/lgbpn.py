@@ -42,7 +42,7 @@ from torch import nn
 from ..blindspot import execution_path, multiple_pad
 from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
-from ..losses import Loss, masked_l1
+from ..losses import SelfL1
 from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
 from .apbsn import R3_P, R3_T, pd_down, pd_up
 from .atbsn import CPU_BUDGET
@@ -318,13 +318,6 @@ class LGBPN(nn.Module):
         return total / R3_T
 
 
-class SelfL1(Loss):
-    """LG-BPN's loss: L1 between the training path's output and the noisy input itself."""
-
-    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_l1(model(y), y, mask)
-
-
 def _detect(sd, value_range: float) -> ModelConfig | None:
     """The authors' wrapper (AP-BSN's ``{"model_weight": {"denoiser"}}``, peeled by AP-BSN's file) holds ``bsn.``."""
     if "bsn.branch1.Maskconv.weight" in sd and "bsn.branch2.body.output.weight" in sd:
@@ -348,7 +341,7 @@ def make(config: RunConfig, init=None) -> Method:
     stride, setting = knob_values(config, SPEC)
     model = LGBPN(ModelConfig("lgbpn", width=config.width, k_train=stride, k_infer=setting))
     how = start(model, init)
-    return Method(model, SelfL1(),
+    return Method(model, SelfL1(),  # L1 to the noisy input; the training path is the model's own in train mode
                   f"training LG-BPN (base width {config.width}, {parameters(model)} parameters, {how}): PD strides "
                   f"{stride} (local) and {stride + 1} (global) for training, setting {setting} for inference")
 

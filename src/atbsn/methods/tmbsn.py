@@ -28,7 +28,7 @@ from torch import nn
 from ..blindspot import integer
 from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
-from ..losses import Loss, masked_l1
+from ..losses import SelfL1
 from ..ranges import into_weights, out_of_weights
 from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
 from .atbsn import CPU_BUDGET
@@ -150,15 +150,12 @@ class TMBSN(nn.Module):
         return [self.head(maps, validate_hole(k)) for k in ks]
 
 
-class HoleL1(Loss):
+class HoleL1(SelfL1):
     """TM-BSN's loss: L1 between the output at the training hole and the noisy input itself."""
 
     def __init__(self, hole: int) -> None:
-        super().__init__()
-        self.hole = _train_hole(hole)
-
-    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_l1(model(y, self.hole), y, mask)
+        super().__init__(_train_hole(hole))
+        self.hole = self.control
 
 
 def _unwrap(obj) -> tuple[dict, float] | None:
