@@ -27,6 +27,7 @@ for the others) and cropped back. The BNN's hole is a knob like AT-BSN's k (k = 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -273,7 +274,7 @@ def stage_cosine(step: int, steps: int) -> float:
     bounds = (0, steps // 3, 2 * steps // 3, steps)
     i = stage_at(step, steps)
     length = max(bounds[i + 1] - bounds[i], 1)
-    return 0.5 * (1 + torch.cos(torch.tensor((step - bounds[i]) / length * torch.pi)).item())
+    return 0.5 * (1 + math.cos(math.pi * (step - bounds[i]) / length))
 
 
 class ThreeStageL1(Loss):
