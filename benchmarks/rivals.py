@@ -10,7 +10,8 @@ Neighbor2Neighbor, Blind2Unblind (plain UNets at inference), AP-BSN at PD stride
 R3, LG-BPN in its symmetric (4/5, ratio 1) and asymmetric (3/4, the authors' SIDD setting) inference, with R3,
 SDAP(E), Spatially-Adaptive SSL (its UNet), the TM-BSN teacher at hole 5/5 and 5/2, AT-BSN at k 9/9 and 9/3,
 beside the AT-BSN paper's SIDD numbers; parameters and GMACs at 512^2 for each.
-Runs resume (same command) and finished runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``.
+Runs resume (same command) and finished runs are reused. Results: ``results/rivals_<set>.json`` and ``.md``
+(``--name`` names them otherwise; every finished run in the set's work folder is scored into them).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to train (finished runs are reused)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to train")
     ap.add_argument("--smoke", action="store_true", help="3 steps per run, results named *_smoke")
+    ap.add_argument("--name", help="results file name (default rivals_<set>); every finished run is scored")
     a = ap.parse_args()
     pairs, tag, work, data = open_set(a.set, "rivals", a.smoke)
     budget = {**BUDGET, "steps": 3} if a.smoke else BUDGET
@@ -152,7 +154,7 @@ def main() -> None:
           f"Budget for every method: {budget} (seed varied); widths {WIDTHS}. PSNR on uint8-rounded RGB; mean +- "
           "standard deviation over the seeds listed. Training seconds per run: "
           f"{', '.join(f'{k} {v:.0f}' for k, v in seconds.items())}.\n\n" + "\n".join(lines))
-    write_results(f"rivals_{tag}", {"set": a.set, "budget": budget, "widths": WIDTHS, "rows": rows,
+    write_results(a.name or f"rivals_{tag}", {"set": a.set, "budget": budget, "widths": WIDTHS, "rows": rows,
                                     "reference": reference, "train_seconds": seconds}, md)
 
 

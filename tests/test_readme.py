@@ -11,12 +11,16 @@ The ```python block runs too, and every ``make`` target the README names is run 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,7 @@ import torch
 from conftest import SHARED, fake_dnd
 from scipy.io import savemat
 
+import atbsn.ui
 from atbsn import ATBSN
 from atbsn.checkpoint import save
 from atbsn.cli import main
@@ -61,7 +66,8 @@ MAKE_TARGETS = sorted(set(re.findall(r"`make ([a-z][\w-]*)`", README))
 # Tiny sizes appended to a command that trains, so that the README's recipes start and finish in seconds.
 TINY_RUN = ["--steps", "2", "--batch", "2", "--crop", "20", "--val-limit", "1", "--val-every", "1", "--save-every", "1"]
 TINY = {"train": [*TINY_RUN, "--width", "4"], "distill": TINY_RUN,
-        "fit": ["--width", "4", "--crop", "20", "--batch", "2", "--teacher-steps", "2", "--student-steps", "2"]}
+        "fit": ["--width", "4", "--crop", "20", "--batch", "2", "--teacher-steps", "2", "--student-steps", "2"],
+        "ui": ["--port", "0"]}  # any free port; the test asks the page and stops the server
 # The authors' and follow-up works' files the README names, and where the test data holds a file of that format.
 AUTHORS_FILES = {
     "NBSN_SIDD_Medium.pth": ("fixtures", "pretrained", "aprrd_student_c_sidd_medium.pth"),
@@ -161,11 +167,35 @@ def test_every_readme_command_runs(index, workspace, monkeypatch, capsys):
     reason = _needs(words)
     if reason:
         pytest.skip(reason)
-    code = main(words)
+    code = _serve_once(words, monkeypatch) if words[0] == "ui" else main(words)
     out, err = capsys.readouterr()
     assert code == 0, f"atbsn {shlex.join(words)} exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
     if "-o" in words:
         assert Path(words[words.index("-o") + 1]).exists()
+
+
+def _serve_once(words: list[str], monkeypatch) -> int:
+    """``atbsn ui``: run the command, load its page and a session from it, then stop the server."""
+    servers, made = [], atbsn.ui.make_server
+    monkeypatch.setattr(atbsn.ui, "make_server", lambda *a, **kw: servers.append(made(*a, **kw)) or servers[-1])
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(main(words)))
+    thread.start()
+    for _ in range(600):
+        if servers or not thread.is_alive():
+            break
+        time.sleep(0.05)
+    assert servers, "atbsn ui did not start a server"
+    base = f"http://127.0.0.1:{servers[0].server_address[1]}"
+    with urllib.request.urlopen(base + "/", timeout=30) as r:
+        assert b"atbsn" in r.read()
+    with urllib.request.urlopen(base + "/api/setup", timeout=30) as r:
+        setup = json.loads(r.read())
+    if "--model" in words:
+        assert setup["default_model"] == words[words.index("--model") + 1]
+    servers[0].shutdown()
+    thread.join(30)
+    return result[0]
 
 
 def test_the_readme_python_block_runs(workspace, monkeypatch):

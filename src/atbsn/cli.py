@@ -35,6 +35,7 @@ from .registry import cache_dir, table
 from .runtime import enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd
 from .train import train
+from .ui import serve
 
 
 def _model(path: str, part: str = "auto", k: int | None = None):
@@ -246,6 +247,15 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(a: argparse.Namespace) -> int:
+
+    try:
+        serve(a.model, a.host, a.port, open_browser=a.open)
+    except KeyboardInterrupt:
+        print("atbsn ui: stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024).")
@@ -336,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the released models atbsn can fetch by name")
     p.add_argument("-v", "--verbose", action="store_true", help="also the download address and licence")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("ui", help="a local web page: upload photos, compare input and output, move the blind spot")
+    p.add_argument("--model", "-m", help="model chosen when the page opens (a released name or a checkpoint)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
+    p.add_argument("--port", type=number(int, 0), default=7860, help="port (0: any free one)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("info", help="print a checkpoint's configuration")
     p.add_argument("model")

@@ -195,15 +195,16 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     return out[:, :, 0] if squeeze else out
 
 
-def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: InferenceOptions | None = None,
-               **kw) -> dict[int, np.ndarray]:
+def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: InferenceOptions | None = None, *,
+               progress: Callable[[int, int], None] | None = None, **kw) -> dict[int, np.ndarray]:
     """``denoise(image, model, k=k)`` for every k in ``ks``. For an AT-BSN on a plain RGB (or gray) image the
     backbone runs once per tile for all k (``ATBSN.teachers``: equal to separate calls up to float round-off);
-    otherwise one call per k."""
+    otherwise one call per k. ``progress(done, total)`` is called after each tile of the one pass (or of
+    each call)."""
     opts = InferenceOptions.of(options, **kw, k=None).for_model(model)  # the ks given replace any k
     a = np.asarray(image)
     if not model.config.is_teacher or opts.ensemble or a.ndim != 3 or a.shape[2] != model.config.in_channels:
-        return {k: denoise(a, model, replace(opts, k=k)) for k in ks}
+        return {k: denoise(a, model, replace(opts, k=k), progress=progress) for k in ks}
     ks = [resolve_k(model, k) for k in ks]
     for k in ks:
         _check_k_fits(model, k, a.shape[0], a.shape[1])
@@ -217,7 +218,8 @@ def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: Infe
             return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
 
     with torch.no_grad():
-        y = _finite(run_tiled(run, t, tile, margin, device=dev)[0].permute(1, 2, 0).numpy(), model)
+        y = _finite(run_tiled(run, t, tile, margin, device=dev, progress=progress)[0].permute(1, 2, 0).numpy(),
+                    model)
     c = a.shape[2]
     return {k: from_model_range(y[:, :, i * c:(i + 1) * c], factor, a.dtype) for i, k in enumerate(ks)}
 
