@@ -150,3 +150,16 @@ def test_every_sidd_benchmark_number_names_its_protocol():
         for m in re.finditer(r"\d\d\.\d\d (?:dB )?SIDD benchmark", text):
             after = text[m.end(): m.end() + 40]
             assert "original server" in after or "Kaggle" in after, f"{name}: {m.group(0)}{after}"
+
+
+def test_the_page_shows_a_download_s_progress(tiny):
+    """``atbsn ui`` loads a released name through the same verified download, its progress in the page's job."""
+    from atbsn.ui import App, Job
+
+    app, job = App(), Job("j", "denoise")
+    try:
+        model = app.model("tiny", "auto", job)
+    finally:
+        app.close()
+    size = (tiny[0] / registry.entries()["tiny"].filename).stat().st_size
+    assert model.config.arch == "C102" and job.message.startswith("downloading tiny: ") and job.done == size

@@ -23,9 +23,9 @@ from atbsn import ATBSN, Student, save
 from atbsn.cli import main
 from atbsn.errors import AtbsnError
 from atbsn.images import read_photo, write_image, write_photo
+from atbsn.inference import InferenceOptions
 from atbsn.ui import App, make_server
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_FIT = {"width": 4, "crop": 20, "batch": 2, "teacher_steps": 3, "student_steps": 3}
 
 
@@ -137,6 +137,22 @@ def test_a_teacher_gives_every_k_from_one_pass_and_the_download_is_what_denoise_
     assert done["error"] is None and done["result"]["name"] == "photo.png"
     status, data = call(base, done["result"]["file"])
     assert status == 200 and data == cli
+
+
+def test_a_photo_larger_than_a_tile_runs_tiled_with_progress(files):
+    app = App(options=InferenceOptions(tile=32))
+    try:
+        s = app.session(app.new_session()["session"])
+        photo = app.photo(s, app.add_photo(s, "photo.png", (files / "photo.png").read_bytes())["id"])
+        jid = app.denoise(s, photo, str(files / "student.safetensors"))["job"]
+        for _ in range(600):
+            state = app.job(s, jid)
+            if state["finished"]:
+                break
+            time.sleep(0.05)
+        assert state["error"] is None and state["done"] == state["total"] == 4  # 61 x 45 in 32-pixel tiles
+    finally:
+        app.close()
 
 
 def test_16_bit_rgba_tiff_keeps_depth_and_alpha_in_the_download(server, files, tmp_path):
@@ -275,9 +291,9 @@ def test_the_page_in_a_real_browser(server, files, tmp_path):
         page.fill("#path", os.environ.get("ATBSN_UI_SCREENSHOT_MODEL") or str(files / "teacher.safetensors"))
         page.select_option("#part", "teacher")
         page.click("#run")
-        page.wait_for_function("document.getElementById('after').complete && "
-                               "document.getElementById('after').src.includes('k=') && "
-                               "document.getElementById('info').innerText.includes('chelsea')")
+        page.wait_for_function("document.getElementById('progress').style.display === 'none' && "
+                               "document.getElementById('info').innerText.includes('one pass') && "
+                               "document.getElementById('after').complete")
         page.click("#view", position={"x": 300, "y": 120})
         shot = Path(os.environ.get("ATBSN_UI_SCREENSHOT") or tmp_path / "ui.png")
         page.screenshot(path=str(shot), full_page=True)

@@ -250,7 +250,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_ui(a: argparse.Namespace) -> int:
 
     try:
-        serve(a.model, a.host, a.port, open_browser=a.open)
+        serve(a.model, a.host, a.port, open_browser=a.open, options=_options(a))
     except KeyboardInterrupt:
         print("atbsn ui: stopped")
     return 0
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
     p.add_argument("--port", type=number(int, 0), default=7860, help="port (0: any free one)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("info", help="print a checkpoint's configuration")

@@ -39,7 +39,7 @@ from .demo import PHOTOS, sample_pairs
 from .errors import AtbsnError
 from .fit import FitConfig, fit
 from .images import read_photo
-from .inference import denoise, denoise_files, denoise_ks, resolve_k
+from .inference import InferenceOptions, denoise, denoise_files, denoise_ks, resolve_k
 from .ranges import to_model_range
 from .registry import table
 from .runtime import log
@@ -127,7 +127,8 @@ class App:
     """The page's state and actions, independent of HTTP (the handler below only routes)."""
 
     def __init__(self, model: str | None = None, folder: str | Path | None = None,
-                 fit_options: dict | None = None) -> None:
+                 fit_options: dict | None = None, options: InferenceOptions | None = None) -> None:
+        self.options = options or InferenceOptions()  # tile, device, precision of every run (k: the slider's)
         self.fit_options = fit_options or {}  # FitConfig fields for "learn from these photos"
         self._tmp = None if folder else tempfile.TemporaryDirectory(prefix="atbsn-ui-")
         self.folder = Path(folder or self._tmp.name)
@@ -258,9 +259,9 @@ class App:
                 job.progress(0, 0, f"denoising with {title}" + (f" at every {knob}" if ks else ""))
                 report = lambda done, total: job.progress(done, total)  # noqa: E731
                 if ks:
-                    images = denoise_ks(photo.image, model, ks, progress=report)
+                    images = denoise_ks(photo.image, model, ks, self.options, progress=report)
                 else:
-                    images = {None: denoise(photo.image, model, progress=report)}
+                    images = {None: denoise(photo.image, model, self.options, progress=report)}
             key = hashlib.sha1(f"{source}|{part}".encode()).hexdigest()[:10]
             seconds = time.perf_counter() - t0
             photo.results[key] = {"images": images, "pngs": {}}
@@ -293,7 +294,7 @@ class App:
             model = self.model(source, part, job)
             job.message = f"writing the full-resolution {photo.name}"
             out = s.folder / "exports" / job.id
-            written, errors = denoise_files([photo.path], out, model, progress=False,
+            written, errors = denoise_files([photo.path], out, model, self.options, progress=False,
                                             k=k if model.config.knob else None)
             if errors:
                 raise AtbsnError(_named(errors[0], photo.path, photo.name))
@@ -501,16 +502,14 @@ def make_server(app: App, host: str = "127.0.0.1", port: int = 7860) -> Threadin
 
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, open_browser: bool = False,
-          ready: Callable[[str], None] | None = None) -> None:
-    """Run the page until interrupted. ``ready(url)`` is called once it listens."""
-    app = App(model)
+          options: InferenceOptions | None = None) -> None:
+    """Run the page until interrupted (``options``: tile, device and precision of every run)."""
+    app = App(model, options=options)
     server = make_server(app, host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_address[1]}/"
     local = host in ("127.0.0.1", "localhost", "::1")
     log.info(f"atbsn ui: {url}" + (" (this machine only; --host 0.0.0.0 to share it on the network)" if local else
                                   f" (listening on {host}: anyone who can reach this machine can use it)"))
-    if ready is not None:
-        ready(url)
     if open_browser:
         import webbrowser
 
