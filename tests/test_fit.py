@@ -64,6 +64,8 @@ def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, cap
     assert "distilled at k in [0, 1, 3, 5, 7, 9, 11] (multi loss)" in out  # a released teacher is converged
     report = json.loads((tmp_path / "mine.safetensors.fit" / "fit.json").read_text())
     assert report["removed_over_noise"] > 0  # the no-clean-image check ran on the fitted student
+    assert "the photos' noise: noise sigma" in out  # measured before training, printed and recorded
+    assert report["noise"]["set"]["sigma"] > 0 and len(report["noise"]["images"]) == len(list(photos.iterdir()))
     for part in ("teacher", "student"):
         assert report[part]["kept"] in ("start", "result")
         assert min(report[part]["start_loss"], report[part]["result_loss"]) <= report[part]["start_loss"]

@@ -95,8 +95,10 @@ def test_a_bad_file_is_one_line_naming_it_and_the_next_upload_works(server, file
     assert str(app.folder) not in body["error"]  # the user's file name, not the server's copy
     status, body = upload(base, sid, files / "photo.png")
     assert status == 200 and (body["width"], body["height"], body["depth"]) == (61, 45, "8-bit")
-    assert body["noise_sigma"] > 0
-    assert [p["name"] for p in ok(base, f"/api/photos?session={sid}")["photos"]] == ["photo.png"]
+    assert body["noise"] is None  # 45 pixels high: too small to measure
+    sample = ok(base, f"/api/sample?session={sid}&name=chelsea", b"")
+    assert sample["noise"]["sigma"] > 5 and sample["noise"]["reach"] >= 1  # simulated camera noise
+    assert [p["name"] for p in ok(base, f"/api/photos?session={sid}")["photos"]] == ["photo.png", "chelsea-noisy.png"]
 
 
 def test_two_sessions_never_see_each_others_photos(server, files):

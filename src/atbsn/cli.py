@@ -21,7 +21,7 @@ from . import __version__
 from . import methods as registry
 from .checkpoint import load
 from .config import RunConfig, add_options, given, number, preset_values
-from .datasets import load_pairs, prepare
+from .datasets import collect_sources, load_pairs, prepare
 from .demo import run_demo
 from .distill import distill
 from .engine import saved_config
@@ -30,7 +30,9 @@ from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, swee
 from .export import export_onnx
 from .files import check_apart, check_writable
 from .fit import FitConfig, fit
+from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
+from .measure import measure_set
 from .registry import cache_dir, table
 from .runtime import enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd
@@ -228,10 +230,26 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    model = _model(a.model, a.part)
-    n = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"parameters": n, **asdict(model.config)}, indent=2))
+
+    if len(a.model) == 1 and not _photos(a.model[0]):
+        model = _model(a.model[0], a.part)
+        n = sum(p.numel() for p in model.parameters())
+        print(json.dumps({"parameters": n, **asdict(model.config)}, indent=2))
+        return 0
+    not_photos = [m for m in a.model if not _photos(m)]
+    if not_photos:
+        raise AtbsnError(f"{not_photos[0]}: not a photo or a folder of photos (give one checkpoint, or photos)")
+    sources = collect_sources(a.model)
+    whole, each = measure_set(src.load() for src in sources)
+    for src, e in zip(sources, each):
+        print(f"{src.path}: {e.describe()}")
+    print(f"all {len(sources)} photo(s), median: {whole.describe()}")
     return 0
+
+
+def _photos(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() or (p.is_file() and is_image_file(p))
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -356,8 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("info", help="print a checkpoint's configuration")
-    p.add_argument("model")
+    p = sub.add_parser("info", help="print a checkpoint's configuration, or the noise measured in photos")
+    p.add_argument("model", nargs="+", metavar="MODEL_OR_PHOTOS",
+                   help="a checkpoint or released name; or photos and folders: their noise level and how far it "
+                        "reaches in pixels (measured in their flattest areas, no clean image needed)")
     p.add_argument("--part", default="auto", choices=["auto", "student", "teacher"])
     p.set_defaults(func=cmd_info)
     return parser

@@ -40,6 +40,7 @@ from .errors import AtbsnError
 from .files import RunLock, check_apart, write_text
 from .inference import denoise_tensor
 from .losses import BlindSpotL1, DistillL1
+from .measure import measure_set
 from .methods import Method
 from .noise import flat_noise_std
 from .runtime import autocast, init_distributed, log, native_bf16
@@ -229,7 +230,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
                  f"steps of each" + (" (fp32: this CPU has no native bf16)" if cfg.precision == "auto" and
                                                      precision == "fp32" and device.type == "cpu" else ""))
 
-    report: dict = {"from": start.source}
+    report: dict = {"from": start.source, "noise": _noise(data)}
     _phase(work / "teacher", tcfg, partial(train, init=start.teacher), progress)
     teacher = _better(report, "teacher", start.teacher, load(work / "teacher" / "last.safetensors"),
                       lambda: BlindSpotL1(tcfg.k_train), tcfg, device, precision)
@@ -246,6 +247,17 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     write_text(work / "fit.json", json.dumps(report, indent=2))
     log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
     return output
+
+
+MEASURED = 32  # photos whose noise fit measures and records (the first ones)
+
+
+def _noise(data: list[str]) -> dict:
+    """The photos' own noise (level, correlation, reach; :mod:`atbsn.measure`), printed and kept in fit.json."""
+    sources = collect_sources(data)[:MEASURED]
+    whole, each = measure_set(src.load() for src in sources)
+    log.info(f"  the photos' noise: {whole.describe()}")
+    return {"set": whole.as_dict(), "images": {str(src.path): e.as_dict() for src, e in zip(sources, each)}}
 
 
 def _better(report: dict, label: str, start: nn.Module | None, result: nn.Module, loss, config: RunConfig,

@@ -40,6 +40,7 @@ from .errors import AtbsnError
 from .fit import FitConfig, fit
 from .images import read_photo
 from .inference import InferenceOptions, denoise, denoise_files, denoise_ks, resolve_k
+from .measure import measure_noise
 from .ranges import to_model_range
 from .registry import table
 from .runtime import log
@@ -195,10 +196,9 @@ class App:
         a = p.image
         depth = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(a.dtype, f"{a.dtype}")
         channels = 1 if a.ndim == 2 else a.shape[2]
-        colour = _display(a)
         return {"id": p.id, "name": p.name, "width": a.shape[1], "height": a.shape[0], "depth": depth,
                 "channels": channels, "pages": p.pages, "notes": notes or [],
-                "noise_sigma": round(classical.noise_sigma(colour), 2) if min(colour.shape[:2]) >= 16 else None}
+                "noise": measure_noise(a).as_dict() if min(a.shape[:2]) >= 48 else None}
 
     # models -------------------------------------------------------------------------------------
     def model(self, source: str, part: str, job: Job | None = None) -> nn.Module:

@@ -1,0 +1,176 @@
+"""Measuring a photo's own noise, without a clean image: its level and how far it reaches in pixels.
+
+Real sRGB noise is spatially correlated (demosaicing, sharpening, JPEG), and how far that correlation reaches
+decides the blind spot a network needs: a blind spot smaller than the reach lets the network copy the noise
+from the pixels beside the one it predicts. Both are read in the photo's flattest areas, where what varies is
+noise: the image is cut into ``block`` x ``block`` blocks, a plane is fitted to each block and channel and
+taken away (a smooth gradient is not noise), and the blocks with the lowest residual variance (without clipped
+pixels, whose noise is cut off) are kept. Their residual gives the level (standard deviation on 0..255) and
+the correlation of the residual with itself shifted by 1, 2, ... pixels (rows and columns averaged, pooled
+over the kept blocks and channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .ranges import to_model_range
+
+BLOCK = 16
+FLAT_SHARE = 0.1  # the flattest tenth of the blocks
+SHIFTS = 5  # correlations measured at 1..SHIFTS pixels
+REACH_LEVEL = 0.05  # the correlation below which noise is taken to have stopped reaching
+MAX_SIDE = 2048  # a larger photo is measured on its centre crop of this side
+SURFACE = 6  # parameters of the smooth surface taken away from each block (quadratic)
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The noise of one photo (or the median over a set): ``sigma`` on 0..255, ``correlation[i]`` at a
+    shift of i + 1 pixels, ``reach`` the largest shift whose correlation (and every shorter one's) is at least
+    :data:`REACH_LEVEL`, from ``blocks`` flat blocks."""
+
+    sigma: float
+    correlation: tuple[float, ...]
+    reach: int
+    blocks: int
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "correlation": [round(c, 4) for c in self.correlation],
+                "sigma": round(self.sigma, 3)}
+
+    def describe(self) -> str:
+        corr = ", ".join(f"{c:.2f}" for c in self.correlation[:3])
+        return (f"noise sigma {self.sigma:.2f} of 255, correlation {corr} at 1, 2, 3 pixels, reaching "
+                f"{self.reach} pixel(s) (from {self.blocks} flat {BLOCK} x {BLOCK} blocks)")
+
+
+def reach_of(correlation: tuple[float, ...] | list[float]) -> int:
+    """How many shifts in a row, from one pixel, keep a correlation of at least :data:`REACH_LEVEL`."""
+    n = 0
+    for c in correlation:
+        if c < REACH_LEVEL:
+            break
+        n += 1
+    return n
+
+
+def _design(block: int) -> np.ndarray:
+    """The smooth surfaces taken away from each block: constant, linear and quadratic in y and x
+    (B^2 x SURFACE)."""
+    yy, xx = np.divmod(np.arange(block * block, dtype=np.float64), block)
+    y, x = (yy - yy.mean()) / block, (xx - xx.mean()) / block
+    return np.stack([np.ones_like(y), y, x, y * y, x * x, x * y], 1)
+
+
+def _planes_removed(blocks: np.ndarray) -> np.ndarray:
+    """``blocks`` (N x B x B x C) minus each block's and channel's least-squares plane."""
+    b = blocks.shape[1]
+    design = _design(b)
+    flat = blocks.transpose(0, 3, 1, 2).reshape(-1, b * b)  # (N C) x B^2
+    coef, *_ = np.linalg.lstsq(design, flat.T, rcond=None)
+    resid = flat - (design @ coef).T
+    return resid.reshape(blocks.shape[0], blocks.shape[3], b, b).transpose(0, 2, 3, 1)
+
+
+def _around(var: np.ndarray, gh: int, gw: int) -> np.ndarray:
+    """Each block's flatness judged by the blocks around it (the mean variance of its up to 8 neighbours; its
+    own when it has none). A block chosen for its own low variance is one whose noise happened to come out
+    low and smooth, which biases both the level and the correlation at larger shifts low; flat areas are
+    wider than a block, so the neighbours tell flat from textured without that bias."""
+    v = var.reshape(gh, gw)
+    total, count = np.zeros_like(v), np.zeros_like(v)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            ys, yd = slice(max(dy, 0), gh + min(dy, 0)), slice(max(-dy, 0), gh + min(-dy, 0))
+            xs, xd = slice(max(dx, 0), gw + min(dx, 0)), slice(max(-dx, 0), gw + min(-dx, 0))
+            total[yd, xd] += v[ys, xs]
+            count[yd, xd] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), v).ravel()
+
+
+def measure_noise(image: np.ndarray, factor: float | None = None, block: int = BLOCK,
+                  flat_share: float = FLAT_SHARE) -> NoiseEstimate:
+    """The noise of one image (any dtype this package reads; gray or colour, an alpha channel ignored);
+    ``factor`` brings its samples to 0..255 (default: from its dtype and values)."""
+    a = np.asarray(image)
+    a = a[:, :, None] if a.ndim == 2 else a
+    if a.shape[2] in (2, 4):
+        a = a[:, :, :-1]
+    y0, x0 = max(0, (a.shape[0] - MAX_SIDE) // 2), max(0, (a.shape[1] - MAX_SIDE) // 2)
+    a = a[y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE]  # a big photo: its centre (bounded time and memory)
+    x = a.astype(np.float64) * factor if factor is not None else to_model_range(a)[0].astype(np.float64)
+    h, w = (x.shape[0] // block) * block, (x.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return NoiseEstimate(float(np.std(x)), (0.0,) * SHIFTS, 0, 0)
+    blocks = x[:h, :w].reshape(h // block, block, w // block, block, -1).transpose(0, 2, 1, 3, 4)
+    blocks = blocks.reshape(-1, block, block, x.shape[2])
+    clipped = ((blocks <= 0.5) | (blocks >= 254.5)).mean(axis=(1, 2, 3)) > 0.02
+    resid = _planes_removed(blocks)
+    var = (resid ** 2).mean(axis=(1, 2)).mean(-1) * (block * block) / (block * block - SURFACE)
+    usable = np.flatnonzero(~clipped) if (~clipped).any() else np.arange(len(blocks))
+    n = max(1, int(round(len(usable) * flat_share)))
+    keep = usable[np.argsort(_around(var, h // block, w // block)[usable], kind="stable")[:n]]
+    r = resid[keep]
+    if float((r * r).sum()) == 0:
+        return NoiseEstimate(0.0, (0.0,) * SHIFTS, 0, int(n))
+    seen = np.array([(_corr(r, s, 2) + _corr(r, s, 1)) / 2 for s in range(1, SHIFTS + 1)])
+    corr, keeps = _unbiased(seen, block)
+    return NoiseEstimate(float(np.sqrt(var[keep].mean() / keeps)), tuple(float(c) for c in corr), reach_of(corr),
+                         int(n))
+
+
+def _corr(r: np.ndarray, s: int, axis: int) -> float:
+    """Pooled correlation of blocks ``r`` (N x B x B x C) with themselves shifted ``s`` along ``axis``."""
+    a, b = np.moveaxis(r, axis, 1)[:, :-s], np.moveaxis(r, axis, 1)[:, s:]
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _seen(c: np.ndarray, block: int) -> tuple[np.ndarray, float]:
+    """What :func:`measure_noise` sees of noise with correlation ``c`` at shifts 1..S along rows and columns
+    (separable: c(dx) c(dy)), once each block's plane is taken away: its correlations, and the share of the
+    variance the planes leave (times (B^2 - 3) / B^2, the correction already applied)."""
+    lags = np.arange(block)
+    c1 = np.zeros(block)
+    c1[0], c1[1 : len(c) + 1] = 1.0, c[: block - 1]
+    cov = np.kron(*(2 * [c1[np.abs(lags[:, None] - lags[None, :])]]))  # pixel (y, x) at index y B + x
+    design = _design(block)
+    keep = np.eye(block * block) - design @ np.linalg.pinv(design)
+    res = keep @ cov @ keep
+    r4, diag = res.reshape(block, block, block, block), np.diag(res).reshape(block, block)
+    y = np.arange(block)[:, None]
+    out = []
+    for s in range(1, len(c) + 1):
+        x = np.arange(block - s)[None, :]
+        pairs = r4[y, x, y, x + s].sum()  # pixel (y, x) with (y, x + s); by symmetry the same down columns
+        out.append(pairs / np.sqrt(diag[:, : block - s].sum() * diag[:, s:].sum()))
+    return np.array(out), float(np.trace(res)) / (block * block - SURFACE)
+
+
+def _unbiased(seen: np.ndarray, block: int, rounds: int = 30) -> tuple[np.ndarray, float]:
+    """The correlations whose plane-removed view is ``seen`` (taking away a plane takes away low frequencies,
+    which lowers every correlation, the more so at larger shifts), by fixed-point iteration; and the share of
+    the variance the planes leave at that correlation."""
+    c = seen.copy()
+    for _ in range(rounds):
+        got, _ = _seen(c, block)
+        c = np.clip(c + (seen - got), -1.0, 1.0)
+        if np.abs(seen - got).max() < 1e-4:
+            break
+    return c, _seen(c, block)[1]
+
+
+def measure_set(images) -> tuple[NoiseEstimate, list[NoiseEstimate]]:
+    """The set's estimate (the median level and correlation over the images) and each image's. ``images``:
+    arrays, or (array, factor to 0..255) pairs as :meth:`atbsn.datasets.Source.load` gives them."""
+    each = [measure_noise(*a) if isinstance(a, tuple) else measure_noise(a) for a in images]
+    if not each:
+        raise ValueError("no images to measure")
+    corr = tuple(float(np.median([e.correlation[i] for e in each])) for i in range(SHIFTS))
+    whole = NoiseEstimate(float(np.median([e.sigma for e in each])), corr, reach_of(corr),
+                          sum(e.blocks for e in each))
+    return whole, each
