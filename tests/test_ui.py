@@ -120,7 +120,7 @@ def test_a_teacher_gives_every_k_from_one_pass_and_the_download_is_what_denoise_
     pid = upload(base, sid, files / "photo.png")[1]["id"]
     job = ok(base, f"/api/denoise?session={sid}&photo={pid}", {"model": str(files / "teacher.safetensors")})["job"]
     r = finish(base, sid, job)["result"]
-    assert r["knob"] == "k" and r["k"] == 3 and r["ks"] == [0, 1, 3, 5, 7, 9, 11]
+    assert r["knob"] == "k (blind-spot size)" and r["k"] == 3 and r["ks"] == [0, 1, 3, 5, 7, 9, 11]
     shown = {}
     for k in r["ks"]:
         status, png = call(base, f"/api/image?session={sid}&photo={pid}&key={r['key']}&k={k}")
@@ -276,7 +276,7 @@ def test_the_page_in_a_real_browser(server, files, tmp_path):
         page.keyboard.press("ArrowRight")  # 3 -> 5 -> 7
         page.wait_for_function("document.getElementById('after').complete && "
                                "document.getElementById('after').src.endsWith('k=7')")
-        assert page.inner_text("#k-value") == "7" and "k = 7" in page.inner_text("#tag-after")
+        assert page.inner_text("#k-value") == "7" and "k (blind-spot size) = 7" in page.inner_text("#tag-after")
         after = page.evaluate(PIXELS, "after")
         assert len(after) == 61 * 45 * 4 and after != before  # the picture changed with k
         assert "7" in page.inner_text("#info")

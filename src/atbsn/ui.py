@@ -255,7 +255,7 @@ class App:
                 model = self.model(source, part, job)
                 title = _title(model, source)
                 ks, default = _ks(model, photo.image)
-                knob = model.config.family.knob.name if ks else None
+                knob = f"{model.config.family.knob.name} ({model.config.family.knob.what})" if ks else None
                 job.progress(0, 0, f"denoising with {title}" + (f" at every {knob}" if ks else ""))
                 report = lambda done, total: job.progress(done, total)  # noqa: E731
                 if ks:
