@@ -40,12 +40,13 @@ from .train import train
 from .ui import serve
 
 
-def _model(path: str, part: str = "auto", k: int | None = None):
-    """Load a checkpoint and check that ``k`` suits it; errors name the checkpoint file."""
+def _model(path: str, part: str = "auto", k: int | str | None = None, rules: bool = True):
+    """Load a checkpoint and check that ``k`` suits it (``rules``: --k auto / adaptive too); errors name the
+    checkpoint file."""
 
     model = load(path, part=part)
     try:
-        resolve_k(model, k)
+        resolve_k(model, k, rules)
     except AtbsnError as e:
         raise AtbsnError(f"{path}: {e}") from None
     return model
@@ -157,7 +158,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     check_apart([a.output], [a.model])
     check_writable(a.output)
 
-    model = _model(a.model, k=a.k)
+    model = _model(a.model, k=a.k, rules=False)
     err = export_onnx(model, a.output, k=a.k)
     print(f"wrote {a.output} (dynamic height and width; onnxruntime vs PyTorch max difference {err:.2g} on 0..255)")
     return 0

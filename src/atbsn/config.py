@@ -79,14 +79,16 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------ options
 def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,  # noqa: A002
-           cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] | Callable[[], tuple] = ()) -> Any:
+           cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] | Callable[[], tuple] = (),
+           parse: Callable[[str], Any] | None = None) -> Any:
     """A dataclass field that is also a command-line option (``--name-with-dashes``, or ``flag``).
 
-    ``low``: the smallest value allowed; ``choices``: the values allowed, or a function returning them (read
+    ``low``: the smallest number allowed; ``choices``: the values allowed, or a function returning them (read
     when used: the registry's methods); ``cli=False``: API only; ``aliases``: more flags for the same option (or a
-    function returning them).
+    function returning them); ``parse``: the flag's argparse type when the annotation names more than one.
     """
-    meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag, "aliases": aliases}
+    meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag, "aliases": aliases,
+            "parse": parse}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -116,7 +118,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
     for f in fields(cls):
         if "help" not in f.metadata or not f.metadata["cli"] or (names is not None and f.name not in names):
             continue
-        kind, many = _base_type(str(f.type))
+        kind, many = (f.metadata["parse"], False) if f.metadata.get("parse") else _base_type(str(f.type))
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
                                                              is not MISSING else None)
@@ -132,6 +134,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
 
 def _refusal(value: Any, low: float | None) -> str | None:
     """Why a number is refused as an option value (not finite, or below ``low``), else None."""
+    if isinstance(value, str):
+        return None
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value}"
     if low is not None and value < low:
@@ -157,6 +161,19 @@ def number(kind: type, low: float | None = None):
 
 def _show(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+K_RULES = ("auto", "adaptive")  # --k values that choose the blind spot from the photo (atbsn.adapt)
+
+
+def k_value(text: str) -> int | str:
+    """An argparse ``type`` for ``--k``: a number (at least 0), or one of :data:`K_RULES`."""
+    if text in K_RULES:
+        return text
+    try:
+        return number(int, 0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0 or one of {', '.join(K_RULES)}") from None
 
 
 def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import adapt
 from . import methods as registry
-from .config import check_options, option
+from .config import K_RULES, check_options, k_value, option
 from .datasets import expand_inputs
 from .errors import AtbsnError
 from .files import check_apart, check_writable
 from .images import read_photo, write_photo
+from .measure import measure_noise
 from .ranges import as_batch, from_model_range
 from .runtime import PRECISIONS, autocast, check_precision, log, progress_bar, resolve_device
 from .tiling import plan_tiles, run_tiled
@@ -34,9 +36,11 @@ class InferenceOptions:
     ``margin`` None are chosen per model and free memory (:func:`atbsn.tiling.plan_tiles`).
     """
 
-    k: int | None = option(None, "blind-spot control of a blind-spot network: AT-BSN's size k, AP-BSN's PD "
-                           "stride, TM-BSN's hole, LG-BPN's setting (default: the one recorded for inference)", low=0,
-                           aliases=lambda: registry.knob_flags())
+    k: int | str | None = option(None, "blind-spot control of a blind-spot network: AT-BSN's size k, AP-BSN's PD "
+                                 "stride, TM-BSN's hole, LG-BPN's setting (default: the one recorded for inference); "
+                                 "auto: chosen per image from its measured noise, adaptive: per region by texture "
+                                 "(both from one pass over every value)", low=0,
+                                 aliases=lambda: registry.knob_flags(), parse=k_value)
     tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=32)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
@@ -44,6 +48,8 @@ class InferenceOptions:
     r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
     ensemble: bool = option(False, "average over the 8 flips and rotations of the input (8x the cost; "
                             "Spatially-Adaptive SSL's SIDD submission)")
+    safeguard: bool = option(False, "blend each output toward its input by the photo's measured noise, so that "
+                             "what is removed looks like that noise (never worse than the input in expectation)")
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -66,21 +72,32 @@ class InferenceOptions:
                              f"{registry.titles(lambda a: 'r3' in a.refinements)}, not to {model.config.arch}")
         device = resolve_device(self.device)
         check_precision(self.precision, device)  # fp16 on a CPU: one line before any work
-        return replace(self, k=resolve_k(model, self.k), device=device)
+        return replace(self, k=resolve_k(model, self.k, rules=True), device=device)
 
 
-def _check_k_fits(model: nn.Module, k: int | None, h: int, w: int) -> None:
+def _check_k_fits(model: nn.Module, k: int | str | None, h: int, w: int) -> None:
     """Refuse a blind-spot control the image cannot hold (an AT-BSN blind spot as large as the image)."""
+    if isinstance(k, str):
+        raise AtbsnError(f"k={k} works on whole images (denoise, denoise_files, evaluate), not on tensors")
     knob = model.config.family.knob
     why = knob.covers(k, h, w) if knob is not None and knob.covers is not None and k is not None else None
     if why:
         raise AtbsnError(why)
 
 
-def resolve_k(model: nn.Module, k: int | None) -> int | None:
+def resolve_k(model: nn.Module, k: int | str | None, rules: bool = False) -> int | str | None:
     """The blind-spot control to run ``model`` with (default the one recorded for inference), validated by its
-    family's knob (an AT-BSN's k, an AP-BSN's PD stride); None for a non-blind network."""
+    family's knob (an AT-BSN's k, an AP-BSN's PD stride); None for a non-blind network. ``rules``: "auto" and
+    "adaptive" are accepted for a blind-spot network (per image or region, :func:`denoise` only)."""
     knob = model.config.family.knob
+    if isinstance(k, str):
+        if k not in K_RULES:
+            raise AtbsnError(f"k={k!r}: give a number or one of {', '.join(K_RULES)}")
+        if knob is None:
+            raise AtbsnError(f"k={k} chooses a blind spot per image; {model.config.arch} is non-blind and has none")
+        if not rules:
+            raise AtbsnError(f"k={k} chooses the blind spot per image; this needs one value of {knob.name}")
+        return k
     if knob is not None:
         return knob.validate(model.config.k_infer if k is None else k)
     if k is not None:
@@ -170,13 +187,14 @@ def _finite(y: np.ndarray, model: nn.Module) -> np.ndarray:
 
 
 def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | None = None, *,
-            progress: Callable[[int, int], None] | None = None, **kw) -> np.ndarray:
+            progress: Callable[[int, int], None] | None = None, report: dict | None = None, **kw) -> np.ndarray:
     """Denoise one H x W (x C) image in its own dtype (uint8, uint16, float); same dtype and range back.
 
     Gray and RGB are denoised; an alpha channel (the last of 2 or 4) is passed through untouched.
-    Keyword arguments are :class:`InferenceOptions` fields (``k=3`` for a teacher, ``tile``, ...);
-    ``progress(done, total)`` is called after each tile. A network that returns NaN or infinities (broken
-    weights) is an error, never an image.
+    Keyword arguments are :class:`InferenceOptions` fields (``k=3`` for a teacher, ``k="auto"``, ``tile``,
+    ...); ``progress(done, total)`` is called after each tile. ``report``, when given, receives what was done
+    to the image (the k chosen, the safeguard's blend, the measured noise). A network that returns NaN or
+    infinities (broken weights) is an error, never an image.
     """
     opts = InferenceOptions.of(options, **kw).for_model(model)
     a = np.asarray(image)
@@ -188,11 +206,61 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     colour, alpha = (a[:, :, :-1], a[:, :, -1:]) if a.shape[2] in (2, 4) else (a, None)
     t, factor = as_batch(colour)
     with torch.no_grad():
-        y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
+        if isinstance(opts.k, str) or opts.safeguard:
+            y = _adapted(t, model, opts, progress, report if report is not None else {})
+        else:
+            y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
     out = from_model_range(y, factor, a.dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
     return out[:, :, 0] if squeeze else out
+
+
+def _adapted(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress, report: dict) -> np.ndarray:
+    """``--k auto`` / ``adaptive`` and ``--safeguard`` on one image (1 x C x H x W, 0..255): see :mod:`atbsn.adapt`."""
+    noisy = t[0].permute(1, 2, 0).numpy().astype(np.float64)
+    noise = measure_noise(noisy, factor=1.0)
+    report["noise"] = noise.as_dict()
+    if isinstance(opts.k, str):
+        knob = model.config.family.knob
+        h, w = noisy.shape[:2]
+        ks = sorted(k for k in {*knob.sweep, resolve_k(model, None)} if knob.covers is None or not knob.covers(k, h, w))
+        outs = _ks_batch(t, model, ks, replace(opts, k=None, safeguard=False), progress)
+        if opts.k == "auto":
+            report["k"] = k = adapt.choose_k(noisy, outs, noise)
+            y = outs[k]
+        else:
+            flat, textured, scale = adapt.ADAPTIVE
+            report["k"] = f"{flat} (flat) / {textured} (textured)"
+            y = adapt.fuse(outs, noise, *(adapt.nearest(ks, flat), adapt.nearest(ks, textured)), scale)
+    else:
+        y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
+    if opts.safeguard:
+        y, report["blend"] = adapt.safeguard(noisy, y, noise)
+    return y.astype(np.float32)
+
+
+def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceOptions,
+              progress: Callable[[int, int], None] | None) -> dict[int, np.ndarray]:
+    """The outputs (H x W x C float32, 0..255) of a 1 x C x H x W batch at every k: one backbone pass for an
+    AT-BSN (``ATBSN.teachers``), one call per k otherwise."""
+    if not model.config.is_teacher or opts.ensemble or t.shape[1] != model.config.in_channels:
+        return {k: _finite(_denoise_batch(t, model, replace(opts, k=k), progress)[0].permute(1, 2, 0).numpy(), model)
+                for k in ks}
+    ks = [resolve_k(model, k) for k in ks]
+    for k in ks:
+        _check_k_fits(model, k, t.shape[2], t.shape[3])
+    dev = opts.device
+    net = prepare(model, dev)
+    tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
+
+    def run(w: torch.Tensor) -> torch.Tensor:
+        with autocast(dev, opts.precision):
+            return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
+
+    y = _finite(run_tiled(run, t, tile, margin, device=dev, progress=progress)[0].permute(1, 2, 0).numpy(), model)
+    c = t.shape[1]
+    return {k: y[:, :, i * c:(i + 1) * c] for i, k in enumerate(ks)}
 
 
 def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: InferenceOptions | None = None, *,
@@ -203,25 +271,12 @@ def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: Infe
     each call)."""
     opts = InferenceOptions.of(options, **kw, k=None).for_model(model)  # the ks given replace any k
     a = np.asarray(image)
-    if not model.config.is_teacher or opts.ensemble or a.ndim != 3 or a.shape[2] != model.config.in_channels:
+    if opts.safeguard or a.ndim != 3 or a.shape[2] != model.config.in_channels:
         return {k: denoise(a, model, replace(opts, k=k), progress=progress) for k in ks}
-    ks = [resolve_k(model, k) for k in ks]
-    for k in ks:
-        _check_k_fits(model, k, a.shape[0], a.shape[1])
-    dev = opts.device
-    net = prepare(model, dev)
-    tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
     t, factor = as_batch(a)
-
-    def run(w: torch.Tensor) -> torch.Tensor:
-        with autocast(dev, opts.precision):
-            return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
-
     with torch.no_grad():
-        y = _finite(run_tiled(run, t, tile, margin, device=dev, progress=progress)[0].permute(1, 2, 0).numpy(),
-                    model)
-    c = a.shape[2]
-    return {k: from_model_range(y[:, :, i * c:(i + 1) * c], factor, a.dtype) for i, k in enumerate(ks)}
+        outs = _ks_batch(t, model, ks, opts, progress)
+    return {k: from_model_range(y, factor, a.dtype) for k, y in outs.items()}
 
 
 BIG_IMAGE_TILES = 16  # an image with more tiles than this gets its own progress bar
@@ -261,7 +316,10 @@ def denoise_files(
                 log.info("skip %s (exists; --overwrite to replace)", dst)
                 continue
             pages, info = read_photo(src)
-            out = [_denoise_one(page, model, opts, src, progress) for page in pages]
+            reports = [{} for _ in pages]
+            out = [_denoise_one(page, model, opts, src, progress, r) for page, r in zip(pages, reports)]
+            if reports[0]:
+                log.info("%s: %s", src, "; ".join(adapt.describe(r) for r in reports))
             try:
                 notes = write_photo(dst, out, info, exclusive=not overwrite)
             except FileExistsError:
@@ -290,11 +348,12 @@ def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:
         seen[dst] = src
 
 
-def _denoise_one(page: np.ndarray, model: nn.Module, opts: InferenceOptions, src: Path, progress: bool) -> np.ndarray:
+def _denoise_one(page: np.ndarray, model: nn.Module, opts: InferenceOptions, src: Path, progress: bool,
+                 report: dict) -> np.ndarray:
     """One page; a big one shows its own progress over tiles."""
     tile, margin = plan_tiles(model, opts.device, opts.tile, opts.margin)
     n = -(-page.shape[0] // tile) * -(-page.shape[1] // tile)
     if not progress or n <= BIG_IMAGE_TILES:
-        return denoise(page, model, opts)
+        return denoise(page, model, opts, report=report)
     with progress_bar(total=n, desc=src.name, unit="tile", leave=False) as bar:
-        return denoise(page, model, opts, progress=lambda done, total: bar.update(1))
+        return denoise(page, model, opts, progress=lambda done, total: bar.update(1), report=report)

@@ -1,0 +1,104 @@
+"""Denoising fitted to each photo's own noise, without a clean image: k_b per image (``--k auto``), k_b per
+region (``--k adaptive``) and a final blend toward the input (``--safeguard``).
+
+All three start from what a blind-spot teacher gives in one pass (its output at every k, ``denoise_ks``) and
+from the photo's measured noise (:mod:`atbsn.measure`), and work on 0..255 float arrays.
+
+- **safeguard**: a denoiser's output y of the noisy x = clean + n leaves an error e. When e does not depend on n
+  (a blind-spot network's output at a pixel does not see that pixel's noise), the removed part r = x - y = n - e
+  has variance sigma^2 + |e|^2, and the blend x - a r has the least squared error at a = sigma^2 / var(r) (then
+  below both sigma^2, the input's, and |e|^2, the output's). sigma^2 is the measured noise level; a is kept in
+  [0, 1]. Where the network removes little besides noise a is near 1; where it takes away detail as well, the
+  result moves toward the input.
+- **auto**: the k whose removed part matches the noise best by the same measure (see :func:`choose_k`).
+- **adaptive**: the paper's S5.1: flat regions favour a larger k_b, textured ones a smaller one. Each pixel
+  mixes the outputs at a large and a small k by how textured the output is around it, measured against the
+  noise level (see :func:`fuse`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .measure import NoiseEstimate
+from .metrics import local_std
+
+ADAPTIVE = (5, 1, 1.0)  # --k adaptive: k for flat areas, k for textured ones, the texture scale (x sigma)
+SAFE_REACH = 2.0  # --k auto considers k > SAFE_REACH x the noise's reach (k covers the reach on both sides)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What was done to one image: the k used (None: fused), the blend toward the input (1: none)."""
+
+    k: int | None
+    blend: float = 1.0
+    note: str = ""
+
+
+def blend_weight(noisy: np.ndarray, out: np.ndarray, sigma: float) -> float:
+    """The safeguard's a = sigma^2 / var(noisy - out), in [0, 1]."""
+    removed = float(np.var(noisy.astype(np.float64) - out))
+    return 1.0 if removed <= 0 else float(min(1.0, sigma * sigma / removed))
+
+
+def safeguard(noisy: np.ndarray, out: np.ndarray, noise: NoiseEstimate) -> tuple[np.ndarray, float]:
+    """The blend ``noisy - a (noisy - out)`` with the least expected squared error, and a."""
+    a = blend_weight(noisy, out, noise.sigma)
+    return (out if a >= 1.0 else noisy + a * (out - noisy)), a
+
+
+def choose_k(noisy: np.ndarray, outputs: dict[int, np.ndarray], noise: NoiseEstimate,
+             reach_factor: float = SAFE_REACH) -> int:
+    """The k with the least expected error after the safeguard: with a_k = sigma^2 / var(r_k) that error is
+    sigma^2 (1 - a_k), least where the removed part r_k varies least, i.e. the k with the least blind-spot loss
+    (the squared distance to the noisy input). Only k the noise cannot leak through qualify (k > reach_factor x
+    reach, or every k when none does): there the output at a pixel does not see its noise, and the loss
+    estimates the error; a blind spot the noise leaks through keeps noise and only looks better."""
+    ks = sorted(outputs)
+    safe = [k for k in ks if k > reach_factor * noise.reach] or ks
+    x = noisy.astype(np.float64)
+    return min(safe, key=lambda k: (float(np.mean((x - outputs[k]) ** 2)), k))
+
+
+def texture(image: np.ndarray) -> np.ndarray:
+    """The package's texture measure (:func:`atbsn.metrics.local_std`, channel mean) of an H x W (x C) image."""
+    a = np.asarray(image, dtype=np.float64)
+    a = a[:, :, None] if a.ndim == 2 else a
+    return local_std(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None], gray="mean")[0, 0].numpy()
+
+
+def fuse(outputs: dict[int, np.ndarray], noise: NoiseEstimate, flat_k: int, textured_k: int,
+         scale: float = 1.0) -> np.ndarray:
+    """Per pixel, ``outputs[flat_k]`` where the output around it is flat and ``outputs[textured_k]`` where it
+    is textured: the weight of the flat one falls from 1 to 0 as the local standard deviation of the textured
+    output rises from ``scale`` x sigma to twice that."""
+    t = texture(outputs[textured_k])
+    lo = max(scale * noise.sigma, 1e-3)
+    w = np.clip(2.0 - t / lo, 0.0, 1.0)[..., None]
+    a, b = outputs[flat_k].astype(np.float64), outputs[textured_k].astype(np.float64)
+    a = a[:, :, None] if a.ndim == 2 else a
+    b = b[:, :, None] if b.ndim == 2 else b
+    out = w * a + (1 - w) * b
+    return out.reshape(outputs[textured_k].shape)
+
+
+def nearest(ks: list[int], k: int) -> int:
+    """The value of ``ks`` closest to ``k`` (the smaller on a tie): a rule's k where the network offers others."""
+    return min(ks, key=lambda v: (abs(v - k), v))
+
+
+def describe(report: dict) -> str:
+    """One line for what was done to an image (a report of :func:`atbsn.inference.denoise`)."""
+    parts = []
+    if "k" in report:
+        parts.append(f"k = {report['k']}")
+    if "blend" in report:
+        parts.append(f"safeguard kept {100 * report['blend']:.0f}% of the change")
+    noise = report.get("noise")
+    if noise:
+        parts.append(f"noise sigma {noise['sigma']:.1f}, reach {noise['reach']}")
+    return ", ".join(parts)
