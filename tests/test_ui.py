@@ -120,7 +120,7 @@ def test_a_teacher_gives_every_k_from_one_pass_and_the_download_is_what_denoise_
     pid = upload(base, sid, files / "photo.png")[1]["id"]
     job = ok(base, f"/api/denoise?session={sid}&photo={pid}", {"model": str(files / "teacher.safetensors")})["job"]
     r = finish(base, sid, job)["result"]
-    assert r["knob"] == "k (blind-spot size)" and r["k"] == 3 and r["ks"] == [0, 1, 3, 5, 7, 9, 11]
+    assert r["knob"] == "k (blind-spot size)" and r["k"] == 3 and r["ks"] == [0, 1, 3, 5, 7, 9, 11, "auto", "adaptive"]
     shown = {}
     for k in r["ks"]:
         status, png = call(base, f"/api/image?session={sid}&photo={pid}&key={r['key']}&k={k}")
@@ -139,6 +139,17 @@ def test_a_teacher_gives_every_k_from_one_pass_and_the_download_is_what_denoise_
     assert done["error"] is None and done["result"]["name"] == "photo.png"
     status, data = call(base, done["result"]["file"])
     assert status == 200 and data == cli
+    # --k auto on the page: the slider's "auto" picture, and the download equals atbsn denoise --k auto
+    assert main(["denoise", str(files / "photo.png"), "-o", str(tmp_path / "auto"), "--model",
+                 str(files / "teacher.safetensors"), "--k", "auto", "-q"]) == 0
+    auto = (tmp_path / "auto" / "photo.png").read_bytes()
+    status, png = call(base, f"/api/image?session={sid}&photo={pid}&key={r['key']}&k=auto")
+    (tmp_path / "shown_auto.png").write_bytes(png)
+    assert status == 200 and np.array_equal(read_photo(tmp_path / "shown_auto.png")[0][0],
+                                            read_photo(tmp_path / "auto" / "photo.png")[0][0])
+    job = ok(base, f"/api/export?session={sid}&photo={pid}",
+             {"model": str(files / "teacher.safetensors"), "k": "auto"})["job"]
+    assert call(base, finish(base, sid, job)["result"]["file"])[1] == auto
 
 
 def test_a_photo_larger_than_a_tile_runs_tiled_with_progress(files):

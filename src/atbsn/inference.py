@@ -222,22 +222,59 @@ def _adapted(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress
     noise = measure_noise(noisy, factor=1.0)
     report["noise"] = noise.as_dict()
     if isinstance(opts.k, str):
-        knob = model.config.family.knob
-        h, w = noisy.shape[:2]
-        ks = sorted(k for k in {*knob.sweep, resolve_k(model, None)} if knob.covers is None or not knob.covers(k, h, w))
-        outs = _ks_batch(t, model, ks, replace(opts, k=None, safeguard=False), progress)
-        if opts.k == "auto":
-            report["k"] = k = adapt.choose_k(noisy, outs, noise)
-            y = outs[k]
-        else:
-            flat, textured, scale = adapt.ADAPTIVE
-            report["k"] = f"{flat} (flat) / {textured} (textured)"
-            y = adapt.fuse(outs, noise, *(adapt.nearest(ks, flat), adapt.nearest(ks, textured)), scale)
+        outs = _every_k(t, model, opts, progress)
+        y = _rule(opts.k, noisy, outs, noise, report)
     else:
         y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
     if opts.safeguard:
         y, report["blend"] = adapt.safeguard(noisy, y, noise)
     return y.astype(np.float32)
+
+
+def _every_k(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress) -> dict[int, np.ndarray]:
+    """A blind-spot network's outputs at every value of its control that fits the image, from one pass."""
+    knob = model.config.family.knob
+    h, w = t.shape[2:]
+    ks = sorted(k for k in {*knob.sweep, resolve_k(model, None)} if knob.covers is None or not knob.covers(k, h, w))
+    return _ks_batch(t, model, ks, replace(opts, k=None, safeguard=False), progress)
+
+
+def _rule(rule: str, noisy: np.ndarray, outs: dict[int, np.ndarray], noise, report: dict) -> np.ndarray:
+    if rule == "auto":
+        report["k"] = k = adapt.choose_k(noisy, outs, noise)
+        return outs[k]
+    flat, textured = (adapt.nearest(list(outs), k) for k in adapt.ADAPTIVE[:2])
+    report["k"] = f"{flat} (flat) / {textured} (textured)"
+    return adapt.fuse(outs, noise, flat, textured, adapt.ADAPTIVE[2])
+
+
+def denoise_every_k(image: np.ndarray, model: nn.Module, options: InferenceOptions | None = None, *,
+                    progress: Callable[[int, int], None] | None = None, **kw) -> dict[int | str, np.ndarray]:
+    """A blind-spot network's output at every value of its control (its sweep and its default) and by each rule
+    of ``--k`` ("auto", "adaptive"), all from one pass, each equal to ``denoise(image, model, k=...)`` with the
+    same options, the safeguard included (the rules exactly; a fixed k up to float round-off, as
+    :func:`denoise_ks`)."""
+    opts = InferenceOptions.of(options, **kw, k=None).for_model(model)
+    if model.config.family.knob is None:
+        raise AtbsnError(f"{model.config.arch} is non-blind: it has one output, not one per blind spot")
+    a = np.asarray(image)
+    a3 = a[:, :, None] if a.ndim == 2 else a
+    colour, alpha = (a3[:, :, :-1], a3[:, :, -1:]) if a3.shape[2] in (2, 4) else (a3, None)
+    t, factor = as_batch(colour)
+    noisy = t[0].permute(1, 2, 0).numpy().astype(np.float64)
+    with torch.no_grad():
+        outs = _every_k(t, model, opts, progress)
+    noise = measure_noise(noisy, factor=1.0)
+    results: dict[int | str, np.ndarray] = dict(outs)
+    for rule in K_RULES:
+        results[rule] = _rule(rule, noisy, outs, noise, {})
+    out = {}
+    for key, y in results.items():
+        y = adapt.safeguard(noisy, y, noise)[0].astype(np.float32) if opts.safeguard else y
+        o = from_model_range(y, factor, a.dtype)
+        o = np.concatenate([o, alpha], axis=2) if alpha is not None else o
+        out[key] = o[:, :, 0] if a.ndim == 2 else o
+    return out
 
 
 def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceOptions,

@@ -39,7 +39,7 @@ from .demo import PHOTOS, sample_pairs
 from .errors import AtbsnError
 from .fit import FitConfig, fit
 from .images import read_photo
-from .inference import InferenceOptions, denoise, denoise_files, denoise_ks, resolve_k
+from .inference import InferenceOptions, denoise, denoise_every_k, denoise_files, resolve_k
 from .measure import measure_noise
 from .ranges import to_model_range
 from .registry import table
@@ -259,7 +259,8 @@ class App:
                 job.progress(0, 0, f"denoising with {title}" + (f" at every {knob}" if ks else ""))
                 report = lambda done, total: job.progress(done, total)  # noqa: E731
                 if ks:
-                    images = denoise_ks(photo.image, model, ks, self.options, progress=report)
+                    images = denoise_every_k(photo.image, model, self.options, progress=report)
+                    ks = list(images)  # every k, then "auto" and "adaptive"
                 else:
                     images = {None: denoise(photo.image, model, self.options, progress=report)}
             key = hashlib.sha1(f"{source}|{part}".encode()).hexdigest()[:10]
@@ -447,7 +448,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(app.job(s, q.get("job")))
             if method == "GET" and url.path == "/api/image":
                 k = q.get("k")
-                png = app.image(app.photo(s, q.get("photo")), q.get("key", "input"), int(k) if k else None)
+                png = app.image(app.photo(s, q.get("photo")), q.get("key", "input"),
+                                int(k) if k and k.isdigit() else k or None)
                 return self._send(HTTPStatus.OK, png, "image/png", cache=True)
             if method == "GET" and url.path == "/api/file":
                 name, data = app.file(s, q.get("job"))
