@@ -35,6 +35,7 @@ SEEDS = (0, 1, 2)
 KS = list(SIDD_KS)
 REACH_FACTORS = (0.0, 1.0, 2.0)  # --k auto: only k > factor x reach qualify
 FUSIONS = [(f, t, s) for f, t, s in product((3, 5), (0, 1), (0.5, 1.0, 2.0))]  # (flat k, textured k, scale)
+TRUSTS = (0.5, 0.75, 1.0)  # the safeguard's hedge on the measured noise level
 WORK = RESULTS / "work_adapt"
 
 
@@ -54,9 +55,10 @@ def _measure(teacher, pair) -> dict:
     noise = measure_noise(noisy)
     row = {"noise": noise.as_dict(), "input": scores(noisy, clean), "k": {}, "fused": {}}
     for k, y in outs.items():
-        guarded, a = safeguard(x, y, noise)
-        row["k"][k] = {**scores(_u8(y), clean), "loss": float(np.mean((x - y) ** 2)), "blend": a,
-                       "guarded": scores(_u8(guarded), clean)}
+        row["k"][k] = {**scores(_u8(y), clean), "loss": float(np.mean((x - y) ** 2))}
+        for trust in TRUSTS:
+            guarded, a = safeguard(x, y, noise, trust)
+            row["k"][k][f"guarded {trust:g}"] = {**scores(_u8(guarded), clean), "blend": a}
     for f, t, s in FUSIONS:
         row["fused"][f"{f},{t},{s}"] = scores(_u8(fuse(outs, noise, f, t, s)), clean)
     return row
@@ -100,8 +102,10 @@ def _policies(tune: list[dict], held: list[dict]) -> tuple[dict[str, callable], 
            "oracle: best fixed k_b on the held-out half": lambda r: r["k"][k_held]}
     for factor in REACH_FACTORS:
         pol[f"auto, k > {factor:g} x reach"] = lambda r, f=factor: r["k"][_auto_k(r, f)]
-        pol[f"auto, k > {factor:g} x reach + safeguard"] = lambda r, f=factor: r["k"][_auto_k(r, f)]["guarded"]
-    pol["k_b = 3 + safeguard"] = lambda r: r["k"][3]["guarded"]
+    for trust in TRUSTS:
+        pol[f"k_b = 3 + safeguard (trust {trust:g})"] = lambda r, t=trust: r["k"][3][f"guarded {t:g}"]
+        pol[f"auto, k > 2 x reach + safeguard (trust {trust:g})"] = \
+            lambda r, t=trust: r["k"][_auto_k(r, 2.0)][f"guarded {t:g}"]
     key = max(FUSIONS_KEYS, key=lambda n: np.mean([r["fused"][n]["psnr"] for r in tune]))
     pol["adaptive (chosen on the tuning half)"] = lambda r, n=key: r["fused"][n]
     chosen["adaptive (chosen on the tuning half)"] = "flat k {}, textured k {}, scale {}".format(*key.split(","))

@@ -39,15 +39,17 @@ class Choice:
     note: str = ""
 
 
-def blend_weight(noisy: np.ndarray, out: np.ndarray, sigma: float) -> float:
-    """The safeguard's a = sigma^2 / var(noisy - out), in [0, 1]."""
+def blend_weight(noisy: np.ndarray, out: np.ndarray, sigma: float, trust: float = 1.0) -> float:
+    """The safeguard's a = trust x sigma^2 / var(noisy - out), in [0, 1] (``trust`` < 1 hedges an estimate of
+    sigma that reads high: a smaller a errs toward the input)."""
     removed = float(np.var(noisy.astype(np.float64) - out))
-    return 1.0 if removed <= 0 else float(min(1.0, sigma * sigma / removed))
+    return 1.0 if removed <= 0 else float(min(1.0, trust * sigma * sigma / removed))
 
 
-def safeguard(noisy: np.ndarray, out: np.ndarray, noise: NoiseEstimate) -> tuple[np.ndarray, float]:
+def safeguard(noisy: np.ndarray, out: np.ndarray, noise: NoiseEstimate,
+              trust: float = 1.0) -> tuple[np.ndarray, float]:
     """The blend ``noisy - a (noisy - out)`` with the least expected squared error, and a."""
-    a = blend_weight(noisy, out, noise.sigma)
+    a = blend_weight(noisy, out, noise.sigma, trust)
     return (out if a >= 1.0 else noisy + a * (out - noisy)), a
 
 
