@@ -28,13 +28,18 @@ def test_the_safeguard_blend_is_the_least_squares_one_and_never_worse_than_the_i
     sigma = 10.0
     noisy = clean + rng.normal(0, sigma, clean.shape)
     mse = lambda a: float(np.mean((a - clean) ** 2))  # noqa: E731
-    for lost in (2.0, 10.0, 30.0):  # an output whose error does not depend on the noise
+    for lost in (2.0, 15.0, 30.0):  # an output whose error does not depend on the noise
         out = clean + rng.normal(0, lost, clean.shape)
-        guarded, a = safeguard(noisy, out, NoiseEstimate(sigma, (0.0,) * 5, 0, 1))
-        assert a == pytest.approx(sigma**2 / (sigma**2 + lost**2), rel=0.05)
+        noise = NoiseEstimate(sigma, (0.0,) * 5, 0, 1)
+        _, a = safeguard(noisy, out, noise, keep=1.0)  # always the blend
+        assert a == pytest.approx(sigma**2 / (sigma**2 + lost**2), rel=0.05)  # the least-squares blend
         best = min(mse(noisy + b * (out - noisy)) for b in np.linspace(0, 1, 101))
-        assert mse(guarded) == pytest.approx(best, rel=0.02) and mse(guarded) < min(mse(noisy), mse(out))
-    assert blend_weight(noisy, noisy, sigma) == 1.0  # nothing removed: nothing to blend
+        guarded, used = safeguard(noisy, out, noise)
+        if lost < sigma:  # estimated better than the input: kept whole
+            assert used == 1.0 and np.array_equal(guarded, out)
+        else:
+            assert mse(guarded) == pytest.approx(best, rel=0.02) and mse(guarded) < min(mse(noisy), mse(out))
+    assert blend_weight(noisy, noisy, sigma**2) == 1.0  # nothing removed: nothing to blend
 
 
 def test_auto_takes_the_least_loss_among_the_ks_the_noise_cannot_leak_through():

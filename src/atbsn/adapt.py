@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .measure import NoiseEstimate
+from .measure import NoiseEstimate, noise_variance
 from .metrics import local_std
 
 ADAPTIVE = (5, 1, 1.0)  # --k adaptive: k for flat areas, k for textured ones, the texture scale (x sigma)
+KEEP = 0.5  # the safeguard keeps an output whose blend weight is at least this (estimated better than the input)
 SAFE_REACH = 2.0  # --k auto considers k > SAFE_REACH x the noise's reach (k covers the reach on both sides)
 
 
@@ -39,17 +40,22 @@ class Choice:
     note: str = ""
 
 
-def blend_weight(noisy: np.ndarray, out: np.ndarray, sigma: float, trust: float = 1.0) -> float:
-    """The safeguard's a = trust x sigma^2 / var(noisy - out), in [0, 1] (``trust`` < 1 hedges an estimate of
-    sigma that reads high: a smaller a errs toward the input)."""
+def blend_weight(noisy: np.ndarray, out: np.ndarray, variance: float, trust: float = 1.0) -> float:
+    """The safeguard's a = trust x sigma^2 / var(noisy - out), in [0, 1], ``variance`` the noise's sigma^2
+    (``trust`` < 1 hedges an estimate that reads high: a smaller a errs toward the input)."""
     removed = float(np.var(noisy.astype(np.float64) - out))
-    return 1.0 if removed <= 0 else float(min(1.0, trust * sigma * sigma / removed))
+    return 1.0 if removed <= 0 else float(min(1.0, trust * variance / removed))
 
 
-def safeguard(noisy: np.ndarray, out: np.ndarray, noise: NoiseEstimate,
-              trust: float = 1.0) -> tuple[np.ndarray, float]:
-    """The blend ``noisy - a (noisy - out)`` with the least expected squared error, and a."""
-    a = blend_weight(noisy, out, noise.sigma, trust)
+def safeguard(noisy: np.ndarray, out: np.ndarray, noise: NoiseEstimate, trust: float = 1.0,
+              keep: float = KEEP) -> tuple[np.ndarray, float]:
+    """``out`` when it is estimated better than the input (a >= ``keep``: var(r) - sigma^2, the output's error,
+    below sigma^2, the input's, for ``keep`` = 1/2), else the blend ``noisy - a (noisy - out)`` with the least
+    expected squared error; and the a used (1: kept). sigma^2 is the mean noise variance over the image, each
+    pixel's read at its brightness in ``out`` (:func:`noise_variance`). Keeping a good output whole matters:
+    there the best a is near 1, and an estimate of sigma^2 a tenth low would leave a tenth of the noise in."""
+    a = blend_weight(noisy, out, noise_variance(noise, out), trust)
+    a = 1.0 if a >= keep else a
     return (out if a >= 1.0 else noisy + a * (out - noisy)), a
 
 

@@ -23,6 +23,7 @@ FLAT_SHARE = 0.1  # the flattest tenth of the blocks
 SHIFTS = 5  # correlations measured at 1..SHIFTS pixels
 REACH_LEVEL = 0.05  # the correlation below which noise is taken to have stopped reaching
 MAX_SIDE = 2048  # a larger photo is measured on its centre crop of this side
+BRIGHTNESS_BINS = 8  # brightness groups for the noise level at each brightness
 SURFACE = 6  # parameters of the smooth surface taken away from each block (quadratic)
 
 
@@ -30,16 +31,17 @@ SURFACE = 6  # parameters of the smooth surface taken away from each block (quad
 class NoiseEstimate:
     """The noise of one photo (or the median over a set): ``sigma`` on 0..255, ``correlation[i]`` at a
     shift of i + 1 pixels, ``reach`` the largest shift whose correlation (and every shorter one's) is at least
-    :data:`REACH_LEVEL`, from ``blocks`` flat blocks."""
+    :data:`REACH_LEVEL`, from ``blocks`` flat blocks; ``levels`` the level at each brightness."""
 
     sigma: float
     correlation: tuple[float, ...]
     reach: int
     blocks: int
+    levels: tuple[tuple[float, float], ...] = ()  # (brightness, sigma) from dark to bright, :func:`noise_variance`
 
     def as_dict(self) -> dict:
         return {**asdict(self), "correlation": [round(c, 4) for c in self.correlation],
-                "sigma": round(self.sigma, 3)}
+                "sigma": round(self.sigma, 3), "levels": [list(v) for v in self.levels]}
 
     def describe(self) -> str:
         corr = ", ".join(f"{c:.2f}" for c in self.correlation[:3])
@@ -120,8 +122,36 @@ def measure_noise(image: np.ndarray, factor: float | None = None, block: int = B
         return NoiseEstimate(0.0, (0.0,) * SHIFTS, 0, int(n))
     seen = np.array([(_corr(r, s, 2) + _corr(r, s, 1)) / 2 for s in range(1, SHIFTS + 1)])
     corr, keeps = _unbiased(seen, block)
+    flatness = _around(var, h // block, w // block)
+    levels = _levels(blocks.mean(axis=(1, 2, 3))[usable], var[usable] / keeps, flatness[usable], flat_share)
     return NoiseEstimate(float(np.sqrt(var[keep].mean() / keeps)), tuple(float(c) for c in corr), reach_of(corr),
-                         int(n))
+                         int(n), levels)
+
+
+def _levels(brightness: np.ndarray, var: np.ndarray, flatness: np.ndarray,
+            flat_share: float) -> tuple[tuple[float, float], ...]:
+    """The noise level at each brightness (camera noise grows with the signal): blocks cut into
+    :data:`BRIGHTNESS_BINS` groups by their mean, and in each the level of its flattest share, as
+    (brightness, sigma) pairs."""
+    order = np.argsort(brightness, kind="stable")
+    out = []
+    for group in np.array_split(order, min(BRIGHTNESS_BINS, len(order))):
+        m = max(1, int(round(len(group) * flat_share)))
+        flat = group[np.argsort(flatness[group], kind="stable")[:m]]
+        out.append((round(float(brightness[group].mean()), 2), round(float(np.sqrt(var[flat].mean())), 3)))
+    return tuple(out)
+
+
+def noise_variance(noise: NoiseEstimate, image: np.ndarray) -> float:
+    """The mean noise variance over an image of that noise (``image`` on 0..255, e.g. a denoised one, gives each
+    pixel's brightness): each pixel's level read from the measured levels by brightness (linear between them,
+    the nearest beyond them); the flat-area level when no levels were measured."""
+    if not noise.levels:
+        return noise.sigma ** 2
+    b, s = np.array(noise.levels).T
+    a = np.asarray(image, dtype=np.float64)
+    brightness = a.mean(-1) if a.ndim == 3 else a
+    return float(np.mean(np.interp(brightness, b, s * s)))
 
 
 def _corr(r: np.ndarray, s: int, axis: int) -> float:
