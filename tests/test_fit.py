@@ -66,6 +66,7 @@ def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, cap
     assert report["removed_over_noise"] > 0  # the no-clean-image check ran on the fitted student
     assert "the photos' noise: noise sigma" in out  # measured before training, printed and recorded
     assert report["noise"]["set"]["sigma"] > 0 and len(report["noise"]["images"]) == len(list(photos.iterdir()))
+    assert "--safeguard on the first" in out and all("safeguard" in p for p in report["photos"])
     for part in ("teacher", "student"):
         assert report[part]["kept"] in ("start", "result")
         assert min(report[part]["start_loss"], report[part]["result_loss"]) <= report[part]["start_loss"]
@@ -112,6 +113,11 @@ def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_no
     assert 0.8 < removal_ratio(Fixed(lambda x: as_tensor), sources, cpu) < 1.3  # removes the noise exactly
     assert removal_ratio(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu) > REMOVAL_LIMIT
     assert removal_ratio(Fixed(lambda x: x), sources, cpu) == 0.0
+    from atbsn.fit import output_check
+
+    assert output_check(Fixed(lambda x: as_tensor), sources, cpu)[1][0]["safeguard"] == "keeps the output"
+    flat = output_check(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu)[1][0]
+    assert flat["safeguard"].startswith("blends 0.")  # took the texture: the safeguard moves toward the input
 
 
 def test_fit_chooses_fp32_where_bf16_is_not_native_as_under_the_avx2_cap(tmp_path):

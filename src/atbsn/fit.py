@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import methods as registry
+from .adapt import safeguard
 from .blindspot import validate_k, validate_k_train
 from .checkpoint import load, load_parts, save
 from .config import SIDD_KS, RunConfig, check_options, option
@@ -40,7 +41,7 @@ from .errors import AtbsnError
 from .files import RunLock, check_apart, write_text
 from .inference import denoise_tensor
 from .losses import BlindSpotL1, DistillL1
-from .measure import measure_set
+from .measure import measure_noise, measure_set
 from .methods import Method
 from .noise import flat_noise_std
 from .runtime import autocast, init_distributed, log, native_bf16
@@ -239,7 +240,11 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
                       lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
     save(student, output, teacher=teacher)
-    report["removed_over_noise"] = ratio = removal_ratio(student, collect_sources(data), device)
+    ratio, report["photos"] = output_check(student, collect_sources(data), device)
+    report["removed_over_noise"] = ratio
+    blended = sum(p["safeguard"] != "keeps the output" for p in report["photos"])
+    log.info(f"  --safeguard on the first {len(report['photos'])} photo(s): keeps the output of "
+             f"{len(report['photos']) - blended}, blends {blended} toward the input (fit.json)")
     if ratio > REMOVAL_LIMIT:
         log.warning(f"fit: the model removes {ratio:.1f}x the noise level of the photos' flattest areas, so it "
                     "probably removes detail too and its output may be worse than the input (usual for mild "
@@ -275,15 +280,25 @@ def removal_ratio(model: torch.nn.Module, sources: list, device: torch.device, l
     (centre crops of ``side``) of the standard deviation of input minus output over the noise level of the
     photo's flattest areas (:func:`atbsn.noise.flat_noise_std`). Near 1 for a denoiser that removes noise;
     far above it, the output has lost signal as well (no clean image is needed to see it)."""
-    ratios = []
+    return output_check(model, sources, device, limit, side)[0]
+
+
+def output_check(model: torch.nn.Module, sources: list, device: torch.device, limit: int = 8,
+                 side: int = 512) -> tuple[float, list[dict]]:
+    """:func:`removal_ratio`, and per photo its ratio and what ``--safeguard`` would do to the output
+    (:func:`atbsn.adapt.safeguard`: keep it, or blend it toward the input)."""
+    ratios, photos = [], []
     for src in sources[:limit]:
         a, factor = src.load()
         y, x = max(0, (a.shape[0] - side) // 2), max(0, (a.shape[1] - side) // 2)
         crop = np.asarray(a[y : y + side, x : x + side], dtype=np.float32) * factor
         noisy = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
-        removed = float((noisy - denoise_tensor(noisy, model, device=device).cpu()).std())
-        ratios.append(removed / max(flat_noise_std(crop), 1e-3))
-    return float(np.median(ratios))
+        out = denoise_tensor(noisy, model, device=device).cpu()
+        ratios.append(float((noisy - out).std()) / max(flat_noise_std(crop), 1e-3))
+        guarded = safeguard(crop, out[0].permute(1, 2, 0).numpy(), measure_noise(crop, factor=1.0))[1]
+        photos.append({"photo": str(src.path), "removed_over_noise": round(ratios[-1], 3),
+                       "safeguard": "keeps the output" if guarded >= 1 else f"blends {guarded:.2f} of the change"})
+    return float(np.median(ratios)), photos
 
 
 def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device,
