@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,7 @@ SEEDS = (0, 1, 2)
 KS = list(SIDD_KS)
 REACH_FACTORS = (0.0, 1.0, 2.0)  # --k auto: only k > factor x reach qualify
 FUSIONS = [(f, t, s) for f, t in ((3, 0), (3, 1), (5, 1)) for s in (0.5, 1.0)]  # (flat k, textured k, scale)
-TRUSTS = (1.0,)  # the safeguard's hedge on the measured noise level (0.75 lost 3 dB on sidd9)
-KEEPS = (1.0, 0.5)  # ... and the blend weight from which it keeps the output whole (1: always blends)
+KEEPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # the safeguard keeps an output whole from this blend weight (1: never)
 WORK = RESULTS / "work_adapt"
 
 
@@ -62,10 +60,8 @@ def _measure(teacher, pair) -> dict:
     row = {"noise": noise.as_dict(), "input": scores(noisy, clean), "k": {}, "fused": {}}
     for k, y in outs.items():
         row["k"][k] = {**scores(_u8(y), clean), "loss": float(np.mean((x - y) ** 2))}
-        for trust in TRUSTS:
-            for keep in KEEPS:
-                guarded, a = safeguard(x, y, noise, trust, keep)
-                row["k"][k][f"guarded {trust:g} {keep:g}"] = {**scores(_u8(guarded), clean), "blend": a}
+        guarded, a = safeguard(x, y, noise, keep=1.0)  # always the blend: any other keep is read off it
+        row["k"][k]["guarded 1 1"] = {**scores(_u8(guarded), clean), "blend": a}
     for f, t, s in FUSIONS:
         row["fused"][f"{f},{t},{s}"] = scores(_u8(fuse(outs, noise, f, t, s)), clean)
     return row
@@ -95,6 +91,12 @@ def _auto_k(row: dict, factor: float) -> int:
     return min(safe, key=lambda k: (row["k"][k]["loss"], k))
 
 
+def _guard(scored: dict, keep: float) -> dict:
+    """An output's scores after the safeguard that keeps it whole from blend weight ``keep``."""
+    g = scored["guarded 1 1"]
+    return scored if g["blend"] >= keep else g
+
+
 def _policies(tune: list[dict], held: list[dict]) -> tuple[dict[str, callable], dict[str, str]]:
     """Each policy maps an image's row to its scores; parameters are chosen on ``tune`` by mean PSNR (the
     oracle's on ``held``). Returns the policies and what each chose."""
@@ -109,11 +111,11 @@ def _policies(tune: list[dict], held: list[dict]) -> tuple[dict[str, callable], 
            "oracle: best fixed k_b on the held-out half": lambda r: r["k"][k_held]}
     for factor in REACH_FACTORS:
         pol[f"auto, k > {factor:g} x reach"] = lambda r, f=factor: r["k"][_auto_k(r, f)]
-    for trust, keep in product(TRUSTS, KEEPS):
-        g = f"guarded {trust:g} {keep:g}"
-        pol[f"k_b = 3 + safeguard (trust {trust:g}, keep from {keep:g})"] = lambda r, g=g: r["k"][3][g]
-        pol[f"auto, k > 1 x reach + safeguard (trust {trust:g}, keep from {keep:g})"] = \
-            lambda r, g=g: r["k"][_auto_k(r, 1.0)][g]
+    for keep in KEEPS:
+        pol[f"k_b = 3 + safeguard (keeps from {keep:g})"] = lambda r, t=keep: _guard(r["k"][3], t)
+        for factor in REACH_FACTORS:
+            pol[f"auto, k > {factor:g} x reach + safeguard (keeps from {keep:g})"] = \
+                lambda r, f=factor, t=keep: _guard(r["k"][_auto_k(r, f)], t)
     key = max(FUSIONS_KEYS, key=lambda n: np.mean([r["fused"][n]["psnr"] for r in tune]))
     pol["adaptive (chosen on the tuning half)"] = lambda r, n=key: r["fused"][n]
     chosen["adaptive (chosen on the tuning half)"] = "flat k {}, textured k {}, scale {}".format(*key.split(","))
@@ -136,8 +138,9 @@ def main() -> None:
         pairs = load_pairs(SETS[set_name], a.limit)
         per_seed = {}
         for seed in a.seeds:
-            if not _teacher(set_name, seed).exists():
-                print(f"{set_name} seed {seed}: no teacher yet ({_teacher(set_name, seed)}); run rivals.py first")
+            summary = _teacher(set_name, seed).with_name("summary.json")
+            if not (summary.exists() and json.loads(summary.read_text()).get("finished")):
+                print(f"{set_name} seed {seed}: no finished teacher yet ({summary.parent}); run rivals.py first")
                 continue
             rows = _rows(set_name, seed, pairs)
             tune, held = rows[0::2], rows[1::2]
@@ -147,6 +150,8 @@ def main() -> None:
             per_seed[seed]["_worse_than_input"] = {
                 name: int(sum(fn(r)["psnr"] < r["input"]["psnr"] for r in held)) for name, fn in pol.items()}
             per_seed[seed]["_chosen"] = chosen
+            per_seed[seed]["_tune_gain"] = {
+                name: float(np.mean([fn(r)["psnr"] - r["input"]["psnr"] for r in tune])) for name, fn in pol.items()}
             per_seed[seed]["_auto_ks"] = {f"{f:g}": [_auto_k(r, f) for r in held] for f in REACH_FACTORS}
             per_seed[seed]["_n_held"] = len(held)
         if not per_seed:
@@ -166,6 +171,20 @@ def main() -> None:
             picks = "; ".join(per_seed[s]["_chosen"][name] for s in per_seed if name in per_seed[s]["_chosen"])
             md.append(f"| {name}{f' ({picks})' if picks else ''} | {spread(ps)} | {spread(ss, 4)} | {spread(gap)} | "
                       f"{', '.join(map(str, worse))} |")
+        md.append("")
+    if len(report) > 1:  # one rule for every photo: the least regret in the worse set, on the tuning halves
+        common = set.intersection(*(set(next(iter(v.values()))["_tune_gain"]) for v in report.values()))
+        common = {n for n in common if "safeguard" in n or n.startswith(("auto", "k_b = 3"))}
+        tuned = {name: {n: np.mean([v[s]["_tune_gain"][n] for s in v]) for n in common} for name, v in report.items()}
+        regret = {n: max(max(t.values()) - t[n] for t in tuned.values()) for n in common}
+        md += ["## One rule for both sets", "",
+               "Each policy's regret on the tuning halves (how far below the best policy of that set, mean over "
+               "seeds), in its worse set, least first; then its held-out PSNR per set:", "",
+               "| policy | worse set's regret, tuning halves (dB) | held-out: " + " | held-out: ".join(report) + " |",
+               "|---|---|" + "---|" * len(report)]
+        for n in sorted(regret, key=regret.get)[:8]:
+            held = [spread([v[s][n]["psnr"] for s in v]) for v in report.values()]
+            md.append(f"| {n} | {regret[n]:.2f} | " + " | ".join(held) + " |")
         md.append("")
     write_results(a.name, {"sets": report, "ks": KS, "fusions": FUSIONS_KEYS}, "\n".join(md))
 
