@@ -290,7 +290,7 @@ def test_the_page_in_a_real_browser(server, files, tmp_path):
         assert page.inner_text("#k-value") == "7" and "k (blind-spot size) = 7" in page.inner_text("#tag-after")
         after = page.evaluate(PIXELS, "after")
         assert len(after) == 61 * 45 * 4 and after != before  # the picture changed with k
-        assert "7" in page.inner_text("#info")
+        assert "k (blind-spot size)\t7\n" in page.inner_text("#info")  # the Measured panel follows the slider
 
         with page.expect_download() as download:
             page.click("#download")

@@ -48,8 +48,9 @@ class InferenceOptions:
     r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
     ensemble: bool = option(False, "average over the 8 flips and rotations of the input (8x the cost; "
                             "Spatially-Adaptive SSL's SIDD submission)")
-    safeguard: bool = option(False, "blend each output toward its input by the photo's measured noise, so that "
-                             "what is removed looks like that noise (never worse than the input in expectation)")
+    safeguard: bool = option(False, "blend an output toward its input when what it removed varies clearly more "
+                             "than the photo's measured noise (the README's results say what it does on heavy "
+                             "and mild noise)")
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -197,23 +198,36 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     infinities (broken weights) is an error, never an image.
     """
     opts = InferenceOptions.of(options, **kw).for_model(model)
-    a = np.asarray(image)
-    squeeze = a.ndim == 2
-    if squeeze:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise AtbsnError(f"expected an H x W x C image with C in 1..4, got shape {a.shape}")
-    colour, alpha = (a[:, :, :-1], a[:, :, -1:]) if a.shape[2] in (2, 4) else (a, None)
-    t, factor = as_batch(colour)
+    t, back = _as_input(image)
     with torch.no_grad():
         if isinstance(opts.k, str) or opts.safeguard:
             y = _adapted(t, model, opts, progress, report if report is not None else {})
         else:
-            y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
-    out = from_model_range(y, factor, a.dtype)
-    if alpha is not None:
-        out = np.concatenate([out, alpha], axis=2)
-    return out[:, :, 0] if squeeze else out
+            y = _hwc(_denoise_batch(t, model, opts, progress), model)
+    return back(y)
+
+
+def _as_input(image: np.ndarray) -> tuple[torch.Tensor, Callable[[np.ndarray], np.ndarray]]:
+    """An image's colour channels as a 1 x C x H x W batch in 0..255, and the function that turns an output
+    (H x W x C, 0..255) back into the image's dtype, range and layout, its alpha channel put back untouched."""
+    a = np.asarray(image)
+    a3 = a[:, :, None] if a.ndim == 2 else a
+    if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
+        raise AtbsnError(f"expected an H x W x C image with C in 1..4, got shape {a.shape}")
+    colour, alpha = (a3[:, :, :-1], a3[:, :, -1:]) if a3.shape[2] in (2, 4) else (a3, None)
+    t, factor = as_batch(colour)
+
+    def back(y: np.ndarray) -> np.ndarray:
+        out = from_model_range(y, factor, a.dtype)
+        out = np.concatenate([out, alpha], axis=2) if alpha is not None else out
+        return out[:, :, 0] if a.ndim == 2 else out
+
+    return t, back
+
+
+def _hwc(y: torch.Tensor, model: nn.Module) -> np.ndarray:
+    """The first image of a network's output batch as H x W x C numpy, refused when not finite."""
+    return _finite(y[0].permute(1, 2, 0).numpy(), model)
 
 
 def _adapted(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress, report: dict) -> np.ndarray:
@@ -225,7 +239,7 @@ def _adapted(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress
         outs = _every_k(t, model, opts, progress)
         y = _rule(opts.k, noisy, outs, noise, report)
     else:
-        y = _finite(_denoise_batch(t, model, opts, progress)[0].permute(1, 2, 0).numpy(), model)
+        y = _hwc(_denoise_batch(t, model, opts, progress), model)
     if opts.safeguard:
         y, report["blend"] = adapt.safeguard(noisy, y, noise)
     return y.astype(np.float32)
@@ -257,24 +271,15 @@ def denoise_every_k(image: np.ndarray, model: nn.Module, options: InferenceOptio
     opts = InferenceOptions.of(options, **kw, k=None).for_model(model)
     if model.config.family.knob is None:
         raise AtbsnError(f"{model.config.arch} is non-blind: it has one output, not one per blind spot")
-    a = np.asarray(image)
-    a3 = a[:, :, None] if a.ndim == 2 else a
-    colour, alpha = (a3[:, :, :-1], a3[:, :, -1:]) if a3.shape[2] in (2, 4) else (a3, None)
-    t, factor = as_batch(colour)
+    t, back = _as_input(image)
     noisy = t[0].permute(1, 2, 0).numpy().astype(np.float64)
     with torch.no_grad():
         outs = _every_k(t, model, opts, progress)
     noise = measure_noise(noisy, factor=1.0)
-    results: dict[int | str, np.ndarray] = dict(outs)
-    for rule in K_RULES:
-        results[rule] = _rule(rule, noisy, outs, noise, {})
-    out = {}
-    for key, y in results.items():
-        y = adapt.safeguard(noisy, y, noise)[0].astype(np.float32) if opts.safeguard else y
-        o = from_model_range(y, factor, a.dtype)
-        o = np.concatenate([o, alpha], axis=2) if alpha is not None else o
-        out[key] = o[:, :, 0] if a.ndim == 2 else o
-    return out
+    results: dict[int | str, np.ndarray] = {**outs, **{r: _rule(r, noisy, outs, noise, {}) for r in K_RULES}}
+    if opts.safeguard:
+        results = {key: adapt.safeguard(noisy, y, noise)[0].astype(np.float32) for key, y in results.items()}
+    return {key: back(y) for key, y in results.items()}
 
 
 def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceOptions,
@@ -282,8 +287,7 @@ def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceO
     """The outputs (H x W x C float32, 0..255) of a 1 x C x H x W batch at every k: one backbone pass for an
     AT-BSN (``ATBSN.teachers``), one call per k otherwise."""
     if not model.config.is_teacher or opts.ensemble or t.shape[1] != model.config.in_channels:
-        return {k: _finite(_denoise_batch(t, model, replace(opts, k=k), progress)[0].permute(1, 2, 0).numpy(), model)
-                for k in ks}
+        return {k: _hwc(_denoise_batch(t, model, replace(opts, k=k), progress), model) for k in ks}
     ks = [resolve_k(model, k) for k in ks]
     for k in ks:
         _check_k_fits(model, k, t.shape[2], t.shape[3])
@@ -295,25 +299,24 @@ def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceO
         with autocast(dev, opts.precision):
             return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
 
-    y = _finite(run_tiled(run, t, tile, margin, device=dev, progress=progress)[0].permute(1, 2, 0).numpy(), model)
+    y = _hwc(run_tiled(run, t, tile, margin, device=dev, progress=progress), model)
     c = t.shape[1]
     return {k: y[:, :, i * c:(i + 1) * c] for i, k in enumerate(ks)}
 
 
 def denoise_ks(image: np.ndarray, model: nn.Module, ks: list[int], options: InferenceOptions | None = None, *,
                progress: Callable[[int, int], None] | None = None, **kw) -> dict[int, np.ndarray]:
-    """``denoise(image, model, k=k)`` for every k in ``ks``. For an AT-BSN on a plain RGB (or gray) image the
+    """``denoise(image, model, k=k)`` for every k in ``ks``. For an AT-BSN (alpha passed through, as there) the
     backbone runs once per tile for all k (``ATBSN.teachers``: equal to separate calls up to float round-off);
     otherwise one call per k. ``progress(done, total)`` is called after each tile of the one pass (or of
     each call)."""
     opts = InferenceOptions.of(options, **kw, k=None).for_model(model)  # the ks given replace any k
-    a = np.asarray(image)
-    if opts.safeguard or a.ndim != 3 or a.shape[2] != model.config.in_channels:
-        return {k: denoise(a, model, replace(opts, k=k), progress=progress) for k in ks}
-    t, factor = as_batch(a)
+    if opts.safeguard:  # the safeguard measures each output: one call per k
+        return {k: denoise(image, model, replace(opts, k=k), progress=progress) for k in ks}
+    t, back = _as_input(image)
     with torch.no_grad():
         outs = _ks_batch(t, model, ks, opts, progress)
-    return {k: from_model_range(y, factor, a.dtype) for k, y in outs.items()}
+    return {k: back(y) for k, y in outs.items()}
 
 
 BIG_IMAGE_TILES = 16  # an image with more tiles than this gets its own progress bar

@@ -116,13 +116,13 @@ def measure_noise(image: np.ndarray, factor: float | None = None, block: int = B
     var = (resid ** 2).mean(axis=(1, 2)).mean(-1) * (block * block) / (block * block - SURFACE)
     usable = np.flatnonzero(~clipped) if (~clipped).any() else np.arange(len(blocks))
     n = max(1, int(round(len(usable) * flat_share)))
-    keep = usable[np.argsort(_around(var, h // block, w // block)[usable], kind="stable")[:n]]
+    flatness = _around(var, h // block, w // block)
+    keep = usable[np.argsort(flatness[usable], kind="stable")[:n]]
     r = resid[keep]
     if float((r * r).sum()) == 0:
         return NoiseEstimate(0.0, (0.0,) * SHIFTS, 0, int(n))
     seen = np.array([(_corr(r, s, 2) + _corr(r, s, 1)) / 2 for s in range(1, SHIFTS + 1)])
     corr, keeps = _unbiased(seen, block)
-    flatness = _around(var, h // block, w // block)
     levels = _levels(blocks.mean(axis=(1, 2, 3))[usable], var[usable] / keeps, flatness[usable], flat_share)
     return NoiseEstimate(float(np.sqrt(var[keep].mean() / keeps)), tuple(float(c) for c in corr), reach_of(corr),
                          int(n), levels)

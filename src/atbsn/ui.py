@@ -60,6 +60,7 @@ class Photo:
     image: np.ndarray  # first page, in its own dtype
     pages: int
     preview: bytes  # the input as an 8-bit PNG
+    about: dict = field(default_factory=dict)  # what the page lists: size, depth, measured noise (set once)
     results: dict[str, dict] = field(default_factory=dict)  # result key -> {"ks", "images", "pngs", ...}
 
 
@@ -181,24 +182,16 @@ class App:
             shutil.rmtree(folder, ignore_errors=True)
             raise AtbsnError(f"{name}: cannot read this image ({type(e).__name__}: {e})") from None
         photo = Photo(pid, name, path, image, len(pages), preview)
+        photo.about = _about(photo, info.notes)
         with s.lock:
             s.photos[pid] = photo
-        return self.describe(photo, info.notes)
+        return photo.about
 
     def add_sample(self, s: Session, sample: str) -> dict:
         if sample not in PHOTOS:
             raise AtbsnError(f"unknown sample photo {sample!r} (choose {', '.join(PHOTOS)})")
         ((_, noisy, _),) = sample_pairs(photos=(sample,))  # the demo's photo with its simulated camera noise
         return self.add_photo(s, f"{sample}-noisy.png", _png(noisy))
-
-    @staticmethod
-    def describe(p: Photo, notes: list[str] | None = None) -> dict:
-        a = p.image
-        depth = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(a.dtype, f"{a.dtype}")
-        channels = 1 if a.ndim == 2 else a.shape[2]
-        return {"id": p.id, "name": p.name, "width": a.shape[1], "height": a.shape[0], "depth": depth,
-                "channels": channels, "pages": p.pages, "notes": notes or [],
-                "noise": measure_noise(a).as_dict() if min(a.shape[:2]) >= 48 else None}
 
     # models -------------------------------------------------------------------------------------
     def model(self, source: str, part: str, job: Job | None = None) -> nn.Module:
@@ -241,7 +234,7 @@ class App:
 
     def denoise(self, s: Session, photo: Photo, source: str, part: str = "auto") -> dict:
         """Start denoising ``photo``: a teacher at every value of its control (one pass), else once."""
-        source = _source(s, source)
+        source = _source(source)
 
         def work(job: Job) -> dict:
             t0 = time.perf_counter()
@@ -254,15 +247,16 @@ class App:
                 job.message = f"loading {source}"
                 model = self.model(source, part, job)
                 title = _title(model, source)
-                ks, default = _ks(model, photo.image)
-                knob = f"{model.config.family.knob.name} ({model.config.family.knob.what})" if ks else None
-                job.progress(0, 0, f"denoising with {title}" + (f" at every {knob}" if ks else ""))
+                control = model.config.family.knob
+                knob = f"{control.name} ({control.what})" if control else None
+                job.progress(0, 0, f"denoising with {title}" + (f" at every {knob}" if knob else ""))
                 report = lambda done, total: job.progress(done, total)  # noqa: E731
-                if ks:
+                if control:  # every value that fits the image, then "auto" and "adaptive", from one pass
                     images = denoise_every_k(photo.image, model, self.options, progress=report)
-                    ks = list(images)  # every k, then "auto" and "adaptive"
+                    ks, default = list(images), resolve_k(model, None)
                 else:
                     images = {None: denoise(photo.image, model, self.options, progress=report)}
+                    ks, default = [], None
             key = hashlib.sha1(f"{source}|{part}".encode()).hexdigest()[:10]
             seconds = time.perf_counter() - t0
             photo.results[key] = {"images": images, "pngs": {}}
@@ -287,7 +281,7 @@ class App:
     def export(self, s: Session, photo: Photo, source: str, part: str = "auto", k: int | None = None) -> dict:
         """Start writing the full-resolution result with ``atbsn denoise``'s own function (same format, bit
         depth, alpha, colour profile, EXIF and pages)."""
-        source = _source(s, source)
+        source = _source(source)
         if source == NLM:
             raise AtbsnError("non-local means is shown for comparison only; download a network's result")
 
@@ -351,22 +345,20 @@ def _logged_step(path: Path) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def _source(s: Session, source: str) -> str:
+def _about(p: Photo, notes: list[str]) -> dict:
+    """A photo as the page lists it; its noise measured once, on upload."""
+    a = p.image
+    depth = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(a.dtype, f"{a.dtype}")
+    return {"id": p.id, "name": p.name, "width": a.shape[1], "height": a.shape[0], "depth": depth,
+            "channels": 1 if a.ndim == 2 else a.shape[2], "pages": p.pages, "notes": notes,
+            "noise": measure_noise(a).as_dict() if min(a.shape[:2]) >= 48 else None}
+
+
+def _source(source: str) -> str:
     source = (source or "").strip()
     if not source:
         raise AtbsnError("choose a model: a released name, a checkpoint file, or learn one from the photos")
     return source
-
-
-def _ks(model: nn.Module, image: np.ndarray) -> tuple[list[int], int | None]:
-    """Every value of a blind-spot network's control that fits the image, and its default; none for others."""
-    knob = model.config.family.knob
-    if knob is None:
-        return [], None
-    default = resolve_k(model, None)
-    h, w = image.shape[:2]
-    ks = sorted({*knob.sweep, default})
-    return [k for k in ks if knob.covers is None or not knob.covers(k, h, w)], default
 
 
 def _title(model: nn.Module, source: str) -> str:
@@ -432,7 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "POST" and url.path == "/api/sample":
                 return self._json(app.add_sample(s, q.get("name", "")))
             if method == "GET" and url.path == "/api/photos":
-                return self._json({"photos": [app.describe(p) for p in s.photos.values()], "models": s.models})
+                return self._json({"photos": [p.about for p in s.photos.values()], "models": s.models})
             if method == "POST" and url.path in ("/api/denoise", "/api/export"):
                 body = json.loads(self._body() or b"{}")
                 photo = app.photo(s, q.get("photo"))
