@@ -32,6 +32,13 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Every test gets a cache of its own (released weights, exported ONNX files, the engines' remembered
+    choices): nothing is read from or left in the user's cache. Tests that fill one set ATBSN_HOME themselves."""
+    monkeypatch.setenv("ATBSN_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     yield

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import methods as registry
 from .config import ModelConfig
+from .engines import load_onnx
 from .errors import AtbsnError
 from .files import atomic_write, reason
 from .registry import resolve, unknown
@@ -155,13 +156,17 @@ def load(source: str | Path, part: str = "auto", map_location: str | torch.devic
          progress: bool = True) -> nn.Module:
     """Load a ready model (eval mode, channels-last) from a file or a released model's name.
 
-    ``source``: our ``.safetensors``, any of the authors' released ``.pth`` files, or a registry name
+    ``source``: our ``.safetensors``, any of the authors' released ``.pth`` files, an ``.onnx`` file from
+    ``atbsn export`` or ``atbsn quantize`` (:class:`atbsn.engines.OnnxNet`), or a registry name
     (``atbsn models``; downloaded and verified on first use). ``part`` picks a network from a file that
     holds two (an AT-BSN(D) release holds student and teacher): ``"auto"`` (the student), ``"student"``
     or ``"teacher"``.
     """
     if part not in PARTS:
         raise AtbsnError(f"unknown part {part!r} (choose {', '.join(PARTS)})")
+    onnx_file = _onnx(source, progress)
+    if onnx_file is not None:
+        return onnx_file
     path, entry, contents = _read(source, progress)
     if part == "auto":
         part = "student" if "student" in contents else "teacher"
@@ -175,8 +180,17 @@ def load(source: str | Path, part: str = "auto", map_location: str | torch.devic
 def load_parts(source: str | Path, map_location: str | torch.device = "cpu",
                progress: bool = True) -> dict[str, nn.Module]:
     """Every network a file (or released model) holds, read once: ``{"teacher": ..., "student": ...}``."""
+    onnx_file = _onnx(source, progress)
+    if onnx_file is not None:
+        return {_part(onnx_file.config): onnx_file}
     path, entry, contents = _read(source, progress)
     return {part: _ready(config, sd, path, entry, map_location) for part, (config, sd) in contents.items()}
+
+
+def _onnx(source: str | Path, progress: bool) -> nn.Module | None:
+    """An ONNX file written by ``atbsn export`` or ``atbsn quantize`` (run by a CPU runtime), else None."""
+    path, _ = resolve(source, progress=progress)
+    return load_onnx(path) if path.suffix.lower() == ".onnx" else None
 
 
 def _read(source: str | Path, progress: bool) -> tuple[Path, object, Contents]:

@@ -33,6 +33,7 @@ from .fit import FitConfig, fit
 from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
+from .quantize import CROPS, MAX_ERROR, quantize
 from .registry import cache_dir, table
 from .runtime import enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd
@@ -161,6 +162,20 @@ def cmd_export(a: argparse.Namespace) -> int:
     model = _model(a.model, k=a.k, rules=False)
     err = export_onnx(model, a.output, k=a.k)
     print(f"wrote {a.output} (dynamic height and width; onnxruntime vs PyTorch max difference {err:.2g} on 0..255)")
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+
+    out = Path(a.output if a.output.lower().endswith(".onnx") else a.output + ".onnx")
+    check_apart([out], [a.model, *a.photos])
+    check_writable(out)
+
+    model = _model(a.model, k=a.k, rules=False)
+    q = quantize(model, a.photos, out, k=a.k, max_error=a.max_error, crops=a.crops, progress=not a.quiet)
+    q = q["quantization"]
+    print(f"wrote {out}: {q['int8_convs']} of {q['convs']} convolutions in int8, RMS error against fp32 "
+          f"{q['rms_error_vs_fp32']:.3f} on 0..255 (runs on {', '.join(q['runs_on'])})")
     return 0
 
 
@@ -361,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_args(p, ["k"])
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="an int8 model for the CPU, calibrated on noisy photos (no clean image)")
+    p.add_argument("photos", nargs="+", help="noisy photos like the ones to denoise (files, folders, globs)")
+    _inference_args(p, ["k"])
+    p.add_argument("-o", "--output", required=True, help="the int8 model to write (.onnx is added if missing)")
+    p.add_argument("--max-error", type=number(float, 0.001), default=MAX_ERROR,
+                   help="largest RMS difference from the fp32 network on the photos, on 0..255; the most sensitive "
+                        f"convolutions stay in fp32 until it holds (default {MAX_ERROR}: about 0.05 dB at 38 dB)")
+    p.add_argument("--crops", type=number(int, 1), default=CROPS, help=f"calibration crops of 256^2 (default {CROPS})")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("models", help="list the released models atbsn can fetch by name")
     p.add_argument("-v", "--verbose", action="store_true", help="also the download address and licence")

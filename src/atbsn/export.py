@@ -1,8 +1,14 @@
-"""ONNX export with dynamic height and width, verified against PyTorch with onnxruntime."""
+"""ONNX export with dynamic height and width, verified against PyTorch with onnxruntime.
+
+The file carries the model's :class:`~atbsn.config.ModelConfig` (and the blind-spot size frozen into it) in its
+metadata, so that ``atbsn.load`` reads it back as a model that denoises like the checkpoint it came from
+(through ONNX Runtime or OpenVINO: :mod:`atbsn.engines`).
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -13,7 +19,21 @@ from torch import nn
 
 from .errors import AtbsnError
 from .files import atomic_write
-from .inference import model_fn
+
+CONFIG_KEY = "atbsn_config"  # metadata: the ModelConfig as JSON
+K_KEY = "atbsn_k"  # metadata: the blind-spot control frozen into the graph (absent for a non-blind network)
+EXTRA_KEY = "atbsn_provenance"  # metadata: JSON, how the file was made (export, int8 quantization)
+
+
+def frozen_k(model: nn.Module, k: int | None) -> int | None:
+    """The blind-spot control an export freezes in: ``k`` validated by the family's knob, default the recorded
+    one; None for a non-blind network (which refuses a k)."""
+    knob = model.config.family.knob
+    if knob is None:
+        if k is not None:
+            raise AtbsnError(f"k={k}: {model.config.arch} is non-blind and has no blind spot")
+        return None
+    return knob.validate(model.config.k_infer if k is None else k)
 
 
 class _Fixed(nn.Module):
@@ -21,16 +41,35 @@ class _Fixed(nn.Module):
 
     def __init__(self, model: nn.Module, k: int | None) -> None:
         super().__init__()
-        self.model = model
-        self.fn = model_fn(model, k)
+        self.model, self.k = model, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
+        return self.model(x) if self.k is None else self.model(x, self.k)
+
+
+def metadata(model: nn.Module, k: int | None, provenance: dict | None = None) -> dict[str, str]:
+    """The metadata an atbsn ONNX file carries."""
+    meta = {CONFIG_KEY: model.config.to_json(), EXTRA_KEY: json.dumps(provenance or {"made_by": "atbsn export"})}
+    if k is not None:
+        meta[K_KEY] = str(k)
+    return meta
+
+
+def set_metadata(path: str | Path, meta: dict[str, str]) -> None:
+    """Write ``meta`` into the ONNX file at ``path`` (in place; callers write to a temporary file)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    old = {p.key: p.value for p in m.metadata_props}
+    del m.metadata_props[:]
+    for key, value in {**old, **meta}.items():
+        m.metadata_props.add(key=key, value=value)
+    onnx.save(m, str(path))
 
 
 def export_onnx(
     model: nn.Module, path: str | Path, k: int | None = None, check_size: tuple[int, int] = (67, 93),
-    tolerance: float = 1e-3,
+    tolerance: float = 1e-3, provenance: dict | None = None,
 ) -> float:
     """Write ``model`` (teacher at blind spot k, or a student) as ONNX taking N x C x H x W in 0..255 for
     any H, W; run it with onnxruntime on a random image of ``check_size`` and compare with PyTorch.
@@ -42,6 +81,7 @@ def export_onnx(
         import onnxruntime as ort
     except ImportError:
         raise AtbsnError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'atbsn[export]'") from None
+    k = frozen_k(model, k)
     # a contiguous copy: channels-last weights make the exporter guard on the batch size
     plain = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
     wrapped = _Fixed(plain, k).eval()
@@ -59,6 +99,7 @@ def export_onnx(
                 wrapped, (example,), tmp, input_names=["image"], output_names=["denoised"],
                 dynamic_shapes=dims, dynamo=True, external_data=False, verbose=False,
             )
+        set_metadata(tmp, metadata(model, k, provenance))
 
     atomic_write(path, write)
     x = torch.rand(1, c, *check_size) * 255

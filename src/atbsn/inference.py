@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapt
+from . import adapt, engines
 from . import methods as registry
 from .config import K_RULES, check_options, k_value, option
 from .datasets import expand_inputs
@@ -29,7 +29,7 @@ from .tiling import plan_tiles, run_tiled
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How to run a model: blind-spot size (teachers), tiles, device and precision.
+    """How to run a model: blind-spot size (teachers), tiles, device, precision and engine.
 
     ``k`` None means the network's own k_b (AT-BSN) or inference stride (AP-BSN); a non-blind network takes
     no k. ``tile`` and
@@ -48,6 +48,9 @@ class InferenceOptions:
     r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
     ensemble: bool = option(False, "average over the 8 flips and rotations of the input (8x the cost; "
                             "Spatially-Adaptive SSL's SIDD submission)")
+    engine: str = option("auto", "what runs the network on a CPU: torch, onnxruntime, openvino, or auto (the fastest "
+                         "a short probe measured for this network here, remembered; PyTorch on a GPU)",
+                         choices=engines.ENGINES)
     safeguard: bool = option(False, "blend an output toward its input when what it removed varies clearly more "
                              "than the photo's measured noise (the README's results say what it does on heavy "
                              "and mild noise)")
@@ -71,8 +74,10 @@ class InferenceOptions:
         if self.r3 and "r3" not in family.refinements:
             raise AtbsnError(f"r3 (random-replacing refinement) applies only to "
                              f"{registry.titles(lambda a: 'r3' in a.refinements)}, not to {model.config.arch}")
-        device = resolve_device(self.device)
+        onnx_file = isinstance(model, engines.OnnxNet)
+        device = torch.device("cpu") if onnx_file and self.device in (None, "auto") else resolve_device(self.device)
         check_precision(self.precision, device)  # fp16 on a CPU: one line before any work
+        engines.check(model, self.engine, device, self.r3)
         return replace(self, k=resolve_k(model, self.k, rules=True), device=device)
 
 
@@ -169,7 +174,9 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
     _check_k_fits(model, opts.k, x.shape[2], x.shape[3])
     dev = opts.device
     ctx = autocast(dev, opts.precision)
-    fn = model_fn(prepare(model, dev), opts.k, opts.r3, opts.ensemble)
+    net = engines.runner(model, opts.k, opts.engine, opts.precision, dev, x.shape[0] * x.shape[2] * x.shape[3],
+                         opts.r3)
+    fn = model_fn(prepare(net, dev), opts.k, opts.r3, opts.ensemble)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
 
     def run(t: torch.Tensor) -> torch.Tensor:
@@ -286,7 +293,8 @@ def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceO
               progress: Callable[[int, int], None] | None) -> dict[int, np.ndarray]:
     """The outputs (H x W x C float32, 0..255) of a 1 x C x H x W batch at every k: one backbone pass for an
     AT-BSN (``ATBSN.teachers``), one call per k otherwise."""
-    if not model.config.is_teacher or opts.ensemble or t.shape[1] != model.config.in_channels:
+    if (not model.config.is_teacher or isinstance(model, engines.OnnxNet) or opts.ensemble
+            or t.shape[1] != model.config.in_channels):
         return {k: _hwc(_denoise_batch(t, model, replace(opts, k=k), progress), model) for k in ks}
     ks = [resolve_k(model, k) for k in ks]
     for k in ks:

@@ -1,0 +1,108 @@
+"""int8 models from noisy photos: the error bound holds, the file is a model ``denoise`` takes (16-bit, alpha,
+tiles), its provenance is inside, and bad requests are one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from atbsn import AtbsnError, Student, denoise, denoise_tensor, engines
+from atbsn.checkpoint import load, save
+from atbsn.cli import main
+from atbsn.images import read_image, write_image
+from atbsn.quantize import calibration_crops, quantize, split_concat_convs
+
+pytestmark = pytest.mark.skipif(not engines.installed("onnxruntime"), reason="needs onnxruntime (atbsn[cpu])")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:96]
+    for i in range(3):
+        clean = np.stack([120 + 50 * np.sin(xx / (5 + i) + c) * np.cos(yy / 8) for c in range(3)], -1)
+        write_image(folder / f"p{i}.png", np.clip(clean + rng.normal(0, 12, clean.shape), 0, 255).astype(np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return Student("C", width=8).eval()
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.clamp(0, 255) - b.clamp(0, 255)) ** 2).mean().sqrt())
+
+
+def test_the_error_bound_decides_what_stays_in_fp32(tmp_path, photos, student):
+    loose = quantize(student, [photos], tmp_path / "loose.onnx", max_error=1e6, crop=48, progress=False)
+    strict = quantize(student, [photos], tmp_path / "strict.onnx", max_error=1e-4, crop=48, progress=False)
+    ql, qs = loose["quantization"], strict["quantization"]
+    assert ql["int8_convs"] == ql["convs"] and not ql["fp32_convs"]
+    assert qs["int8_convs"] == 0 and len(qs["fp32_convs"]) == qs["convs"]
+    crops = [torch.from_numpy(c) for c in calibration_crops([photos], crop=48)]
+    ref = [denoise_tensor(c, student, engine="torch") for c in crops]
+    for name, q in (("loose", ql), ("strict", qs)):
+        net = load(tmp_path / f"{name}.onnx")  # measured with onnxruntime, as quantize measures it
+        err = float(np.sqrt(np.mean([_rms(denoise_tensor(c, net, engine="onnxruntime"), r) ** 2
+                                     for c, r in zip(crops, ref)])))
+        assert err == pytest.approx(q["rms_error_vs_fp32"], abs=1e-3)  # what the file says is what it does
+    assert qs["rms_error_vs_fp32"] < 1e-3 < ql["rms_error_vs_fp32"]
+
+
+def test_the_concat_split_is_the_same_function(tmp_path, student):
+    import onnx
+    import onnxruntime as ort
+
+    from atbsn import export_onnx
+
+    export_onnx(student, tmp_path / "s.onnx")
+    m = onnx.load(str(tmp_path / "s.onnx"))
+    del m.graph.value_info[:]
+    split = split_concat_convs(m, 3)
+    ops = [n.op_type for n in split.graph.node]
+    assert "Concat" not in ops or ops.count("Conv") > 17
+    x = (np.random.default_rng(0).random((1, 3, 45, 61)) * 255).astype(np.float32)
+    a = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, {"image": x})[0]
+    b = ort.InferenceSession(split.SerializeToString()).run(None, {"image": x})[0]
+    assert np.abs(a - b).max() <= 1e-3 * max(1, np.abs(a).max() / 255)
+
+
+def test_atbsn_quantize_then_denoise(tmp_path, photos, student, capsys):
+    ckpt = save(student, tmp_path / "s.safetensors")
+    assert main(["quantize", str(photos), "-m", str(ckpt), "-o", str(tmp_path / "s-int8"), "--max-error", "0.5",
+                 "--crops", "3", "-q"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    net = load(tmp_path / "s-int8.onnx")
+    prov = net.provenance
+    assert prov["made_by"] == "atbsn quantize" and prov["quantization"]["calibration_crops"] == 3
+    assert prov["quantization"]["rms_error_vs_fp32"] <= 0.5 and net.config.arch == "C"
+    img = np.concatenate([read_image(photos / "p0.png").astype(np.uint16) * 257,
+                          np.full((80, 96, 1), 4000, np.uint16)], 2)
+    write_image(tmp_path / "in" / "a.png", img)
+    assert main(["denoise", str(tmp_path / "in"), "-m", str(tmp_path / "s-int8.onnx"), "--tile", "32",
+                 "-o", str(tmp_path / "out"), "-q"]) == 0
+    out = read_image(tmp_path / "out" / "a.png")
+    assert out.dtype == np.uint16 and out.shape == img.shape and np.array_equal(out[..., 3], img[..., 3])
+    ref = denoise(img, student, engine="torch")
+    assert np.sqrt(np.mean((out[..., :3] / 257.0 - ref[..., :3] / 257.0) ** 2)) < 1.0
+    assert main(["info", str(tmp_path / "s-int8.onnx")]) == 0
+    assert json.dumps(prov)  # provenance is plain JSON
+
+
+def test_quantize_refusals_are_one_line(tmp_path, photos, student, capsys):
+    ckpt = save(student, tmp_path / "s.safetensors")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["quantize", str(empty), "-m", str(ckpt), "-o", str(tmp_path / "q")]) == 2
+    assert main(["quantize", str(photos), "-m", str(ckpt), "-o", str(photos / "q.onnx")]) == 2
+    assert main(["quantize", str(photos), "-m", str(ckpt), "-o", str(tmp_path / "q"), "--max-error", "0"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 3 and "no image files" in err[0] and all(ln.startswith("error:") for ln in err)
+    with pytest.raises(AtbsnError, match="non-blind"):
+        quantize(student, [photos], tmp_path / "q.onnx", k=3)
