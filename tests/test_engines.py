@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from atbsn import ATBSN, AtbsnError, Student, denoise, denoise_tensor, export_onnx, engines
+from atbsn import ATBSN, AtbsnError, Student, denoise, denoise_tensor, engines, export_onnx
 from atbsn.checkpoint import load, save
 from atbsn.cli import main
 from atbsn.images import read_image, write_image

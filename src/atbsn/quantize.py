@@ -212,12 +212,13 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
             return dst
 
         try:
-            sensitivity = {}
-            for c in progress_bar(convs, desc="quantize: error of each conv alone", unit="conv", show=progress):
-                sensitivity[c] = _rms(build([c], "one.onnx"), samples, refs)
             quantized = list(convs)
             path = build(quantized, "int8.onnx")
             err = _rms(path, samples, refs)
+            sensitivity = {}
+            if err > max_error:  # each convolution's error alone, to choose what stays in fp32
+                for c in progress_bar(convs, desc="quantize: error of each conv alone", unit="conv", show=progress):
+                    sensitivity[c] = _rms(build([c], "one.onnx"), samples, refs)
             # errors add about in quadrature: keep in fp32 what removes the most squared error per multiply-add
             while err > max_error and quantized:
                 quantized.remove(max(quantized, key=lambda n: sensitivity[n] ** 2 / cost[n]))
