@@ -43,6 +43,17 @@ def test_each_runtime_denoises_as_pytorch_does(student, engine):
 
 
 @needs_runtimes
+@pytest.mark.parametrize("engine", RUNTIMES)
+def test_inputs_too_small_to_reflect_run_as_in_pytorch(student, engine):
+    """The graph pads a student to its multiple by reflection, which needs the pad below the size; the network
+    replicates instead when it is not (a tiny photo, the last tile's window), and so does the runtime."""
+    for h, w in [(15, 15), (16, 40), (40, 9), (17, 17)]:
+        x = torch.rand(1, 3, h, w) * 255
+        ref = denoise_tensor(x, student, engine="torch")
+        assert torch.allclose(denoise_tensor(x, student, engine=engine), ref, atol=1e-3, rtol=0), (h, w)
+
+
+@needs_runtimes
 def test_a_runtime_keeps_16_bit_and_alpha(student):
     img = _image(c=4, dtype=np.uint16)
     out = denoise(img, student, engine=RUNTIMES[-1])

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .errors import AtbsnError
-from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, export_onnx, frozen_k
+from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx, frozen_k
 from .files import atomic_write, reason
 from .registry import cache_dir
 from .runtime import autocast, log, native_bf16
@@ -55,7 +56,7 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _ort_runner(path: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+def _ort_runner(path: Path, precision: str, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
     if precision != "fp32":
@@ -63,7 +64,9 @@ def _ort_runner(path: Path, precision: str) -> Callable[[np.ndarray], np.ndarray
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = _threads(), 1
     so.log_severity_level = 3
-    so.enable_cpu_mem_arena = False  # the arena keeps every tile size's buffers: 7 GB for a tiled 24 MP photo
+    # the arena keeps every tile size's buffers (7 GB for a tiled 24 MP photo in fp32); an int8 graph's many small
+    # tensors need it (3x slower without: benchmarks/results/cpu_runtime.md)
+    so.enable_cpu_mem_arena = int8
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy threads between tiles
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -93,12 +96,17 @@ class OnnxNet(nn.Module):
     blind-spot control frozen into the graph (None: non-blind). Sessions are made on first use and kept."""
 
     def __init__(self, path: str | Path, config: ModelConfig, k: int | None = None,
-                 provenance: dict | None = None) -> None:
+                 provenance: dict | None = None, multiple: int = 1) -> None:
         super().__init__()
-        self.path, self.config, self.k = Path(path), config, k
+        self.path, self.config, self.k, self.multiple = Path(path), config, k, multiple
         self.provenance = provenance or {}
         self.engine, self.precision = None, "fp32"
         self._runners: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {}
+
+    @property
+    def int8(self) -> bool:
+        """Written by ``atbsn quantize``."""
+        return self.provenance.get("quantization") is not None
 
     @property
     def runs_on(self) -> tuple[str, ...]:
@@ -112,9 +120,9 @@ class OnnxNet(nn.Module):
         _require(engine)
         key = (engine, precision)
         if key not in self._runners:
-            make = _ort_runner if engine == "onnxruntime" else _ov_runner
             try:
-                self._runners[key] = make(self.path, precision)
+                self._runners[key] = (_ort_runner(self.path, precision, self.int8) if engine == "onnxruntime"
+                                      else _ov_runner(self.path, precision))
             except AtbsnError:
                 raise
             except Exception as e:  # the runtimes raise their own types
@@ -128,8 +136,12 @@ class OnnxNet(nn.Module):
                              f"with --k {k}" if self.k is not None else f"{self.path}: a non-blind network has no k")
         if self.engine is None:
             self.use(default_runtime(self.runs_on))
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if (ph or pw) and not (ph < h and pw < w):  # too small to reflect: replicate first, as the network does
+            x = F.pad(x.float(), (0, pw, 0, ph), mode="replicate")
         y = self._runners[(self.engine, self.precision)](np.ascontiguousarray(x.detach().float().cpu().numpy()))
-        return torch.from_numpy(np.asarray(y, dtype=np.float32)).to(x.device)
+        return torch.from_numpy(np.asarray(y, dtype=np.float32)[..., :h, :w]).to(x.device)
 
 
 def default_runtime(allowed: tuple[str, ...] = RUNTIMES) -> str:
@@ -164,7 +176,7 @@ def load_onnx(path: str | Path) -> OnnxNet:
         raise AtbsnError(f"{path}: broken atbsn metadata in the ONNX file ({reason(e, 100)})") from None
     if k is not None:
         config.k_infer = k  # the file runs at the k frozen into it
-    return OnnxNet(path, config, k, provenance)
+    return OnnxNet(path, config, k, provenance, int(meta.get(MULTIPLE_KEY, 1)))
 
 
 # ------------------------------------------------------------------------------------------- choosing
@@ -259,7 +271,7 @@ def as_onnx(model: nn.Module, k: int | None) -> OnnxNet:
         if not path.is_file():
             log.info("exporting the network to ONNX once, for the CPU runtimes (%s)", path)
             export_onnx(model, path, k=k)
-        _NETS[key] = OnnxNet(path, model.config, k)
+        _NETS[key] = OnnxNet(path, model.config, k, multiple=getattr(model, "multiple", 1))
     return _NETS[key]
 
 

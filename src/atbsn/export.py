@@ -23,6 +23,7 @@ from .files import atomic_write
 CONFIG_KEY = "atbsn_config"  # metadata: the ModelConfig as JSON
 K_KEY = "atbsn_k"  # metadata: the blind-spot control frozen into the graph (absent for a non-blind network)
 EXTRA_KEY = "atbsn_provenance"  # metadata: JSON, how the file was made (export, int8 quantization)
+MULTIPLE_KEY = "atbsn_reflect_multiple"  # metadata: a student's size multiple, reached by a reflect pad in the graph
 
 
 def frozen_k(model: nn.Module, k: int | None) -> int | None:
@@ -52,6 +53,8 @@ def metadata(model: nn.Module, k: int | None, provenance: dict | None = None) ->
     meta = {CONFIG_KEY: model.config.to_json(), EXTRA_KEY: json.dumps(provenance or {"made_by": "atbsn export"})}
     if k is not None:
         meta[K_KEY] = str(k)
+    if getattr(model, "multiple", 1) > 1:  # students pad to it: reflect in the graph, replicate when too small
+        meta[MULTIPLE_KEY] = str(model.multiple)
     return meta
 
 

@@ -35,6 +35,7 @@ from .runtime import log, progress_bar
 MAX_ERROR = 0.35  # RMS difference from fp32 on 0..255: about 0.05 dB at 38 dB PSNR (MSE 10.3: 10 log10(1 + e^2/MSE))
 CROPS, CROP = 24, 256
 PERCENTILE = 99.99
+MIN_SIDE = 32  # a calibration photo's smallest side: the exported students reflect-pad to 32
 
 
 def calibration_crops(photos: Iterable[str | Path], crops: int = CROPS, crop: int = CROP, channels: int = 3,
@@ -56,10 +57,15 @@ def calibration_crops(photos: Iterable[str | Path], crops: int = CROPS, crop: in
             t = t.mean(1, keepdim=True).expand(-1, channels, -1, -1) if channels == 3 or t.shape[1] == 1 \
                 else t.mean(1, keepdim=True)
         h, w = t.shape[2:]
+        if min(h, w) < MIN_SIDE:
+            continue
         for _ in range(per if h > crop or w > crop else 1):
             y = int(rng.integers(0, max(h - crop, 0) + 1))
             x = int(rng.integers(0, max(w - crop, 0) + 1))
             out.append(np.ascontiguousarray(t[:, :, y:y + crop, x:x + crop].numpy(), dtype=np.float32))
+    if not out:
+        raise AtbsnError(f"no photo of at least {MIN_SIDE} x {MIN_SIDE} pixels to calibrate on in "
+                         f"{', '.join(map(str, photos))}")
     return out[:crops]
 
 
