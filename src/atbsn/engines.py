@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,10 +83,12 @@ def _ov_runner(path: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]
     compiled = ov.Core().compile_model(str(path), "CPU", {
         "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
+    lock = threading.Lock()  # one request, and the page (atbsn ui) may denoise from two threads at once
 
     def run(x: np.ndarray) -> np.ndarray:
-        request.infer({0: x})
-        return request.get_output_tensor(0).data.copy()  # the request reuses its buffer
+        with lock:
+            request.infer({0: x})
+            return request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
     return run
 
