@@ -14,6 +14,7 @@ if installed, else ONNX Runtime). The runtimes are optional (``pip install 'atbs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -57,7 +58,8 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _ort_runner(path: Path, precision: str, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+def ort_runner(path: Path, precision: str = "fp32", int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime session on ``path`` as a function of one N x C x H x W float32 array."""
     import onnxruntime as ort
 
     if precision != "fp32":
@@ -74,7 +76,8 @@ def _ort_runner(path: Path, precision: str, int8: bool = False) -> Callable[[np.
     return lambda x: session.run(None, {name: x})[0]
 
 
-def _ov_runner(path: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+def ov_runner(path: Path, precision: str = "fp32") -> Callable[[np.ndarray], np.ndarray]:
+    """An OpenVINO compiled model on ``path`` as a function of one N x C x H x W float32 array."""
     import openvino as ov
 
     hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
@@ -104,6 +107,7 @@ class OnnxNet(nn.Module):
         self.path, self.config, self.k, self.multiple = Path(path), config, k, multiple
         self.provenance = provenance or {}
         self.engine, self.precision = None, "fp32"
+        self.digest = None  # set by :func:`digest` on first use (the file does not change under a loaded model)
         self._runners: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {}
 
     @property
@@ -124,8 +128,8 @@ class OnnxNet(nn.Module):
         key = (engine, precision)
         if key not in self._runners:
             try:
-                self._runners[key] = (_ort_runner(self.path, precision, self.int8) if engine == "onnxruntime"
-                                      else _ov_runner(self.path, precision))
+                self._runners[key] = (ort_runner(self.path, precision, self.int8) if engine == "onnxruntime"
+                                      else ov_runner(self.path, precision))
             except AtbsnError:
                 raise
             except Exception as e:  # the runtimes raise their own types
@@ -185,15 +189,20 @@ def load_onnx(path: str | Path) -> OnnxNet:
 # ------------------------------------------------------------------------------------------- choosing
 def digest(model: nn.Module) -> str:
     """A short hash of a network's configuration and weights: the name of its exported file and its choices."""
+    if isinstance(model, OnnxNet) and model.digest is not None:
+        return model.digest
     h = hashlib.sha256(model.config.to_json().encode())
     if isinstance(model, OnnxNet):
         h.update(model.path.read_bytes())
+        model.digest = h.hexdigest()[:16]
+        return model.digest
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
+@functools.cache
 def machine() -> str:
     """This machine as the probe sees it: CPU model and SIMD flags, the ISA caps in the environment, threads and
     the versions of the engines."""
