@@ -144,3 +144,46 @@ def test_fit_chooses_fp32_where_bf16_is_not_native_as_under_the_avx2_cap(tmp_pat
     plan = json.loads((tmp_path / "m.safetensors.fit" / "plan.json").read_text())
     assert plan["precision"] == "fp32"
     assert "fp32: this CPU has no native bf16" in out.stdout
+
+
+def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins():
+    """Heavy noise: the paper's k_a = 9 / k_b = 3; mild noise: a small blind spot. An option the user gave is kept;
+    from a released model nothing is chosen (its own blind spot is fine-tuned)."""
+    from atbsn.fit import HEAVY, MILD, MILD_SIGMA, FitConfig, choose
+    from atbsn.measure import NoiseEstimate
+
+    heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
+    cfg, choice = choose(FitConfig(), heavy)
+    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard) == (9, 3, [0, 1], "mean", False)
+    assert choice["chosen"] == HEAVY
+    cfg, choice = choose(FitConfig(), mild)
+    assert cfg.k_train == MILD["k_train"] < 9 and "mild noise" in choice["rule"]
+    cfg, choice = choose(FitConfig(k_train=5, loss="multi"), mild)
+    assert (cfg.k_train, cfg.loss, cfg.k_infer) == (5, "multi", MILD["k_infer"])
+    assert choice["given"] == {"k_train": 5, "loss": "multi"} and "k_train" not in choice["chosen"]
+    cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild)
+    assert cfg.k_train is None and choice["chosen"] == {"safeguard": True}  # the released blind spot is kept
+
+
+def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_path, capsys):
+    import json
+
+    from atbsn.fit import MILD
+
+    root = tmp_path / "mild"
+    for i in range(2):  # smooth photos: what the measure sees is the noise
+        clean = np.broadcast_to(np.linspace(30, 220, 48 * 64).reshape(48, 64, 1), (48, 64, 3)) + 5 * i
+        write_image(root / f"p{i}.png", add_camera_noise(clean.astype(np.uint8), "phone-indoor", rng=i))
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(root), "-o", str(model), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"chose k_train = {MILD['k_train']}" in out and "mild noise (sigma" in out
+    report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
+    assert report["choice"]["chosen"]["k_train"] == MILD["k_train"] and report["noise"]["set"]["sigma"] > 0
+    assert load(model, part="teacher").config.k_train == MILD["k_train"]
+    # the file asks denoise for the safeguard, which says per photo what it did; --no-safeguard declines
+    assert load(model).config.training["safeguard"] is True
+    assert main(["denoise", str(root), "-o", str(tmp_path / "den"), "--model", str(model)]) == 0
+    assert "safeguard kept" in capsys.readouterr().out
+    assert main(["denoise", str(root), "-o", str(tmp_path / "den2"), "--model", str(model), "--no-safeguard"]) == 0
+    assert "safeguard kept" not in capsys.readouterr().out

@@ -127,6 +127,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
         flags = (flag, *(aliases() if callable(aliases) else aliases))
         if kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+            if f.default is None:  # on or off by default from elsewhere (the model): the flag that says no
+                parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=False,
+                                    help=argparse.SUPPRESS)
         else:
             parser.add_argument(*flags, dest=f.name, type=kind, nargs="+" if many else None, default=None,
                                 choices=_choices(f.metadata), help=help_text)

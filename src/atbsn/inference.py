@@ -51,9 +51,9 @@ class InferenceOptions:
     engine: str = option("auto", "what runs the network on a CPU: torch, onnxruntime, openvino, or auto (the fastest "
                          "a short probe measured for this network here, remembered; PyTorch on a GPU)",
                          choices=engines.ENGINES)
-    safeguard: bool = option(False, "blend an output toward its input when what it removed varies clearly more "
-                             "than the photo's measured noise (the README's results say what it does on heavy "
-                             "and mild noise)")
+    safeguard: bool | None = option(None, "blend an output toward its input when what it removed varies clearly "
+                                    "more than the photo's measured noise (default: as the model records; a model "
+                                    "fit made for mild noise asks for it, --no-safeguard declines)")
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -78,7 +78,8 @@ class InferenceOptions:
         device = torch.device("cpu") if onnx_file and self.device in (None, "auto") else resolve_device(self.device)
         check_precision(self.precision, device)  # fp16 on a CPU: one line before any work
         engines.check(model, self.engine, device, self.r3)
-        return replace(self, k=resolve_k(model, self.k, rules=True), device=device)
+        safeguard = bool(model.config.training.get("safeguard")) if self.safeguard is None else self.safeguard
+        return replace(self, k=resolve_k(model, self.k, rules=True), device=device, safeguard=safeguard)
 
 
 def _check_k_fits(model: nn.Module, k: int | str | None, h: int, w: int) -> None:
