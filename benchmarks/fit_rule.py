@@ -24,9 +24,10 @@ from atbsn.datasets import collect_sources
 from atbsn.fit import MILD_SIGMA, blind_spot_for
 from atbsn.measure import measure_set
 
-TUNE = {"set": "polyu100-tune", "recipes": ["ka9", "ka5", "ka3", "ka1", "ka1-ks0"], "minutes": [2], "seeds": [0]}
-HELD = {"set": "polyu100-held", "recipes": ["new", "ka9"], "minutes": [2, 5], "seeds": [0, 1, 2]}
-HEAVY = {"set": "sidd9", "recipes": ["new"], "minutes": [5], "seeds": [0]}  # the heavy side of the picture
+# each part: the set, and per recipe its seeds, at every budget in minutes
+TUNE = {"set": "polyu100-tune", "recipes": {r: [0] for r in ("ka9", "ka5", "ka3", "ka1", "ka1-ks0")}, "minutes": [2]}
+HELD = {"set": "polyu100-held", "recipes": {"new": [0, 1, 2], "ka9": [0]}, "minutes": [2, 5]}
+HEAVY = {"set": "sidd9", "recipes": {"new": [0]}, "minutes": [5]}  # the heavy side of the picture
 PARTS = {"tune": TUNE, "held": HELD, "heavy": HEAVY}
 MEASURED = ["demo", "sidd9", "polyu100-tune", "polyu100-held", "dnd33"]
 
@@ -143,9 +144,9 @@ def main() -> None:
         for part in (PARTS[p] for p in a.parts):
             pairs = set_pairs(part["set"])
             baselines(part["set"], pairs)
-            for minutes in part["minutes"]:
-                for seed in part["seeds"]:
-                    for recipe in part["recipes"]:
+            for recipe, seeds in part["recipes"].items():
+                for seed in seeds:
+                    for minutes in part["minutes"]:
                         point(part["set"], pairs, recipe, minutes, seed)
     measured = [measure(n) for n in MEASURED]
     print(json.dumps([{k: m[k] for k in ("set", "sigma", "rule")} for m in measured]))

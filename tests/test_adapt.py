@@ -47,10 +47,12 @@ def test_auto_takes_the_least_loss_among_the_ks_the_noise_cannot_leak_through():
     noisy = rng.normal(100, 5, (32, 32, 3))
     outs = {k: noisy + rng.normal(0, 1 + abs(k - 1), noisy.shape) for k in (0, 1, 3, 5, 7, 9)}
     reach2 = NoiseEstimate(5.0, (0.5, 0.2, 0.0, 0.0, 0.0), 2, 4)
-    assert choose_k(noisy, outs, reach2) == 3  # k = 1 is closest to the input but sees the noise
+    assert choose_k(noisy, outs, reach2, reach_factor=1.0) == 3  # k = 1 is closest to the input but sees the noise
     assert choose_k(noisy, outs, reach2, reach_factor=2.0) == 5
     assert choose_k(noisy, outs, NoiseEstimate(5.0, (0.0,) * 5, 0, 4)) == 1
-    assert choose_k(noisy, {0: outs[0], 1: outs[1]}, reach2) == 1  # none is safe: every k qualifies
+    assert choose_k(noisy, {0: outs[0], 1: outs[1]}, reach2, reach_factor=1.0) == 1  # none is safe: every k may
+    # the default (the study's rule): every k but 0, whatever the reach
+    assert choose_k(noisy, outs, reach2) == 1 and choose_k(noisy, {0: outs[1], 3: outs[3]}, reach2) == 3
     assert nearest([0, 1, 3, 5], 4) == 3 and nearest([0, 1, 3, 5], 2) == 1
 
 

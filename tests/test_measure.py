@@ -93,7 +93,8 @@ def test_info_prints_the_noise_of_photos_and_folders(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a photo")
     assert main(["info", str(tmp_path / "photos")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and lines[0].startswith(str(tmp_path / "photos" / "p0.png"))
-    assert lines[-1].startswith("all 2 photo(s), median: noise sigma") and "reaching 2 pixel(s)" in lines[-1]
+    assert len(lines) == 4 and lines[0].startswith(str(tmp_path / "photos" / "p0.png"))
+    assert lines[-2].startswith("all 2 photo(s), median: noise sigma") and "reaching 2 pixel(s)" in lines[-2]
+    assert lines[-1].startswith("fit would train k_a = 9 (k_b = 3): heavy noise")  # what fit chooses from it
     assert main(["info", str(tmp_path / "photos"), str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: not a photo" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from .errors import AtbsnError
 from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, sweep_report, write_report
 from .export import export_onnx
 from .files import check_apart, check_writable
-from .fit import FitConfig, fit
+from .fit import FitConfig, blind_spot_for, fit
 from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
@@ -260,6 +260,9 @@ def cmd_info(a: argparse.Namespace) -> int:
     for src, e in zip(sources, each):
         print(f"{src.path}: {e.describe()}")
     print(f"all {len(sources)} photo(s), median: {whole.describe()}")
+    rule, why = blind_spot_for(whole)
+    print(f"fit would train k_a = {rule['k_train']} (k_b = {rule['k_infer']}"
+          f"{', with the safeguard' if rule['safeguard'] else ''}): {why}")
     return 0
 
 
