@@ -26,9 +26,12 @@ from atbsn.measure import measure_set
 
 # each part: the set, and per recipe its seeds, at every budget in minutes
 TUNE = {"set": "polyu100-tune", "recipes": {r: [0] for r in ("ka9", "ka5", "ka3", "ka1", "ka1-ks0")}, "minutes": [2]}
-HELD = {"set": "polyu100-held", "recipes": {"new": [0, 1, 2], "ka9": [0]}, "minutes": [2, 5]}
+TUNE_LONG = {"set": "polyu100-tune", "recipes": {"ka1": [0]}, "minutes": [5, 10]}  # does k_a = 1 keep improving?
+HELD = {"set": "polyu100-held", "recipes": {"new": [0, 1, 2]}, "minutes": [2, 5]}
 HEAVY = {"set": "sidd9", "recipes": {"new": [0]}, "minutes": [5]}  # the heavy side of the picture
-PARTS = {"tune": TUNE, "held": HELD, "heavy": HEAVY}
+PARTS = {"tune": TUNE, "tune-long": TUNE_LONG, "held": HELD, "heavy": HEAVY}
+COMPARED = [("polyu100-held", "new_m5_s0"), ("polyu100-held", "new_m5_s1"), ("polyu100-held", "new_m5_s2"),
+            ("sidd9", "new_m5_s0")]  # fit's teachers: --k auto / adaptive against the oracle and the student
 MEASURED = ["demo", "sidd9", "polyu100-tune", "polyu100-held", "dnd33"]
 
 
@@ -56,6 +59,13 @@ def _below(row: dict, key: str = "per_image") -> tuple[int, int]:
             sum(o["ssim_rgb"] < b["noisy_ssim_rgb"] for o, b in zip(per, base)))
 
 
+def _stop(row: dict) -> str:
+    """The teacher step a fit kept (its stop at the noise), or every planned step when it did not stop."""
+    path = WORK / row["set"] / f"{row['recipe']}_m{row['minutes']:g}_s{row['seed']}" / "model.safetensors.fit"
+    stop = json.loads((path / "fit.json").read_text()).get("teacher_stop") if (path / "fit.json").exists() else None
+    return str(stop["kept_step"]) if stop else "all"
+
+
 def report(measured: list[dict]) -> None:
     md = ["# fit_rule: the blind spot `fit` chooses from the photos' measured noise", "",
           "Command: `python benchmarks/fit_rule.py`. Every point is one `fit --minutes M` on the set's noisy images "
@@ -68,33 +78,92 @@ def report(measured: list[dict]) -> None:
         md.append(f"| {m['set']} | {m['images']} | {m['sigma']:.2f} | {m['sigma_range'][0]:.1f} to "
                   f"{m['sigma_range'][1]:.1f} | {', '.join(f'{c:.2f}' for c in m['correlation'])} | {m['reach']} | "
                   f"k_a = {m['rule']['k_train']}, k_b = {m['rule']['k_infer']} |")
-    for part, title in ((TUNE, "Tuning half: which blind spot for mild noise"),
-                        (HELD, "Held-out half: `fit` with its defaults (the rule chooses) against today's k_a = 9")):
-        name = part["set"]
+    for name, title in (("polyu100-tune", "Tuning half: which blind spot for mild noise"),
+                        ("polyu100-held", "Held-out half: `fit` with its defaults (the rule chooses)"),
+                        ("sidd9", "Heavy noise: `fit` with its defaults on sidd9")):
         b = baselines(name, set_pairs(name))
+        rows = _rows(name)
         md += ["", f"## {title} ({name}, {b['noisy']['images']} images)", "",
                f"noisy input {b['noisy']['psnr']:.2f} dB (SSIM {b['noisy']['ssim_rgb']:.4f}); OpenCV NLM "
                f"{b['NLM']['psnr']:.2f} dB (SSIM {b['NLM']['ssim_rgb']:.4f}). mean +- sd over seeds; 'below': images "
-               "whose output is below its noisy input, in PSNR / SSIM, per seed.", "",
-               "| recipe | FitConfig | minutes | seeds | PSNR | SSIM (RGB) | below (PSNR/SSIM) | + safeguard: PSNR | "
-               "SSIM | below |", "|---|---|---|---|---|---|---|---|---|---|"]
-        rows = _rows(name)
-        for recipe in part["recipes"]:
-            for minutes in part["minutes"]:
+               "whose output is below its noisy input, in PSNR / SSIM, per seed. 'network alone' is the student "
+               "without the safeguard; 'with the safeguard' is what `denoise` gives when the file asks for it (a "
+               "fit for mild noise does). Teacher stop: the step the teacher was kept at, of those planned.", "",
+               "| recipe | FitConfig | minutes | seeds | teacher kept at (of planned) | network alone: PSNR | SSIM "
+               "| below | with the safeguard: PSNR | SSIM | below |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for recipe in sorted({r["recipe"] for r in rows}):
+            for minutes in sorted({r["minutes"] for r in rows if r["recipe"] == recipe}):
                 rs = [r for r in rows if r["recipe"] == recipe and r["minutes"] == minutes]
-                if not rs:
-                    continue
                 given = RECIPES[recipe] or "defaults: " + ", ".join(
                     f"{k} = {v}" for k, v in (rs[0].get("fit_json") or {}).get("chosen", {}).items())
-                below = "; ".join("/".join(map(str, _below(r))) for r in rs)
-                below_g = "; ".join("/".join(map(str, _below(r, "safeguard_per_image"))) for r in rs)
-                psnrs = [r["student"]["psnr"] for r in rs]
-                md.append(f"| {recipe} | {given} | {minutes:g} | {len(rs)} | {spread(psnrs)}"
-                          f" | {spread([r['student']['ssim_rgb'] for r in rs], 4)} | {below} | "
-                          f"{spread([r['safeguard']['psnr'] for r in rs])} | "
-                          f"{spread([r['safeguard']['ssim_rgb'] for r in rs], 4)} | {below_g} |")
-    write_results("fit_rule", {"measured": measured, "tune": _rows(TUNE["set"]), "held": _rows(HELD["set"])},
-                  "\n".join(md) + "\n")
+                alone = [r for r in rs if not r.get("student_is_guarded")]
+                guarded = [r for r in rs if "safeguard" in r]
+                stops = "; ".join(f"{_stop(r)} ({r['teacher_steps']})" for r in rs)
+                below_g = "; ".join("/".join(map(str, _below(r, "safeguard_per_image"))) for r in guarded) or "-"
+                md.append(f"| {recipe} | {given} | {minutes:g} | {len(rs)} | {stops} | "
+                          f"{spread([r['student']['psnr'] for r in alone])} | "
+                          f"{spread([r['student']['ssim_rgb'] for r in alone], 4)} | "
+                          f"{'; '.join('/'.join(map(str, _below(r))) for r in alone) or '-'} | "
+                          f"{spread([r['safeguard']['psnr'] for r in guarded])} | "
+                          f"{spread([r['safeguard']['ssim_rgb'] for r in guarded], 4)} | "
+                          f"{below_g} |")
+    compared = [c for c in (compare(*pt) for pt in COMPARED) if c]
+    if compared:
+        labels = [k for k in compared[0] if isinstance(compared[0][k], dict)]
+        md += ["", "## fit's own teacher: --k auto and --k adaptive against the oracle and the student (5-minute fits)",
+               "", "PSNR (dB), mean over the set's images; the oracle is the best fixed k_b for the set, chosen with "
+               "the clean images; mean +- sd over the seeds given.", "",
+               "| set | seeds | own k_b; oracle k_b per seed | input | " + " | ".join(labels) + " |",
+               "|---|---|---|---|" + "---|" * len(labels)]
+        for name in dict.fromkeys(c["set"] for c in compared):
+            cs = [c for c in compared if c["set"] == name]
+            ks = "; ".join(f"{c['k_b']}, {c['oracle_k_b']}" for c in cs)
+            md.append(f"| {name} | {len(cs)} | {ks} | {cs[0]['input']:.2f} | "
+                      + " | ".join(spread([c[k]["psnr"] for c in cs]) if all(k in c for c in cs) else "-"
+                                   for k in labels) + " |")
+    write_results("fit_rule", {"measured": measured, "tune": _rows(TUNE["set"]), "held": _rows(HELD["set"]),
+                               "compared": compared}, "\n".join(md) + "\n")
+
+
+def compare(name: str, point_name: str) -> dict | None:
+    """A fit's own teacher under the fixed k_b, ``--k auto`` and ``--k adaptive`` (with and without the safeguard),
+    the oracle (the best fixed k for the set, chosen with the clean images) and the fit's student, on the set's
+    images (per-image work cached in the point's folder, ``compare.jsonl``)."""
+    from adapt import _auto_k, _guard, _measure
+
+    from atbsn.adapt import ADAPTIVE, KEEP, SAFE_REACH
+    from atbsn.checkpoint import load
+
+    run = WORK / name / point_name
+    if not (run / "row.json").exists():
+        return None
+    pairs = set_pairs(name)
+    cache = run / "compare.jsonl"
+    done = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    if len(done) < len(pairs):
+        teacher = load(run / "model.safetensors", part="teacher")
+        with open(cache, "a") as f:
+            for pair in pairs[len(done):]:
+                done.append(_measure(teacher, pair))
+                f.write(json.dumps(done[-1]) + "\n")
+    for r in done:
+        r["k"] = {int(k): v for k, v in r["k"].items()}
+    row = json.loads((run / "row.json").read_text())
+    k_b = load(run / "model.safetensors", part="teacher").config.k_infer
+    oracle = max(done[0]["k"], key=lambda k: np.mean([r["k"][k]["psnr"] for r in done]))
+    fusion = ",".join(f"{v:g}" for v in ADAPTIVE)
+    policies = {"teacher at its own k_b": lambda r: r["k"][k_b],
+                "teacher at the oracle k_b": lambda r: r["k"][oracle],
+                "teacher, --k auto": lambda r: r["k"][_auto_k(r, SAFE_REACH)],
+                "teacher, --k auto --safeguard": lambda r: _guard(r["k"][_auto_k(r, SAFE_REACH)], KEEP),
+                "teacher, --k adaptive": lambda r: r["fused"][fusion]}
+    out = {"set": name, "point": point_name, "k_b": k_b, "oracle_k_b": oracle,
+           "input": float(np.mean([r["input"]["psnr"] for r in done]))}
+    for label, fn in policies.items():
+        out[label] = {m: float(np.mean([fn(r)[m] for r in done])) for m in ("psnr", "ssim_rgb")}
+    guarded = (row.get("fit_json") or {}).get("chosen", {}).get("safeguard")
+    out["student (as denoise runs the fit's file)"] = row["safeguard" if guarded else "student"]
+    return out
 
 
 def picture(side: int = 160) -> None:

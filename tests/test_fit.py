@@ -113,6 +113,10 @@ def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_no
     assert 0.8 < removal_ratio(Fixed(lambda x: as_tensor), sources, cpu) < 1.3  # removes the noise exactly
     assert removal_ratio(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu) > REMOVAL_LIMIT
     assert removal_ratio(Fixed(lambda x: x), sources, cpu) == 0.0
+    from atbsn.fit import target_ratio  # the same measure on the distillation targets, for --stop-at-noise
+
+    assert 0.8 < target_ratio(Fixed(lambda x: as_tensor), [], sources, cpu) < 1.3
+    assert target_ratio(Fixed(lambda x: x), [], sources, cpu) == 0.0
     from atbsn.fit import output_check
 
     assert output_check(Fixed(lambda x: as_tensor), sources, cpu)[1][0]["safeguard"] == "keeps the output"
@@ -187,3 +191,35 @@ def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_p
     assert "safeguard kept" in capsys.readouterr().out
     assert main(["denoise", str(root), "-o", str(tmp_path / "den2"), "--model", str(model), "--no-safeguard"]) == 0
     assert "safeguard kept" not in capsys.readouterr().out
+
+
+def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun_skips_the_phase(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """The discrepancy principle: the teacher is looked at every STOP_EVERY steps; once its targets remove less
+    than the noise, training stops and the teacher of the last look above it is the one distilled."""
+    import importlib
+    import json
+
+    fit_module = importlib.import_module("atbsn.fit")  # the module (the package's ``atbsn.fit`` is the function)
+    photos = _photos(tmp_path / "photos")
+    monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
+    seen = iter([1.6, 1.1, 0.7])  # the teacher at steps 2, 4, 6
+    looked = []
+
+    def scripted(teacher, ks, sources, device):
+        looked.append({k: v.clone() for k, v in teacher.state_dict().items()})
+        return next(seen)
+
+    monkeypatch.setattr(fit_module, "target_ratio", scripted)
+    model = tmp_path / "m.safetensors"
+    steps = [*TINY[:-5], "--teacher-steps", "10", "--student-steps", "2", "--stop-at-noise", "-q"]
+    assert main(["fit", str(photos), "-o", str(model), *steps]) == 0
+    assert "teacher stopped at step 6 of 10" in capsys.readouterr().out
+    work = tmp_path / "m.safetensors.fit"
+    stop = json.loads((work / "fit.json").read_text())["teacher_stop"]
+    assert [lk["step"] for lk in stop["looks"]] == [2, 4, 6] and stop["kept_step"] == 4 and stop["stopped_at"] == 6
+    kept = load(work / "teacher.safetensors").state_dict()  # what the student learned from: the step-4 teacher
+    assert all(torch.equal(v, looked[1][k]) for k, v in kept.items())
+    assert not all(torch.equal(v, looked[2][k]) for k, v in kept.items())
+    assert main(["fit", str(photos), "-o", str(model), *steps]) == 0  # resumes: nothing trained or looked at again
+    assert len(looked) == 3

@@ -20,6 +20,7 @@ from a measured step time so that both phases fit the budget.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -84,6 +85,9 @@ class FitConfig:
     safeguard: bool | None = option(None, "make the model blend outputs toward the input where it removed clearly "
                                     "more than the measured noise (denoise's --safeguard, recorded in the file; "
                                     "default: on for mild noise)")
+    stop_at_noise: bool | None = option(None, "stop the teacher early once its outputs remove less than the photos' "
+                                        "measured noise (it has begun to copy correlated noise; default: on for "
+                                        "mild noise)")
     lr: float = option(2e-3, "Adam learning rate of both phases (from a released model: --finetune-lr)", low=0.0)
     seed: int = option(0, "random seed", low=0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
@@ -174,9 +178,9 @@ FROM_RELEASED = {"ks": list(SIDD_KS), "loss": "multi"}
 # and with the safeguard 36.6 (input 36.2), so mild noise also gets the safeguard by default. MILD_SIGMA sits
 # between the two groups seen (the log midpoint of 2.7 and 8.5).
 MILD_SIGMA = 4.8
-HEAVY = {"k_train": 9, "k_infer": 3, **FROM_SCRATCH, "safeguard": False}
-MILD = {"k_train": 1, "k_infer": 1, **FROM_SCRATCH, "safeguard": True}
-CHOSEN = ("k_train", "k_infer", "ks", "loss", "safeguard")
+HEAVY = {"k_train": 9, "k_infer": 3, **FROM_SCRATCH, "safeguard": False, "stop_at_noise": False}
+MILD = {"k_train": 1, "k_infer": 1, **FROM_SCRATCH, "safeguard": True, "stop_at_noise": True}
+CHOSEN = ("k_train", "k_infer", "ks", "loss", "safeguard", "stop_at_noise")
 
 
 def blind_spot_for(noise: NoiseEstimate) -> tuple[dict[str, Any], str]:
@@ -275,7 +279,10 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
                                                      precision == "fp32" and device.type == "cpu" else ""))
 
     report: dict = {"from": start.source, "noise": measured, "choice": choice}
-    _phase(work / "teacher", tcfg, partial(train, init=start.teacher), progress)
+    if cfg.stop_at_noise:
+        report["teacher_stop"] = _teacher_until_noise(work, tcfg, start, data, device, progress)
+    else:
+        _phase(work / "teacher", tcfg, partial(train, init=start.teacher), progress)
     teacher = _better(report, "teacher", start.teacher, load(work / "teacher" / "last.safetensors"),
                       lambda: BlindSpotL1(tcfg.k_train), tcfg, device, precision)
     save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
@@ -299,6 +306,64 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     write_text(work / "fit.json", json.dumps(report, indent=2))
     log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
     return output
+
+
+STOP_EVERY = 100  # teacher steps between two looks at what it removes (--stop-at-noise)
+STOP_RATIO = 1.0  # ... it stops once its targets remove less than this times the photos' flat-area noise
+
+
+def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[str], device: torch.device,
+                         progress: bool) -> dict:
+    """The teacher phase under the discrepancy principle: every :data:`STOP_EVERY` steps, what the student will
+    learn (the teacher's mean output over the k set) is compared with the photos' noise (:func:`target_ratio`).
+    A blind spot smaller than the noise's reach lets the teacher learn, step by step, to copy the correlated
+    noise; once its targets remove less than :data:`STOP_RATIO` x the noise level, training stops and the
+    teacher of the last look still above it is kept (the first look's, if none was). Each look is recorded in
+    ``teacher/stop.json``, so a rerun resumes or skips the phase."""
+    run, record = work / "teacher", work / "teacher" / "stop.json"
+    state = json.loads(record.read_text()) if record.exists() else {"looks": [], "stopped_at": None}
+    sources = collect_sources(data)
+    while state["stopped_at"] is None:
+        result = train(tcfg, resume=(run / "state.pt").exists(), stop_after=STOP_EVERY, progress=progress,
+                       init=start.teacher)
+        if result["step"] % STOP_EVERY and not result.get("finished"):  # interrupted: stop fit, as _phase does
+            log.info(f"fit: the teacher phase stopped at step {result['step']}; run the same command to resume it")
+            raise KeyboardInterrupt
+        ratio = target_ratio(load(run / "last.safetensors"), start.ks, sources, device)
+        state["looks"].append({"step": result["step"], "removed_over_noise": round(ratio, 3)})
+        if ratio >= STOP_RATIO or len(state["looks"]) == 1:
+            shutil.copyfile(run / "last.safetensors", run / "kept.safetensors")
+        if ratio < STOP_RATIO or result.get("finished"):
+            state["stopped_at"] = result["step"]
+        write_text(record, json.dumps(state, indent=1))
+    shutil.copyfile(run / "kept.safetensors", run / "last.safetensors")
+    kept = max((lk for lk in state["looks"] if lk["removed_over_noise"] >= STOP_RATIO), default=state["looks"][0],
+               key=lambda lk: lk["step"])
+    if state["stopped_at"] < tcfg.steps:
+        log.info(f"  teacher stopped at step {state['stopped_at']} of {tcfg.steps}: its targets removed "
+                 f"{state['looks'][-1]['removed_over_noise']:.2f}x the noise level; kept step {kept['step']}")
+    return {**state, "kept_step": kept["step"]}
+
+
+def target_ratio(teacher: nn.Module, ks: list[int], sources: list, device: torch.device, limit: int = 4,
+                 side: int = 256) -> float:
+    """What the student will learn to remove, over the noise there is: the median over up to ``limit`` photos
+    (centre crops of ``side``) of the standard deviation of input minus the teacher's mean output over ``ks``
+    (its own k_b when empty), over the photo's flat-area noise level (:func:`atbsn.noise.flat_noise_std`)."""
+    ratios = []
+    for src in sources[:limit]:
+        crop = _centre(src, side)
+        noisy = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+        outs = [denoise_tensor(noisy, teacher, k=k, device=device).cpu() for k in (ks or [None])]
+        ratios.append(float((noisy - sum(outs) / len(outs)).std()) / max(flat_noise_std(crop), 1e-3))
+    return float(np.median(ratios))
+
+
+def _centre(src, side: int) -> np.ndarray:
+    """The centre ``side`` x ``side`` crop of a photo (smaller photos whole), float32 on 0..255."""
+    a, factor = src.load()
+    y, x = max(0, (a.shape[0] - side) // 2), max(0, (a.shape[1] - side) // 2)
+    return np.asarray(a[y : y + side, x : x + side], dtype=np.float32) * factor
 
 
 MEASURED = 32  # photos whose noise fit measures and records (the first ones)
@@ -336,9 +401,7 @@ def output_check(model: torch.nn.Module, sources: list, device: torch.device, li
     (:func:`atbsn.adapt.safeguard`: keep it, or blend it toward the input)."""
     ratios, photos = [], []
     for src in sources[:limit]:
-        a, factor = src.load()
-        y, x = max(0, (a.shape[0] - side) // 2), max(0, (a.shape[1] - side) // 2)
-        crop = np.asarray(a[y : y + side, x : x + side], dtype=np.float32) * factor
+        crop = _centre(src, side)
         noisy = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
         out = denoise_tensor(noisy, model, device=device).cpu()
         ratios.append(float((noisy - out).std()) / max(flat_noise_std(crop), 1e-3))
