@@ -66,7 +66,7 @@ def _stop(row: dict) -> str:
     return str(stop["kept_step"]) if stop else "all"
 
 
-def report(measured: list[dict]) -> None:
+def report(measured: list[dict], with_compare: bool = True) -> None:
     md = ["# fit_rule: the blind spot `fit` chooses from the photos' measured noise", "",
           "Command: `python benchmarks/fit_rule.py`. Every point is one `fit --minutes M` on the set's noisy images "
           "(2 CPU cores), scored against the clean ones, which the fit never sees. polyu100's 100 pairs are split "
@@ -107,7 +107,7 @@ def report(measured: list[dict]) -> None:
                           f"{spread([r['safeguard']['psnr'] for r in guarded])} | "
                           f"{spread([r['safeguard']['ssim_rgb'] for r in guarded], 4)} | "
                           f"{below_g} |")
-    compared = [c for c in (compare(*pt) for pt in COMPARED) if c]
+    compared = [c for c in (compare(*pt) for pt in COMPARED) if c] if with_compare else []
     if compared:
         labels = [k for k in compared[0] if isinstance(compared[0][k], dict)]
         md += ["", "## fit's own teacher: --k auto and --k adaptive against the oracle and the student (5-minute fits)",
@@ -207,6 +207,8 @@ def picture(side: int = 160) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--no-compare", action="store_true", help="leave out the teacher policies against the student "
+                    "(about 3 minutes per fit)")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     a = ap.parse_args()
     if not a.report_only:
@@ -219,7 +221,7 @@ def main() -> None:
                         point(part["set"], pairs, recipe, minutes, seed)
     measured = [measure(n) for n in MEASURED]
     print(json.dumps([{k: m[k] for k in ("set", "sigma", "rule")} for m in measured]))
-    report(measured)
+    report(measured, not a.no_compare)
     picture()
 
 

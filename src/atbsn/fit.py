@@ -20,6 +20,7 @@ from a measured step time so that both phases fit the budget.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 import time
@@ -324,8 +325,14 @@ def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[s
     state = json.loads(record.read_text()) if record.exists() else {"looks": [], "stopped_at": None}
     sources = collect_sources(data)
     while state["stopped_at"] is None:
-        result = train(tcfg, resume=(run / "state.pt").exists(), stop_after=STOP_EVERY, progress=progress,
-                       init=start.teacher)
+        level = log.level
+        if state["looks"]:  # the training's announcement once, not at every look
+            log.setLevel(max(level, logging.WARNING))
+        try:
+            result = train(tcfg, resume=(run / "state.pt").exists(), stop_after=STOP_EVERY, progress=progress,
+                           init=start.teacher)
+        finally:
+            log.setLevel(level)
         if result["step"] % STOP_EVERY and not result.get("finished"):  # interrupted: stop fit, as _phase does
             log.info(f"fit: the teacher phase stopped at step {result['step']}; run the same command to resume it")
             raise KeyboardInterrupt
