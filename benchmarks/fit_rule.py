@@ -103,7 +103,7 @@ def report(measured: list[dict], with_compare: bool = True) -> None:
                 md.append(f"| {recipe} | {given} | {minutes:g} | {len(rs)} | {stops} | "
                           f"{spread([r['student']['psnr'] for r in alone])} | "
                           f"{spread([r['student']['ssim_rgb'] for r in alone], 4)} | "
-                          f"{'; '.join('/'.join(map(str, _below(r))) for r in alone) or '-'} | "
+                          f"{'; '.join('/'.join(map(str, _below(r))) for r in alone if 'per_image' in r) or '-'} | "
                           f"{spread([r['safeguard']['psnr'] for r in guarded])} | "
                           f"{spread([r['safeguard']['ssim_rgb'] for r in guarded], 4)} | "
                           f"{below_g} |")
@@ -185,7 +185,7 @@ def picture(side: int = 160) -> None:
         run = WORK / name / "new_m5_s0"
         if not (run / "row.json").exists():
             return
-        choice = json.loads((run / "row.json").read_text())["fit_json"]["chosen"]
+        choice = json.loads((run / "model.safetensors.fit" / "fit.json").read_text())["choice"]["chosen"]
         pair = set_pairs(name)[0]
         out = denoise(pair.noisy, load(run / "model.safetensors"))
         texture = uniform_filter(np.abs(np.diff(pair.clean.astype(float), axis=1)).mean(-1), side)
