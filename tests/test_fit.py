@@ -113,10 +113,11 @@ def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_no
     assert 0.8 < removal_ratio(Fixed(lambda x: as_tensor), sources, cpu) < 1.3  # removes the noise exactly
     assert removal_ratio(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu) > REMOVAL_LIMIT
     assert removal_ratio(Fixed(lambda x: x), sources, cpu) == 0.0
-    from atbsn.fit import target_ratio  # the same measure on the distillation targets, for --stop-at-noise
+    from atbsn.fit import centre_crops, target_ratio  # the same measure on the distillation targets (the stop)
 
-    assert 0.8 < target_ratio(Fixed(lambda x: as_tensor), [], sources, cpu) < 1.3
-    assert target_ratio(Fixed(lambda x: x), [], sources, cpu) == 0.0
+    crops = centre_crops(sources, 4, 256)
+    assert 0.8 < target_ratio(Fixed(lambda x: as_tensor), [], crops, cpu) < 1.3
+    assert target_ratio(Fixed(lambda x: x), [], crops, cpu) == 0.0
     from atbsn.fit import output_check
 
     assert output_check(Fixed(lambda x: as_tensor), sources, cpu)[1][0]["safeguard"] == "keeps the output"
@@ -206,7 +207,7 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     seen = iter([1.6, 1.1, 0.7])  # the teacher at steps 2, 4, 6
     looked = []
 
-    def scripted(teacher, ks, sources, device):
+    def scripted(teacher, ks, crops, device):
         looked.append({k: v.clone() for k, v in teacher.state_dict().items()})
         return next(seen)
 
@@ -223,3 +224,28 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     assert not all(torch.equal(v, looked[2][k]) for k, v in kept.items())
     assert main(["fit", str(photos), "-o", str(model), *steps]) == 0  # resumes: nothing trained or looked at again
     assert len(looked) == 3
+
+
+def test_a_teacher_killed_between_looks_stops_fit_and_the_same_command_finishes_it(tmp_path, monkeypatch):
+    """A kill inside a look's chunk (the engine's ``interrupted``) stops fit; the rerun resumes from the saved
+    step, however far it is from the next look, and finishes."""
+    import importlib
+    import json
+
+    fit_module = importlib.import_module("atbsn.fit")
+    photos = _photos(tmp_path / "photos")
+    monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
+    monkeypatch.setattr(fit_module, "target_ratio", lambda *a: 1.5)  # never stops early
+    real, calls = fit_module.train, []
+
+    def killed_once(cfg, **kw):
+        calls.append(1)
+        return real(cfg, **{**kw, "stop_after": 1}) | {"interrupted": True} if len(calls) == 2 else real(cfg, **kw)
+
+    monkeypatch.setattr(fit_module, "train", killed_once)
+    model = tmp_path / "m.safetensors"
+    steps = [*TINY[:-5], "--teacher-steps", "7", "--student-steps", "2", "--stop-at-noise", "-q"]
+    assert main(["fit", str(photos), "-o", str(model), *steps]) != 0 and not model.exists()
+    assert main(["fit", str(photos), "-o", str(model), *steps]) == 0
+    stop = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())["teacher_stop"]
+    assert [lk["step"] for lk in stop["looks"]] == [2, 5, 7] and stop["stopped_at"] == 7 == stop["kept_step"]

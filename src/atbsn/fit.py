@@ -323,8 +323,8 @@ def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[s
     teacher of the last look still above it is kept (the first look's, if none was). Each look is recorded in
     ``teacher/stop.json``, so a rerun resumes or skips the phase."""
     run, record = work / "teacher", work / "teacher" / "stop.json"
-    state = json.loads(record.read_text()) if record.exists() else {"looks": [], "stopped_at": None}
-    sources = collect_sources(data)
+    state = json.loads(record.read_text()) if record.exists() else {"looks": [], "stopped_at": None, "kept_step": None}
+    crops = centre_crops(collect_sources(data), TARGET_PHOTOS, TARGET_SIDE) if state["stopped_at"] is None else []
     while state["stopped_at"] is None:
         level = log.level
         if state["looks"]:  # the training's announcement once, not at every look
@@ -334,36 +334,46 @@ def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[s
                            init=start.teacher)
         finally:
             log.setLevel(level)
-        if result["step"] % STOP_EVERY and not result.get("finished"):  # interrupted: stop fit, as _phase does
+        if result["interrupted"]:  # killed: stop fit, as _phase does (the same command resumes)
             log.info(f"fit: the teacher phase stopped at step {result['step']}; run the same command to resume it")
             raise KeyboardInterrupt
-        ratio = target_ratio(load(run / "last.safetensors"), start.ks, sources, device)
+        ratio = target_ratio(load(run / "last.safetensors"), start.ks, crops, device)
         state["looks"].append({"step": result["step"], "removed_over_noise": round(ratio, 3)})
-        if ratio >= STOP_RATIO or len(state["looks"]) == 1:
+        if ratio >= STOP_RATIO or state["kept_step"] is None:
             shutil.copyfile(run / "last.safetensors", run / "kept.safetensors")
+            state["kept_step"] = result["step"]
         if ratio < STOP_RATIO or result.get("finished"):
             state["stopped_at"] = result["step"]
         write_text(record, json.dumps(state, indent=1))
     shutil.copyfile(run / "kept.safetensors", run / "last.safetensors")
-    kept = max((lk for lk in state["looks"] if lk["removed_over_noise"] >= STOP_RATIO), default=state["looks"][0],
-               key=lambda lk: lk["step"])
     if state["stopped_at"] < tcfg.steps:
         log.info(f"  teacher stopped at step {state['stopped_at']} of {tcfg.steps}: its targets removed "
-                 f"{state['looks'][-1]['removed_over_noise']:.2f}x the noise level; kept step {kept['step']}")
-    return {**state, "kept_step": kept["step"]}
+                 f"{state['looks'][-1]['removed_over_noise']:.2f}x the noise level; kept step {state['kept_step']}")
+    return state
 
 
-def target_ratio(teacher: nn.Module, ks: list[int], sources: list, device: torch.device, limit: int = 4,
-                 side: int = 256) -> float:
-    """What the student will learn to remove, over the noise there is: the median over up to ``limit`` photos
-    (centre crops of ``side``) of the standard deviation of input minus the teacher's mean output over ``ks``
-    (its own k_b when empty), over the photo's flat-area noise level (:func:`atbsn.noise.flat_noise_std`)."""
-    ratios = []
+TARGET_PHOTOS, TARGET_SIDE = 4, 256  # the crops the stop looks at
+
+
+def centre_crops(sources: list, limit: int, side: int) -> list[tuple[torch.Tensor, float]]:
+    """The centre ``side`` crops of up to ``limit`` photos (1 x C x H x W, 0..255), each with its flat-area noise
+    level (:func:`atbsn.noise.flat_noise_std`): read once, looked at many times."""
+    out = []
     for src in sources[:limit]:
         crop = _centre(src, side)
-        noisy = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+        out.append((torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None], flat_noise_std(crop)))
+    return out
+
+
+def target_ratio(teacher: nn.Module, ks: list[int], crops: list[tuple[torch.Tensor, float]],
+                 device: torch.device) -> float:
+    """What the student will learn to remove, over the noise there is: the median over ``crops``
+    (:func:`centre_crops`) of the standard deviation of input minus the teacher's mean output over ``ks`` (its own
+    k_b when empty), over the crop's flat-area noise level."""
+    ratios = []
+    for noisy, level in crops:
         outs = [denoise_tensor(noisy, teacher, k=k, device=device).cpu() for k in (ks or [None])]
-        ratios.append(float((noisy - sum(outs) / len(outs)).std()) / max(flat_noise_std(crop), 1e-3))
+        ratios.append(float((noisy - sum(outs) / len(outs)).std()) / max(level, 1e-3))
     return float(np.median(ratios))
 
 
