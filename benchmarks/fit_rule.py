@@ -63,7 +63,10 @@ def _stop(row: dict) -> str:
     """The teacher step a fit kept (its stop at the noise), or every planned step when it did not stop."""
     path = WORK / row["set"] / f"{row['recipe']}_m{row['minutes']:g}_s{row['seed']}" / "model.safetensors.fit"
     stop = json.loads((path / "fit.json").read_text()).get("teacher_stop") if (path / "fit.json").exists() else None
-    return str(stop["kept_step"]) if stop else "all"
+    if not stop:
+        return "all"
+    cooled = stop.get("cooled")
+    return f"{stop['kept_step']}" + (f" + {cooled['steps']} cooled" if cooled else "")
 
 
 def report(measured: list[dict], with_compare: bool = True) -> None:

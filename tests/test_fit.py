@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from atbsn.checkpoint import load
@@ -197,14 +198,15 @@ def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_p
 def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun_skips_the_phase(tmp_path, capsys,
                                                                                                   monkeypatch):
     """The discrepancy principle: the teacher is looked at every STOP_EVERY steps; once its targets remove less
-    than the noise, training stops and the teacher of the last look above it is the one distilled."""
+    than the noise, training stops; the teacher of the last look above it, cooled down (its learning rate taken to 0
+    from where it was), is the one distilled."""
     import importlib
     import json
 
     fit_module = importlib.import_module("atbsn.fit")  # the module (the package's ``atbsn.fit`` is the function)
     photos = _photos(tmp_path / "photos")
     monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
-    seen = iter([1.6, 1.1, 0.7])  # the teacher at steps 2, 4, 6
+    seen = iter([1.6, 1.1, 0.7, 0.9])  # the teacher at steps 2, 4, 6, then the step-4 one cooled down
     looked = []
 
     def scripted(teacher, ks, crops, device):
@@ -219,11 +221,15 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     work = tmp_path / "m.safetensors.fit"
     stop = json.loads((work / "fit.json").read_text())["teacher_stop"]
     assert [lk["step"] for lk in stop["looks"]] == [2, 4, 6] and stop["kept_step"] == 4 and stop["stopped_at"] == 6
-    kept = load(work / "teacher.safetensors").state_dict()  # what the student learned from: the step-4 teacher
-    assert all(torch.equal(v, looked[1][k]) for k, v in kept.items())
-    assert not all(torch.equal(v, looked[2][k]) for k, v in kept.items())
+    lr = fit_module.FitConfig().lr  # the teacher's rate, decayed by the cosine schedule to step 4 of 10
+    cooled = {"steps": 2, "lr": pytest.approx(fit_module.cosine_lr(lr, 4, 10)), "removed_over_noise": 0.9}
+    assert stop["cooled"] == cooled
+    assert json.loads((work / "teacher-cool" / "summary.json").read_text())["step"] == 2
+    taught = load(work / "teacher.safetensors").state_dict()  # what the student learned from: the cooled teacher
+    assert all(torch.equal(v, looked[3][k]) for k, v in taught.items())
+    assert not all(torch.equal(v, looked[1][k]) for k, v in taught.items())
     assert main(["fit", str(photos), "-o", str(model), *steps]) == 0  # resumes: nothing trained or looked at again
-    assert len(looked) == 3
+    assert len(looked) == 4
 
 
 def test_a_teacher_killed_between_looks_stops_fit_and_the_same_command_finishes_it(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -349,7 +350,41 @@ def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[s
     if state["stopped_at"] < tcfg.steps:
         log.info(f"  teacher stopped at step {state['stopped_at']} of {tcfg.steps}: its targets removed "
                  f"{state['looks'][-1]['removed_over_noise']:.2f}x the noise level; kept step {state['kept_step']}")
+    if state["kept_step"] < tcfg.steps:
+        _cool_down(work, tcfg, state, start.ks, data, device, progress)
     return state
+
+
+COOL_SHARE = 0.25  # the cool-down after an early stop: this share of the kept steps (at least STOP_EVERY)
+
+
+def cosine_lr(lr: float, step: int, steps: int) -> float:
+    """The engine's learning rate after ``step`` of ``steps`` (cosine decay from ``lr`` to 0)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def _cool_down(work: Path, tcfg: RunConfig, state: dict, ks: list[int], data: list[str], device: torch.device,
+               progress: bool) -> None:
+    """Anneal the kept teacher. A teacher kept mid-schedule was caught at a high learning rate, a noisy iterate;
+    its targets are worse than those of a teacher whose rate reached 0 (measured on polyu100: fit_rule.md). So
+    the rate decays from where it was at the kept step to 0 over a short phase (the steps the stop saved pay for
+    it), from the kept weights and a fresh optimizer. Resumable like any phase; recorded in ``state``."""
+    run, record = work / "teacher-cool", work / "teacher" / "stop.json"
+    if "cooled" not in state:
+        kept = state["kept_step"]
+        steps = min(tcfg.steps - kept, max(STOP_EVERY, round(COOL_SHARE * kept)))
+        state["cooled"] = {"steps": steps, "lr": cosine_lr(tcfg.lr, kept, tcfg.steps), "removed_over_noise": None}
+        write_text(record, json.dumps(state, indent=1))
+    cool = state["cooled"]
+    ccfg = replace(tcfg, out=str(run), steps=cool["steps"], lr=cool["lr"])
+    _phase(run, ccfg, partial(train, init=load(work / "teacher" / "kept.safetensors")), progress)
+    shutil.copyfile(run / "last.safetensors", work / "teacher" / "last.safetensors")
+    if cool["removed_over_noise"] is None:
+        crops = centre_crops(collect_sources(data), TARGET_PHOTOS, TARGET_SIDE)
+        cool["removed_over_noise"] = round(target_ratio(load(run / "last.safetensors"), ks, crops, device), 3)
+        write_text(record, json.dumps(state, indent=1))
+    log.info(f"  teacher cooled down for {cool['steps']} steps from step {state['kept_step']} (learning rate "
+             f"{cool['lr']:.2g} to 0): its targets remove {cool['removed_over_noise']:.2f}x the noise level")
 
 
 TARGET_PHOTOS, TARGET_SIDE = 4, 256  # the crops the stop looks at
