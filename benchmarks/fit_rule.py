@@ -29,7 +29,8 @@ TUNE = {"set": "polyu100-tune", "recipes": {r: [0] for r in ("ka9", "ka5", "ka3"
 TUNE_LONG = {"set": "polyu100-tune", "recipes": {"ka1": [0]}, "minutes": [5, 10]}  # does k_a = 1 keep improving?
 HELD = {"set": "polyu100-held", "recipes": {"new": [0, 1, 2]}, "minutes": [2, 5]}
 HEAVY = {"set": "sidd9", "recipes": {"new": [0]}, "minutes": [5]}  # the heavy side of the picture
-PARTS = {"tune": TUNE, "tune-long": TUNE_LONG, "held": HELD, "heavy": HEAVY}
+HELD_LONG = {"set": "polyu100-held", "recipes": {"new": [0]}, "minutes": [10]}  # past the stop: the cool-down
+PARTS = {"tune": TUNE, "tune-long": TUNE_LONG, "held": HELD, "held-long": HELD_LONG, "heavy": HEAVY}
 COMPARED = [("polyu100-held", "new_m5_s0"), ("polyu100-held", "new_m5_s1"), ("polyu100-held", "new_m5_s2"),
             ("sidd9", "new_m5_s0")]  # fit's teachers: --k auto / adaptive against the oracle and the student
 MEASURED = ["demo", "sidd9", "polyu100-tune", "polyu100-held", "dnd33"]

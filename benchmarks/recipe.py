@@ -78,6 +78,8 @@ RECIPES: dict[str, dict] = {
     # fit's defaults at commit 75d5f25: the teacher stopped at the noise but not cooled down (kept mid-schedule);
     # its points are kept for the record, the code no longer makes them
     "stop-uncooled": {},
+    # then with the cool-down after an early stop, before the mild-noise step cap (fit.MILD_STEP_CAP)
+    "cooled-uncapped": {},
 }
 # polyu100's 100 pairs split by index as benchmarks/adapt.py splits them: rules tuned on one half, scored on the other
 SPLITS = {"polyu100-tune": ("polyu100", 0), "polyu100-held": ("polyu100", 1)}

@@ -161,7 +161,7 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
     heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
     cfg, choice = choose(FitConfig(), heavy)
     assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard) == (9, 3, [0, 1], "mean", False)
-    assert choice["chosen"] == HEAVY
+    assert choice["chosen"] == {f: v for f, v in HEAVY.items() if v is not None}  # no step cap on heavy noise
     cfg, choice = choose(FitConfig(), mild)
     assert cfg.k_train == MILD["k_train"] < 9 and "mild noise" in choice["rule"]
     cfg, choice = choose(FitConfig(k_train=5, loss="multi"), mild)
@@ -169,6 +169,10 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
     assert choice["given"] == {"k_train": 5, "loss": "multi"} and "k_train" not in choice["chosen"]
     cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild)
     assert cfg.k_train is None and choice["chosen"] == {"safeguard": True}  # the released blind spot is kept
+    from atbsn.errors import AtbsnError
+
+    with pytest.raises(AtbsnError, match="--step-cap takes two numbers"):
+        FitConfig(step_cap=[800])
 
 
 def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_path, capsys):
@@ -186,6 +190,7 @@ def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_p
     assert f"chose k_train = {MILD['k_train']}" in out and "mild noise (sigma" in out
     report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
     assert report["choice"]["chosen"]["k_train"] == MILD["k_train"] and report["noise"]["set"]["sigma"] > 0
+    assert report["choice"]["chosen"]["step_cap"] == MILD["step_cap"]  # longer mild fits lose (stop_curve.md)
     assert load(model, part="teacher").config.k_train == MILD["k_train"]
     # the file asks denoise for the safeguard, which says per photo what it did; --no-safeguard declines
     assert load(model).config.training["safeguard"] is True
@@ -193,6 +198,12 @@ def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_p
     assert "safeguard kept" in capsys.readouterr().out
     assert main(["denoise", str(root), "-o", str(tmp_path / "den2"), "--model", str(model), "--no-safeguard"]) == 0
     assert "safeguard kept" not in capsys.readouterr().out
+    capped = tmp_path / "capped.safetensors"  # the cap holds whatever the step counts (or --minutes) say
+    assert main(["fit", str(root), "-o", str(capped), *TINY[:-5], "--teacher-steps", "9", "--student-steps", "2",
+                 "--step-cap", "4", "3", "-q"]) == 0
+    plan = json.loads((tmp_path / "capped.safetensors.fit" / "plan.json").read_text())
+    assert (plan["teacher_steps"], plan["student_steps"]) == (4, 2)
+    assert "at most 4 teacher and 3 student steps (--step-cap; 9 and 2 otherwise)" in capsys.readouterr().out
 
 
 def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun_skips_the_phase(tmp_path, capsys,
@@ -206,7 +217,8 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     fit_module = importlib.import_module("atbsn.fit")  # the module (the package's ``atbsn.fit`` is the function)
     photos = _photos(tmp_path / "photos")
     monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
-    seen = iter([1.6, 1.1, 0.7, 0.9])  # the teacher at steps 2, 4, 6, then the step-4 one cooled down
+    r = fit_module.STOP_RATIO
+    seen = iter([1.6 * r, 1.1 * r, 0.7 * r, 0.9 * r])  # the teacher at steps 2, 4, 6, then step 4's cooled down
     looked = []
 
     def scripted(teacher, ks, crops, device):
@@ -222,7 +234,8 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     stop = json.loads((work / "fit.json").read_text())["teacher_stop"]
     assert [lk["step"] for lk in stop["looks"]] == [2, 4, 6] and stop["kept_step"] == 4 and stop["stopped_at"] == 6
     lr = fit_module.FitConfig().lr  # the teacher's rate, decayed by the cosine schedule to step 4 of 10
-    cooled = {"steps": 2, "lr": pytest.approx(fit_module.cosine_lr(lr, 4, 10)), "removed_over_noise": 0.9}
+    cooled = {"steps": 2, "lr": pytest.approx(fit_module.cosine_lr(lr, 4, 10)),
+              "removed_over_noise": pytest.approx(0.9 * r, abs=1e-3)}
     assert stop["cooled"] == cooled
     assert json.loads((work / "teacher-cool" / "summary.json").read_text())["step"] == 2
     taught = load(work / "teacher.safetensors").state_dict()  # what the student learned from: the cooled teacher
@@ -241,7 +254,7 @@ def test_a_teacher_killed_between_looks_stops_fit_and_the_same_command_finishes_
     fit_module = importlib.import_module("atbsn.fit")
     photos = _photos(tmp_path / "photos")
     monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
-    monkeypatch.setattr(fit_module, "target_ratio", lambda *a: 1.5)  # never stops early
+    monkeypatch.setattr(fit_module, "target_ratio", lambda *a: 2 * fit_module.STOP_RATIO)  # never stops early
     real, calls = fit_module.train, []
 
     def killed_once(cfg, **kw):
