@@ -80,6 +80,8 @@ RECIPES: dict[str, dict] = {
     "stop-uncooled": {},
     # then with the cool-down after an early stop, before the mild-noise step cap (fit.MILD_STEP_CAP)
     "cooled-uncapped": {},
+    # then with the first step cap, 800 teacher and 700 student steps
+    "cap800": {},
 }
 # polyu100's 100 pairs split by index as benchmarks/adapt.py splits them: rules tuned on one half, scored on the other
 SPLITS = {"polyu100-tune": ("polyu100", 0), "polyu100-held": ("polyu100", 1)}

@@ -68,6 +68,39 @@ def run() -> list[dict]:
     return looks
 
 
+CROSSED = [("ka1_m10_s0", 300), ("ka1_m2_s0", 723), ("ka1_m5_s0", 300)]  # fit_rule.py's tuning points' teachers
+
+
+def cross() -> list[dict]:
+    """Which length hurts, the teacher's or the student's: students distilled as `fit` distills them (student C
+    from the teacher's UNet, k in 0 1, mean loss) from the teachers of fit_rule.py's k_a = 1 points on the tuning
+    half (359, 768 and 1762 steps), for another number of steps; scored alone and with the safeguard."""
+    from atbsn.distill import distill
+    from atbsn.evaluate import evaluate
+
+    pairs, cache = set_pairs(SET), WORK / SET / "cross.json"
+    rows = json.loads(cache.read_text()) if cache.exists() else []
+    fc = FitConfig()
+    for point, steps in CROSSED:
+        if any(r["teacher"] == point and r["student_steps"] == steps for r in rows):
+            continue
+        fit_dir = WORK / SET / point / "model.safetensors.fit"
+        out = WORK / SET / "cross" / f"{point}_s{steps}"
+        cfg = RunConfig(task="distill", out=str(out), steps=steps, teacher=str(fit_dir / "teacher.safetensors"),
+                        student=fc.student, ks=MILD["ks"], loss=MILD["loss"], init_from_teacher=True,
+                        data=[str(noisy_folder(SET, pairs))], batch=fc.batch, crop=fc.crop, lr=fc.lr, seed=SEED,
+                        device="cpu", precision="bf16", val_every=10**9, save_every=100)
+        distill(cfg, resume=(out / "state.pt").exists(), progress=False)
+        model = load(out / "last.safetensors")
+        _, alone = evaluate(model, pairs, safeguard=False)
+        _, guarded = evaluate(model, pairs, safeguard=True)
+        planned = json.loads((fit_dir / "plan.json").read_text())["teacher_steps"]
+        rows.append({"teacher": point, "teacher_steps": planned, "student_steps": steps, "alone": alone["psnr"],
+                     "ssim": alone["ssim_rgb"], "guarded": guarded["psnr"], "gssim": guarded["ssim_rgb"]})
+        cache.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def ideal() -> dict:
     """The ratio of the ideal denoiser (its output the clean image), as the stop would read it, per set."""
     out = {}
@@ -81,7 +114,7 @@ def ideal() -> dict:
     return out
 
 
-def report(looks: list[dict], ideals: dict) -> None:
+def report(looks: list[dict], ideals: dict, crossed: list[dict]) -> None:
     best = max(looks, key=lambda lk: lk["psnr_scored"])
     noisy_db = float(np.mean([psnr(_centre(p.noisy), _centre(p.clean)) for p in set_pairs(SET)[:SCORED]]))
     md = ["# stop_curve: where the mild-noise teacher should stop (polyu100, tuning half)", "",
@@ -105,9 +138,27 @@ def report(looks: list[dict], ideals: dict) -> None:
            "|---|---|---|---|"]
     md += [f"| {lk['step']} | {lk['ratio_stop_crops']:.3f} | {lk['ratio_scored']:.3f} | {lk['psnr_scored']:.2f}"
            + (" (best)" if lk is best else "") + " |" for lk in looks]
-    md += ["", curve_note]
+    md += ["", curve_note, "", "## Which length hurts: the teacher's or the student's (tuning half, 50 images)", "",
+           "Students distilled from the teachers of fit_rule.md's k_a = 1 points for another number of steps (rows "
+           "marked 'fit' are those points themselves). PSNR (dB) alone / with the safeguard; OpenCV NLM 36.30, input "
+           "36.16.", "", "| teacher steps | student steps | alone | with the safeguard | SSIM (safeguard) |",
+           "|---|---|---|---|---|"]
+    md += [f"| {r['teacher_steps']} | {r['student_steps']}{' (fit)' if r.get('fit') else ''} | {r['alone']:.2f} | "
+           f"{r['guarded']:.2f} | {r['gssim']:.4f} |" for r in sorted(crossed, key=lambda r: (r["teacher_steps"],
+                                                                                            r["student_steps"]))]
     write_results("stop_curve", {"set": SET, "steps": STEPS, "seed": SEED, "ideal": ideals, "looks": looks,
-                                 "noisy_psnr_scored": noisy_db}, "\n".join(md) + "\n")
+                                 "noisy_psnr_scored": noisy_db, "crossed": crossed}, "\n".join(md) + "\n")
+
+
+def _fit_points() -> list[dict]:
+    """fit_rule.py's own k_a = 1 points on the tuning half, as rows of the same table."""
+    out = []
+    for row_path in sorted((WORK / SET).glob("ka1_m*_s0/row.json")):
+        r = json.loads(row_path.read_text())
+        out.append({"teacher": row_path.parent.name, "teacher_steps": r["teacher_steps"], "student_steps":
+                    r["student_steps"], "alone": r["student"]["psnr"], "ssim": r["student"]["ssim_rgb"],
+                    "guarded": r["safeguard"]["psnr"], "gssim": r["safeguard"]["ssim_rgb"], "fit": True})
+    return out
 
 
 def main() -> None:
@@ -115,7 +166,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     looks = json.loads((RUN / "curve.json").read_text()) if a.report_only else run()
-    report(looks, ideal())
+    crossed = json.loads((WORK / SET / "cross.json").read_text()) if a.report_only else cross()
+    report(looks, ideal(), crossed + _fit_points())
 
 
 if __name__ == "__main__":
