@@ -1,7 +1,8 @@
 """``fit``: the whole method in one call, for someone with a folder of noisy photos and nothing else.
 
 1. measure the photos' noise (:mod:`atbsn.measure`) and choose the blind spot from it (:func:`blind_spot_for`:
-   the paper's k_a = 9 for heavy noise, a small one for mild noise; options the user gives win);
+   the paper's k_a = 9 for heavy noise; for mild noise a small one, a short fit (``step_cap``), the stop at
+   the noise and the safeguard; options the user gives win);
 2. train the AT-BSN teacher on the photos (self-supervised), from scratch or, with ``from_model``,
    starting from a released teacher (fine-tuning to the user's camera);
 3. distill a student (C by default) from it at several blind spots, starting from the released student
