@@ -378,7 +378,8 @@ def cosine_lr(lr: float, step: int, steps: int) -> float:
 def _cool_down(work: Path, tcfg: RunConfig, state: dict, ks: list[int], data: list[str], device: torch.device,
                progress: bool) -> None:
     """Anneal the kept teacher. A teacher kept mid-schedule was caught at a high learning rate, a noisy iterate;
-    its targets are worse than those of a teacher whose rate reached 0 (measured on polyu100: fit_rule.md). So
+    its targets swing by up to 2.5 dB from one look to the next (stop_curve.md's mid-schedule dips), and the
+    stopped, uncooled teachers were the held-out half's worst 5-minute fits (fit_rule.md, 'stop-uncooled'). So
     the rate decays from where it was at the kept step to 0 over a short phase (the steps the stop saved pay for
     it), from the kept weights and a fresh optimizer. Resumable like any phase; recorded in ``state``."""
     run, record = work / "teacher-cool", work / "teacher" / "stop.json"
