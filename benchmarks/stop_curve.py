@@ -23,7 +23,7 @@ from recipe import WORK, noisy_folder, set_pairs
 
 from atbsn.checkpoint import load
 from atbsn.config import RunConfig
-from atbsn.fit import HEAVY, MILD, STOP_EVERY, TARGET_PHOTOS, TARGET_SIDE, FitConfig
+from atbsn.fit import HEAVY, MILD, STOP_EVERY, TARGET_PHOTOS, TARGET_SIDE, FitConfig, centre_crop
 from atbsn.inference import denoise_tensor
 from atbsn.metrics import psnr
 from atbsn.noise import flat_noise_std
@@ -33,9 +33,8 @@ SET, STEPS, SEED, SCORED = "polyu100-tune", 1600, 0, 20  # SCORED: the first pho
 RUN = WORK / SET / "stop_curve"
 
 
-def _centre(a: np.ndarray, side: int = TARGET_SIDE) -> np.ndarray:
-    y, x = max(0, (a.shape[0] - side) // 2), max(0, (a.shape[1] - side) // 2)
-    return np.asarray(a[y : y + side, x : x + side], dtype=np.float32)
+def _centre(a: np.ndarray) -> np.ndarray:
+    return centre_crop(a, TARGET_SIDE)  # the stop's own crop
 
 
 def _look(teacher, crops) -> dict:

@@ -363,7 +363,7 @@ def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[s
         log.info(f"  teacher stopped at step {state['stopped_at']} of {tcfg.steps}: its targets removed "
                  f"{state['looks'][-1]['removed_over_noise']:.2f}x the noise level; kept step {state['kept_step']}")
     if state["kept_step"] < tcfg.steps:
-        _cool_down(work, tcfg, state, start.ks, data, device, progress)
+        _cool_down(work, tcfg, state, start.ks, crops or None, data, device, progress)
     return state
 
 
@@ -375,8 +375,8 @@ def cosine_lr(lr: float, step: int, steps: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
-def _cool_down(work: Path, tcfg: RunConfig, state: dict, ks: list[int], data: list[str], device: torch.device,
-               progress: bool) -> None:
+def _cool_down(work: Path, tcfg: RunConfig, state: dict, ks: list[int], crops: list | None, data: list[str],
+               device: torch.device, progress: bool) -> None:
     """Anneal the kept teacher. A teacher kept mid-schedule was caught at a high learning rate, a noisy iterate;
     its targets swing by up to 2.5 dB from one look to the next (stop_curve.md's mid-schedule dips), and the
     stopped, uncooled teachers were the held-out half's worst 5-minute fits (fit_rule.md, 'stop-uncooled'). So
@@ -393,7 +393,7 @@ def _cool_down(work: Path, tcfg: RunConfig, state: dict, ks: list[int], data: li
     _phase(run, ccfg, partial(train, init=load(work / "teacher" / "kept.safetensors")), progress)
     shutil.copyfile(run / "last.safetensors", work / "teacher" / "last.safetensors")
     if cool["removed_over_noise"] is None:
-        crops = centre_crops(collect_sources(data), TARGET_PHOTOS, TARGET_SIDE)
+        crops = crops or centre_crops(collect_sources(data), TARGET_PHOTOS, TARGET_SIDE)  # read once per run
         cool["removed_over_noise"] = round(target_ratio(load(run / "last.safetensors"), ks, crops, device), 3)
         write_text(record, json.dumps(state, indent=1))
     log.info(f"  teacher cooled down for {cool['steps']} steps from step {state['kept_step']} (learning rate "
@@ -426,10 +426,15 @@ def target_ratio(teacher: nn.Module, ks: list[int], crops: list[tuple[torch.Tens
 
 
 def _centre(src, side: int) -> np.ndarray:
-    """The centre ``side`` x ``side`` crop of a photo (smaller photos whole), float32 on 0..255."""
+    """The centre ``side`` x ``side`` crop of a photo source (smaller photos whole), float32 on 0..255."""
     a, factor = src.load()
+    return centre_crop(a, side) * factor
+
+
+def centre_crop(a: np.ndarray, side: int) -> np.ndarray:
+    """The centre ``side`` x ``side`` crop of an H x W x C array (smaller arrays whole), as float32."""
     y, x = max(0, (a.shape[0] - side) // 2), max(0, (a.shape[1] - side) // 2)
-    return np.asarray(a[y : y + side, x : x + side], dtype=np.float32) * factor
+    return np.asarray(a[y : y + side, x : x + side], dtype=np.float32)
 
 
 MEASURED = 32  # photos whose noise fit measures and records (the first ones)
