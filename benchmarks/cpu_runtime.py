@@ -4,6 +4,8 @@ and capped to AVX2; and what int8 costs in PSNR on sidd9 and polyu100.
 
     python benchmarks/cpu_runtime.py                     # every part; results/cpu_runtime.{json,md}
     python benchmarks/cpu_runtime.py --parts speed psnr  # some parts (the others are read from the cache)
+    python benchmarks/cpu_runtime.py --parts models psnr speed --networks "C (" "C102 (TM" --caps avx2 \
+        --name cpu_runtime_int8
 
 Parts, each cached in ``results/work_cpu_runtime/`` (delete a file to measure it again):
 - ``models``: the networks (students A and B freshly initialised, timing does not depend on the weights; C and C102
@@ -16,6 +18,9 @@ Parts, each cached in ``results/work_cpu_runtime/`` (delete a file to measure it
 - ``photo``: a 24 MP photo (6000 x 4000) through ``atbsn.denoise`` with student C102, tiled as the command tiles
   it, one fresh process per engine: time and peak memory (the process's peak resident set).
 - ``psnr``: ``atbsn.evaluate`` of fp32 and int8 on sidd9 (9 pairs) and polyu100 (100 pairs).
+
+``--networks`` limits every part to the networks whose names begin with the given texts (``"C ("`` is student C,
+``C102`` both 1.02M students); ``--name`` writes ``results/NAME.{json,md}`` instead of ``cpu_runtime``.
 
 ONNX Runtime's kernels pick their instruction set from CPUID and take no cap: under "avx2" its rows run this
 machine's AVX-512 code and are marked so; PyTorch and OpenVINO's convolutions (oneDNN) honour the cap (the
@@ -54,7 +59,13 @@ STUDENTS = {"C (APR-RD, 1.00M)": "aprrd_student_c_sidd_medium.pth", "C102 (TM-BS
             "C102 (APR-RD)": "aprrd_student_c102_sidd_medium.pth"}
 CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 FIT_MINUTES = 3.0
-INT8 = {"int8": 0.35, "int8 (all convs)": 1e9}  # atbsn quantize's default bound; no bound
+# atbsn quantize's defaults (the bound 0.35); every conv in int8 (--all-int8)
+INT8 = {"int8": {}, "int8 (all convs)": {"all_int8": True}}
+NETWORKS: list[str] | None = None  # --networks: how the names every part measures begin (None: all)
+
+
+def chosen(names) -> list[str]:
+    return [n for n in names if NETWORKS is None or any(n.startswith(w) for w in NETWORKS)]
 
 
 def _calibration_photos(name: str) -> list[Path]:
@@ -77,18 +88,20 @@ def models() -> dict:
     for name, file in STUDENTS.items():
         files[name] = str(PRETRAINED / file)
     fit_path = WORK / "fit_student.safetensors"
-    if not fit_path.exists():
+    if not fit_path.exists() and chosen(["fit"]):
         subprocess.run([sys.executable, "-m", "atbsn", "fit", *map(str, _calibration_photos("sidd9")),
                         "-o", str(fit_path), "--minutes", str(FIT_MINUTES), "-q"], check=True)
     files["fit student (sidd9, 3 min)"] = str(fit_path)
     int8 = {}
-    for name in [*STUDENTS, "fit student (sidd9, 3 min)"]:
+    for name in chosen([*STUDENTS, "fit student (sidd9, 3 min)"]):
         for set_name in SETS:
-            for variant, bound in INT8.items():
+            for variant, options in INT8.items():
                 out = WORK / f"{_slug(name)}-{set_name}-{_slug(variant)}.onnx"
                 if not out.exists():
                     print(f"quantize {name} on {set_name} ({variant})", flush=True)
-                    quantize(load(files[name]), _calibration_photos(set_name), out, max_error=bound, progress=False)
+                    t0 = time.perf_counter()
+                    quantize(load(files[name]), _calibration_photos(set_name), out, progress=False, **options)
+                    print(f"  {time.perf_counter() - t0:.0f} s: {load(out).provenance['quantization']}", flush=True)
                 q = load(out).provenance["quantization"]
                 int8[f"{name}|{set_name}|{variant}"] = {"file": str(out), **q}
     return {"files": files, "int8": int8}
@@ -126,8 +139,8 @@ def speed_worker(cap: str, info: dict, rounds: int) -> dict:
     ceiling = _ceiling()
     bf16 = native_bf16(torch.device("cpu"))
     rows = []
-    nets = {name: info["files"][name] for name in ("A", "B", "C (APR-RD, 1.00M)", "C102 (TM-BSN)",
-                                                    "teacher (k = 3)")}
+    nets = {name: info["files"][name] for name in chosen(("A", "B", "C (APR-RD, 1.00M)", "C102 (TM-BSN)",
+                                                           "teacher (k = 3)"))}
     for name, file in nets.items():
         model = load(file)
         k = 3 if model.config.is_teacher else None
@@ -195,7 +208,7 @@ def photo_worker(model_file: str, engine: str) -> dict:
 # ----------------------------------------------------------------------------------------------- psnr
 def psnr_part(info: dict) -> list[dict]:
     rows = []
-    for name in [*STUDENTS, "fit student (sidd9, 3 min)"]:
+    for name in chosen([*STUDENTS, "fit student (sidd9, 3 min)"]):
         for set_name, folder in SETS.items():
             pairs = load_pairs(folder)
             runs = {("fp32", "torch"): (info["files"][name], "torch")}
@@ -272,10 +285,14 @@ def main() -> None:
                    choices=["models", "speed", "photo", "psnr"])
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 1024^2 (3x as many at 256^2)")
     p.add_argument("--caps", nargs="+", default=list(CAPS), choices=list(CAPS))
+    p.add_argument("--networks", nargs="+", help="only the networks whose names start with these words")
+    p.add_argument("--name", default="cpu_runtime", help="the results' name (results/NAME.{json,md})")
     p.add_argument("--speed-worker", help=argparse.SUPPRESS)
     p.add_argument("--photo-worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args()
+    global NETWORKS
+    NETWORKS = a.networks
     if a.speed_worker or a.photo_worker:
         info = json.loads((WORK / "models.json").read_text())
         data = speed_worker(a.speed_worker, info, a.rounds) if a.speed_worker else photo_worker(*a.photo_worker)
@@ -289,9 +306,10 @@ def main() -> None:
     if "speed" in a.parts:
         for cap in a.caps:  # each cap written as soon as it is measured
             old = json.loads(cached["speed"].read_text()) if cached["speed"].exists() else {}
-            old[cap] = _child(["--speed-worker", cap, "--rounds", str(a.rounds)], CAPS[cap])
+            old[cap] = _child(["--speed-worker", cap, "--rounds", str(a.rounds),
+                               *(["--networks", *a.networks] if a.networks else [])], CAPS[cap])
             cached["speed"].write_text(json.dumps(old))
-    if "photo" in a.parts:
+    if "photo" in a.parts and chosen(["C102 (TM-BSN)"]):
         old = json.loads(cached["photo"].read_text()) if cached["photo"].exists() else {}
         c102 = info["files"]["C102 (TM-BSN)"]
         int8 = info["int8"]["C102 (TM-BSN)|sidd9|int8 (all convs)"]["file"]
@@ -307,7 +325,7 @@ def main() -> None:
     if "psnr" in a.parts:
         cached["psnr"].write_text(json.dumps(psnr_part(info)))
     load_part = {part: json.loads(f.read_text()) if f.exists() else {} for part, f in cached.items()}
-    write_results("cpu_runtime", {"models": info, "speed": load_part["speed"], "photo": load_part["photo"],
+    write_results(a.name, {"models": info, "speed": load_part["speed"], "photo": load_part["photo"],
                                   "psnr": load_part["psnr"]},
                   markdown(info, load_part["speed"], load_part["photo"], load_part["psnr"] or []))
 

@@ -41,7 +41,8 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_the_error_bound_decides_what_stays_in_fp32(tmp_path, photos, student):
     loose = quantize(student, [photos], tmp_path / "loose.onnx", max_error=1e6, crop=48, progress=False)
-    strict = quantize(student, [photos], tmp_path / "strict.onnx", max_error=1e-4, crop=48, progress=False)
+    strict = quantize(student, [photos], tmp_path / "strict.onnx", max_error=1e-4, crop=48, finetune_steps=0,
+                      progress=False)
     ql, qs = loose["quantization"], strict["quantization"]
     assert ql["int8_convs"] == ql["convs"] and not ql["fp32_convs"]
     assert qs["int8_convs"] == 0 and len(qs["fp32_convs"]) == qs["convs"]
@@ -76,7 +77,7 @@ def test_the_concat_split_is_the_same_function(tmp_path, student):
 def test_atbsn_quantize_then_denoise(tmp_path, photos, student, capsys):
     ckpt = save(student, tmp_path / "s.safetensors")
     assert main(["quantize", str(photos), "-m", str(ckpt), "-o", str(tmp_path / "s-int8"), "--max-error", "0.5",
-                 "--crops", "3", "-q"]) == 0
+                 "--crops", "3", "--finetune-steps", "10", "-q"]) == 0
     assert "wrote" in capsys.readouterr().out
     net = load(tmp_path / "s-int8.onnx")
     prov = net.provenance
@@ -93,6 +94,17 @@ def test_atbsn_quantize_then_denoise(tmp_path, photos, student, capsys):
     assert np.sqrt(np.mean((out[..., :3] / 257.0 - ref[..., :3] / 257.0) ** 2)) < 1.0
     assert main(["info", str(tmp_path / "s-int8.onnx")]) == 0
     assert json.dumps(prov)  # provenance is plain JSON
+
+
+def test_all_int8_never_falls_back_and_fine_tuning_is_kept_only_if_it_helps(tmp_path, photos, student):
+    ckpt = save(student, tmp_path / "s.safetensors")
+    assert main(["quantize", str(photos), "-m", str(ckpt), "-o", str(tmp_path / "all"), "--all-int8",
+                 "--max-error", "0.001", "--crops", "3", "--finetune-steps", "10", "-q"]) == 0
+    q = load(tmp_path / "all.onnx").provenance["quantization"]
+    assert q["int8_convs"] == q["convs"] and not q["fp32_convs"] and q["max_error"] is None
+    # the file is the fine-tuned one only where fine-tuning lowered the measured error
+    assert (q["finetune_steps"] == 10) == (q["rms_error_vs_fp32"] < q["rms_error_before_finetuning"])
+    assert q["finetune_steps"] or q["rms_error_vs_fp32"] == q["rms_error_before_finetuning"]
 
 
 def test_quantize_refusals_are_one_line(tmp_path, photos, student, capsys):

@@ -33,7 +33,7 @@ from .fit import FitConfig, blind_spot_for, fit
 from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
-from .quantize import CROPS, MAX_ERROR, quantize
+from .quantize import CROPS, FT_STEPS, MAX_ERROR, quantize
 from .registry import cache_dir, table
 from .runtime import enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd
@@ -172,10 +172,12 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     check_writable(out)
 
     model = _model(a.model, k=a.k, rules=False)
-    q = quantize(model, a.photos, out, k=a.k, max_error=a.max_error, crops=a.crops, progress=not a.quiet)
+    q = quantize(model, a.photos, out, k=a.k, max_error=a.max_error, crops=a.crops, finetune_steps=a.finetune_steps,
+                 all_int8=a.all_int8, progress=not a.quiet)
     q = q["quantization"]
+    tuned = f", {q['rms_error_before_finetuning']:.3f} before fine-tuning" if q["finetune_steps"] else ""
     print(f"wrote {out}: {q['int8_convs']} of {q['convs']} convolutions in int8, RMS error against fp32 "
-          f"{q['rms_error_vs_fp32']:.3f} on 0..255 (runs on {', '.join(q['runs_on'])})")
+          f"{q['rms_error_vs_fp32']:.3f} on 0..255{tuned} (runs on {', '.join(q['runs_on'])})")
     return 0
 
 
@@ -388,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest RMS difference from the fp32 network on the photos, on 0..255; the most sensitive "
                         f"convolutions stay in fp32 until it holds (default {MAX_ERROR}: about 0.05 dB at 38 dB)")
     p.add_argument("--crops", type=number(int, 1), default=CROPS, help=f"calibration crops of 256^2 (default {CROPS})")
+    p.add_argument("--finetune-steps", type=number(int, 0), default=FT_STEPS,
+                   help="steps of quantization-aware fine-tuning against the fp32 network on the photos, where "
+                        f"int8 everywhere is above --max-error (default {FT_STEPS}: none; 200 is a start)")
+    p.add_argument("--all-int8", action="store_true",
+                   help="every convolution in int8, fine-tuned once, whatever --max-error says (the fastest file)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
