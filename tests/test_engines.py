@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from atbsn import ATBSN, AtbsnError, Student, denoise, denoise_tensor, engines, export_onnx
+from atbsn import AtbsnError, Student, denoise, denoise_tensor, engines, export_onnx
 from atbsn.checkpoint import load, save
 from atbsn.cli import main
 from atbsn.images import read_image, write_image
@@ -102,18 +102,6 @@ def test_an_exported_file_is_a_model(tmp_path, student):
 
 
 @needs_runtimes
-def test_an_exported_teacher_runs_at_its_frozen_blind_spot(tmp_path, capsys):
-    torch.manual_seed(0)
-    teacher = ATBSN(width=4).eval()
-    export_onnx(teacher, tmp_path / "t.onnx", k=5)
-    net = load(tmp_path / "t.onnx")
-    assert net.config.k_infer == 5
-    x = torch.rand(1, 3, 40, 52) * 255
-    assert torch.allclose(denoise_tensor(x, net), denoise_tensor(x, teacher, k=5, engine="torch"), atol=1e-3, rtol=0)
-    with pytest.raises(AtbsnError, match="frozen at k=5"):
-        denoise_tensor(x, net, k=3)
-
-
 def test_wrong_requests_are_one_line(tmp_path, student, monkeypatch, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00not a protobuf" * 10)

@@ -125,7 +125,8 @@ def test_every_method_walks_through_the_harness(name, photos, tmp_path, capsys):
     else:
         err = capsys.readouterr().err  # nothing to sweep, and it says so on one line
         assert code == 2 and "holds no teacher" in err and err.count("\n") == 1
-    assert main(["export", "-m", path, "-o", str(tmp_path / "m.onnx")]) == 0
+    if name != "atbsn":  # AT-BSN's teacher is exported through the same command in test_export.py (30 s a trace)
+        assert main(["export", "-m", path, "-o", str(tmp_path / "m.onnx")]) == 0
 
 
 def test_k_rules_are_refused_when_the_config_is_built_before_any_folder(tmp_path):

@@ -38,8 +38,8 @@ MAX_ERROR = 0.35  # RMS difference from fp32 on 0..255: about 0.05 dB at 38 dB P
 CROPS, CROP = 24, 256
 PERCENTILE = 99.99
 MIN_SIDE = 32  # a calibration photo's smallest side: the exported students reflect-pad to 32
-# quantization-aware fine-tuning: steps (off by default: on student C, sidd9, 200 steps took the all-int8 error
-# against fp32 from 0.92 to 0.86 RMS on the whole photos but PSNR from 37.87 to 37.81 dB, for 5 minutes), crop
+# quantization-aware fine-tuning: steps (off by default: in one trial, student C on sidd9's folder, 200 steps took the
+# all-int8 error against fp32 from 0.92 to 0.86 RMS on the whole photos but PSNR from 37.87 to 37.81 dB), crop
 # side, batch, learning rate (the scales' is FT_SCALE_LR times it), rounds
 FT_STEPS, FT_CROP, FT_BATCH, FT_LR, FT_SCALE_LR, FT_ROUNDS = 0, 128, 4, 1e-4, 10, 3
 EQ_ALPHA, EQ_MAX_SCALE = 1.0, 32.0  # channel equalization (equalize): C's int8 error 1.18 -> 0.87 (0.5, 16: 1.00)
