@@ -61,6 +61,7 @@ CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_IS
 FIT_MINUTES = 3.0
 # atbsn quantize's defaults (the bound 0.35); every conv in int8 (--all-int8)
 INT8 = {"int8": {}, "int8 (all convs)": {"all_int8": True}}
+INT8_ENGINES = ["onnxruntime", "openvino"]  # --int8-engines: the engines the psnr part scores int8 files with
 NETWORKS: list[str] | None = None  # --networks: how the names every part measures begin (None: all)
 
 
@@ -215,7 +216,8 @@ def psnr_part(info: dict) -> list[dict]:
             for variant in INT8:
                 q = info["int8"][f"{name}|{set_name}|{variant}"]
                 for engine in q["runs_on"]:
-                    runs[(variant, engine)] = (q["file"], engine)
+                    if engine in INT8_ENGINES:
+                        runs[(variant, engine)] = (q["file"], engine)
             for (variant, engine), (file, eng) in runs.items():
                 cache = WORK / f"psnr-{_slug(name)}-{set_name}-{_slug(variant)}-{engine}.json"
                 if not cache.exists():
@@ -286,6 +288,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 1024^2 (3x as many at 256^2)")
     p.add_argument("--caps", nargs="+", default=list(CAPS), choices=list(CAPS))
     p.add_argument("--networks", nargs="+", help="only the networks whose names start with these words")
+    p.add_argument("--int8-engines", nargs="+", default=INT8_ENGINES, choices=INT8_ENGINES,
+                   help="score the int8 files with these engines in the psnr part (they agree to 0.02 dB)")
     p.add_argument("--name", default="cpu_runtime", help="the results' name (results/NAME.{json,md})")
     p.add_argument("--speed-worker", help=argparse.SUPPRESS)
     p.add_argument("--photo-worker", nargs=2, help=argparse.SUPPRESS)
@@ -293,6 +297,7 @@ def main() -> None:
     a = p.parse_args()
     global NETWORKS
     NETWORKS = a.networks
+    INT8_ENGINES[:] = a.int8_engines
     if a.speed_worker or a.photo_worker:
         info = json.loads((WORK / "models.json").read_text())
         data = speed_worker(a.speed_worker, info, a.rounds) if a.speed_worker else photo_worker(*a.photo_worker)

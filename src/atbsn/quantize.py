@@ -31,6 +31,7 @@ from .errors import AtbsnError
 from .export import export_onnx, frozen_k, metadata, set_metadata
 from .files import atomic_write, reason
 from .images import read_photo
+from .qdq import QDQGraph, UnsupportedError
 from .ranges import as_batch
 from .runtime import log, progress_bar
 
@@ -260,8 +261,6 @@ def finetune(int8_path: Path, fp32_model, photos: list[np.ndarray], reference, s
     not run."""
     import onnx
     import torch
-
-    from .qdq import QDQGraph, UnsupportedError
 
     try:
         net = QDQGraph(onnx.load(str(int8_path)), fp32_model)
