@@ -69,7 +69,7 @@ class QDQGraph(nn.Module):
         for n in g.node:
             if n.op_type != "Conv" or len(n.input) < 2:
                 continue
-            spec: dict = {"x": n.input[0], "attrs": _attrs(n), "scale_in": None}
+            spec: dict = {"attrs": _attrs(n), "scale_in": None}
             for role, name in (("w", n.input[1]), ("b", n.input[2] if len(n.input) > 2 else "")):
                 src = producer.get(name)
                 if src is not None and src.op_type == "DequantizeLinear" and src.input[0] in self.consts:
@@ -95,13 +95,11 @@ class QDQGraph(nn.Module):
         self.nodes = [n for n in g.node if id(n) not in skip]
         # every activation's scale, trainable through the logarithm of its change (an Adam step is a relative one)
         self.log_scales = nn.ParameterDict()
-        self.scale_names: dict[str, str] = {}
+        self._scale_key: dict[str, str] = {}  # the graph's name of a scale -> its parameter's key
         for n in self.nodes:
-            if n.op_type == "QuantizeLinear" and n.input[1] not in self.scale_names.values():
-                key = f"s{len(self.scale_names)}"
-                self.scale_names[key] = n.input[1]
+            if n.op_type == "QuantizeLinear" and n.input[1] not in self._scale_key:
+                self._scale_key[n.input[1]] = key = f"s{len(self._scale_key)}"
                 self.log_scales[key] = nn.Parameter(torch.zeros(()))  # log of the change from the calibrated one
-        self._scale_key = {v: k for k, v in self.scale_names.items()}
         for n in self.nodes:
             if n.op_type not in _OPS and n.op_type not in ("Conv", "QuantizeLinear", "DequantizeLinear"):
                 raise UnsupportedError(f"operator {n.op_type}")
@@ -180,7 +178,7 @@ class QDQGraph(nn.Module):
         def put(name: str, array: np.ndarray) -> None:
             inits[name].CopyFrom(numpy_helper.from_array(array, name))
 
-        for name in self.scale_names.values():
+        for name in self._scale_key:
             put(name, np.asarray(self.scale(name).numpy(), dtype=np.float32))
         for spec in self.convs.values():
             if not spec["w_q"]:
