@@ -61,7 +61,8 @@ def test_the_graph_in_pytorch_is_the_int8_file_at_odd_sizes(files):
         theirs = run(xi)
         assert ours.shape == theirs.shape == xi.shape
         # the same rounding: equal but where float round-off lands an activation on the other side of a half step
-        assert np.mean(np.abs(ours - theirs) < 1e-3) > 0.99 and np.abs(ours - theirs).max() < 8
+        # (one such flip deep in the network moves a 6x6 block of the output: 32 pixels of 45x61 seen)
+        assert np.mean(np.abs(ours - theirs) < 1e-3) > 0.98 and np.abs(ours - theirs).max() < 8
 
 
 def test_writing_back_untrained_weights_changes_nothing(files):

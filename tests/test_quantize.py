@@ -91,7 +91,12 @@ def test_atbsn_quantize_then_denoise(tmp_path, photos, student, capsys):
     out = read_image(tmp_path / "out" / "a.png")
     assert out.dtype == np.uint16 and out.shape == img.shape and np.array_equal(out[..., 3], img[..., 3])
     ref = denoise(img, student, engine="torch")
-    assert np.sqrt(np.mean((out[..., :3] / 257.0 - ref[..., :3] / 257.0) ** 2)) < 1.0
+    # the photo is one of the calibration crops: the error the file states is the error it makes, on whichever
+    # runtime ``denoise`` picked (OpenVINO on an AVX2 CPU without VNNI once made 2.5x the stated error)
+    assert np.sqrt(np.mean((out[..., :3] / 257.0 - ref[..., :3] / 257.0) ** 2)) < 1.25 * prov["quantization"][
+        "rms_error_vs_fp32"]
+    runs = [denoise(img, net, engine=e).astype(float) for e in prov["quantization"]["runs_on"]]
+    assert all(np.abs(r - runs[0]).max() <= 257 for r in runs)  # every runtime the file names agrees to 1/255
     assert main(["info", str(tmp_path / "s-int8.onnx")]) == 0
     assert json.dumps(prov)  # provenance is plain JSON
 

@@ -337,6 +337,7 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
             with contextlib.redirect_stdout(io.StringIO()), _quiet():
                 quantize_static(
                     str(fp32), str(dst), _Reader(samples), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True,  # weights in -64..64: qdq.WEIGHT_QMAX says why
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.Percentile, op_types_to_quantize=["Conv"],
                     nodes_to_quantize=nodes, calibration_cache_path=str(cache),
@@ -384,7 +385,7 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
             "made_by": "atbsn quantize",
             "source": model.config.training.get("released") or model.config.arch,
             "quantization": {
-                "method": "onnxruntime static QDQ: int8 weights per channel, uint8 activations per tensor, "
+                "method": "onnxruntime static QDQ: int8 weights per channel in -64..64, uint8 activations per tensor, "
                           f"percentile {PERCENTILE} ranges, the last convolution's output in float",
                 "calibration_crops": len(samples), "crop": crop, "rms_error_before_finetuning": round(ptq_err, 4),
                 "finetune_steps": tuned_steps,
