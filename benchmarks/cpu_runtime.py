@@ -223,7 +223,8 @@ def psnr_part(info: dict) -> list[dict]:
                 if not cache.exists():
                     _, summary = evaluate(load(file), pairs, engine=eng, progress=False)
                     cache.write_text(json.dumps({"psnr": summary["psnr"], "ssim_rgb": summary["ssim_rgb"],
-                                                 "noisy_psnr": summary["noisy_psnr"]}))
+                                                 "noisy_psnr": summary["noisy_psnr"],
+                                                 "isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or "native"}))
                 r = json.loads(cache.read_text())
                 rows.append({"model": name, "set": set_name, "variant": variant, "engine": engine, **r})
                 print(f"{name} {set_name} {variant} {engine}: {r['psnr']:.3f}", flush=True)
@@ -267,15 +268,17 @@ def markdown(info: dict, speed: dict, photo: dict, psnr: list[dict]) -> str:
         lines.append("")
     if psnr:
         lines += ["## What int8 costs in PSNR (calibrated on the set's own noisy photos; fp32 by PyTorch)", "",
-                  "| network | set | variant | engine | PSNR | vs fp32 | SSIM-RGB | convs in int8 | share of MACs in "
-                  "int8 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "ISA: the `ONEDNN_MAX_CPU_ISA` cap the row was scored under (OpenVINO honours it; - not recorded).",
+                  "", "| network | set | variant | engine | ISA | PSNR | vs fp32 | SSIM-RGB | convs in int8 | share of "
+                  "MACs in int8 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         fp32 = {(r["model"], r["set"]): r["psnr"] for r in psnr if r["variant"] == "fp32"}
         for r in psnr:
             q = info["int8"].get(f"{r['model']}|{r['set']}|{r['variant']}", {})
             share = f"{q['int8_share_of_macs']:.0%}" if q else "-"
             convs = f"{q['int8_convs']}/{q['convs']}" if q else "-"
-            lines.append(f"| {r['model']} | {r['set']} | {r['variant']} | {r['engine']} | {r['psnr']:.3f} | "
+            lines.append(f"| {r['model']} | {r['set']} | {r['variant']} | {r['engine']} | {r.get('isa', '-')} | "
+                         f"{r['psnr']:.3f} | "
                          f"{r['psnr'] - fp32[(r['model'], r['set'])]:+.3f} | {r['ssim_rgb']:.4f} | {convs} | "
                          f"{share} |")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from conftest import SHARED
 
 from atbsn import Student, engines
 from atbsn.export import export_onnx
-from atbsn.quantize import calibration_crops, equalize, finetune, quantize, split_concat_convs
+from atbsn.quantize import _rms, calibration_crops, equalize, finetune, quantize, split_concat_convs
 
 pytestmark = pytest.mark.skipif(not engines.installed("onnxruntime"), reason="needs onnxruntime (atbsn[cpu])")
 
@@ -128,11 +128,11 @@ def test_finetuning_lowers_the_error_onnx_runtime_measures(tmp_path):
     onnx.save(fp32, str(tmp_path / "fp32-split.onnx"))
     ref = ort_runner(tmp_path / "fp32-split.onnx")
 
-    def rms(model) -> float:
+    refs = [np.clip(ref(x), 0, 255) for x in crops]
+
+    def rms(model) -> float:  # as quantize measures it
         onnx.save(model, str(tmp_path / "measured.onnx"))
-        run = ort_runner(tmp_path / "measured.onnx", int8=True)
-        return float(np.sqrt(np.mean([np.mean((np.clip(run(x), 0, 255) - np.clip(ref(x), 0, 255)) ** 2)
-                                      for x in crops])))
+        return _rms(tmp_path / "measured.onnx", crops, refs)
 
     tuned = finetune(tmp_path / "int8.onnx", fp32, crops, ref, steps=20, crop=64, progress=False)
     assert tuned is not None
