@@ -65,6 +65,29 @@ def test_the_graph_in_pytorch_is_the_int8_file_at_odd_sizes(files):
         assert np.mean(np.abs(ours - theirs) < 1e-3) > 0.98 and np.abs(ours - theirs).max() < 8
 
 
+def test_a_graph_it_cannot_run_is_refused_by_name(files):
+    """An operator it does not implement, or a quantized constant other than a conv's weight and bias, is refused
+    when the graph is read (fine-tuning is then skipped), never run wrongly."""
+    import onnx
+    from onnx import numpy_helper
+
+    from atbsn.qdq import QDQGraph, UnsupportedError
+
+    odd_op = onnx.ModelProto()
+    odd_op.CopyFrom(files["int8"])
+    next(n for n in odd_op.graph.node if n.op_type == "LeakyRelu").op_type = "Softmax"
+    with pytest.raises(UnsupportedError, match="operator Softmax"):
+        QDQGraph(odd_op, files["fp32"])
+    odd_const = onnx.ModelProto()
+    odd_const.CopyFrom(files["int8"])
+    dq = next(n for n in odd_const.graph.node
+              if n.op_type == "DequantizeLinear" and not n.input[0].endswith("_quantized"))
+    odd_const.graph.initializer.append(numpy_helper.from_array(np.zeros((1,), np.uint8), "a_constant"))
+    dq.input[0] = "a_constant"
+    with pytest.raises(UnsupportedError, match="a_constant: a quantized constant"):
+        QDQGraph(odd_const, files["fp32"])
+
+
 def test_writing_back_untrained_weights_changes_nothing(files):
     from onnx import numpy_helper
 

@@ -110,6 +110,9 @@ class QDQGraph(nn.Module):
         for n in self.nodes:
             if n.op_type not in _OPS and n.op_type not in ("Conv", "QuantizeLinear", "DequantizeLinear"):
                 raise UnsupportedError(f"operator {n.op_type}")
+            src = producer.get(n.input[0])
+            if n.op_type == "DequantizeLinear" and (src is None or src.op_type != "QuantizeLinear"):
+                raise UnsupportedError(f"{n.input[0]}: a quantized constant that is not a conv weight or bias")
         self.input = g.input[0].name
         self.output = g.output[0].name
 
@@ -151,22 +154,10 @@ class QDQGraph(nn.Module):
             ins = [env[i] if i else None for i in n.input]
             if n.op_type == "QuantizeLinear":  # always followed by its DequantizeLinear: fused below
                 out = ins
-            elif n.op_type == "DequantizeLinear":
-                src = ins[0]
-                if isinstance(src, list):  # the pair Q -> DQ on an activation
-                    x_q, zero = src[0], src[2]
-                    scale = self.scale(n.input[1])
-                    lo, hi = _range_of(zero)
-                    out = fake_quant(x_q, scale, zero.to(torch.float32), lo, hi)
-                else:  # a constant stored quantized (not a trained weight)
-                    zero = ins[2] if len(ins) > 2 and ins[2] is not None else torch.zeros((), dtype=src.dtype)
-                    scale = ins[1]
-                    if scale.dim() == 1 and src.dim() > 1:
-                        axis = _attrs(n).get("axis", 1)
-                        shape = [1] * src.dim()
-                        shape[axis] = -1
-                        scale, zero = scale.reshape(shape), zero.reshape(shape)
-                    out = (src.to(torch.float32) - zero.to(torch.float32)) * scale
+            elif n.op_type == "DequantizeLinear":  # the pair Q -> DQ on an activation (__init__ checked)
+                x_q, zero = ins[0][0], ins[0][2]
+                lo, hi = _range_of(zero)
+                out = fake_quant(x_q, self.scale(n.input[1]), zero.to(torch.float32), lo, hi)
             else:
                 out = _OPS[n.op_type](ins, _attrs(n))
             env[n.output[0]] = out
