@@ -15,6 +15,8 @@ Parts, each cached in ``results/work_cpu_runtime/`` (delete a file to measure it
 - ``speed``: one process per ISA setting (the caps are read when the libraries load). Per network and size, every
   engine is timed in interleaved rounds (best of the rounds), and the process first measures its convolution
   ceiling (PyTorch, 3x3 48 -> 48 on 4 x 48 x 256^2, channels-last fp32): each row states its fraction of it.
+  OpenVINO's rows also state the share of one inference its per-layer profile puts in convolution kernels (the
+  most any change around those kernels could win is the rest).
 - ``photo``: a 24 MP photo (6000 x 4000) through ``atbsn.denoise`` with student C102, tiled as the command tiles
   it, one fresh process per engine: time and peak memory (the process's peak resident set).
 - ``psnr``: ``atbsn.evaluate`` of fp32 and int8 on sidd9 (9 pairs) and polyu100 (100 pairs).
@@ -61,7 +63,7 @@ CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_IS
 FIT_MINUTES = 3.0
 # atbsn quantize's defaults (the bound 0.35); every conv in int8 (--all-int8)
 INT8 = {"int8": {}, "int8 (all convs)": {"all_int8": True}}
-INT8_ENGINES = ["onnxruntime", "openvino"]  # --int8-engines: the engines the psnr part scores int8 files with
+INT8_ENGINES = ("onnxruntime", "openvino")  # --int8-engines' choices: the engines the psnr part scores int8 with
 NETWORKS: list[str] | None = None  # --networks: how the names every part measures begin (None: all)
 
 
@@ -135,6 +137,23 @@ def _ov_kernels(net: OnnxNet) -> dict[str, int]:
     return kinds
 
 
+def _ov_conv_share(net: OnnxNet, x: torch.Tensor) -> float:
+    """The share of one OpenVINO inference (its per-layer profile, after a warm-up) spent in convolution kernels:
+    what a faster runtime around the same kernels could win at most is the rest."""
+    import openvino as ov
+
+    hint = {"fp32": "f32"}.get(net.precision, net.precision)
+    compiled = ov.Core().compile_model(str(net.path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                              "INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    for _ in range(2):
+        request.infer({compiled.inputs[0]: x.numpy()})
+    times = {p.node_type: 0.0 for p in request.profiling_info}
+    for p in request.profiling_info:
+        times[p.node_type] += p.real_time.total_seconds()
+    return times.get("Convolution", 0.0) / max(sum(times.values()), 1e-12)
+
+
 def speed_worker(cap: str, info: dict, rounds: int) -> dict:
     """This process's rows (run with the cap's environment)."""
     ceiling = _ceiling()
@@ -185,7 +204,9 @@ def speed_worker(cap: str, info: dict, rounds: int) -> dict:
                              "of_ceiling": macs / s / 1e9 / ceiling,
                              "max_diff_vs_torch_fp32": float((outs[(engine, precision)] - ref).abs().max()),
                              "isa_capped": not (cap == "avx2" and engine == "onnxruntime"),
-                             "ov_conv_kernels": kernels if engine == "openvino" else None})
+                             "ov_conv_kernels": kernels if engine == "openvino" else None,
+                             "ov_conv_share": _ov_conv_share(paths[(engine, precision)], x)
+                             if engine == "openvino" else None})
             print(f"{cap} {name} {size}: " + ", ".join(f"{e}/{p} {best[(e, p)]:.3f}s" for e, p in best), flush=True)
     return {"ceiling_gmac_per_s": ceiling, "native_bf16": bf16, "rows": rows}
 
@@ -207,7 +228,7 @@ def photo_worker(model_file: str, engine: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- psnr
-def psnr_part(info: dict) -> list[dict]:
+def psnr_part(info: dict, engines: tuple[str, ...] = INT8_ENGINES) -> list[dict]:
     rows = []
     for name in chosen([*STUDENTS, "fit student (sidd9, 3 min)"]):
         for set_name, folder in SETS.items():
@@ -216,7 +237,7 @@ def psnr_part(info: dict) -> list[dict]:
             for variant in INT8:
                 q = info["int8"][f"{name}|{set_name}|{variant}"]
                 for engine in q["runs_on"]:
-                    if engine in INT8_ENGINES:
+                    if engine in engines:
                         runs[(variant, engine)] = (q["file"], engine)
             for (variant, engine), (file, eng) in runs.items():
                 cache = WORK / f"psnr-{_slug(name)}-{set_name}-{_slug(variant)}-{engine}.json"
@@ -246,13 +267,14 @@ def markdown(info: dict, speed: dict, photo: dict, psnr: list[dict]) -> str:
         lines += [f"## Speed, {cap} ISA (convolution ceiling {part['ceiling_gmac_per_s']:.0f} GMAC/s; native bf16: "
                   f"{part['native_bf16']})", "",
                   "| network | size | engine | precision | seconds | vs PyTorch fp32 | of ceiling | max diff (0..255) "
-                  "|",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| time in conv kernels |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in part["rows"]:
             mark = " (not capped)" if not r["isa_capped"] else ""
             lines.append(f"| {r['model']} | {r['size']}^2 | {r['engine']}{mark} | {r['precision']} | "
                          f"{r['seconds']:.3f} | {r['vs_torch_fp32']:.2f}x | {r['of_ceiling']:.0%} | "
-                         f"{r['max_diff_vs_torch_fp32']:.3g} |")
+                         f"{r['max_diff_vs_torch_fp32']:.3g} | "
+                         f"{'-' if r.get('ov_conv_share') is None else format(r['ov_conv_share'], '.0%')} |")
         kernels = {r["model"]: r["ov_conv_kernels"] for r in part["rows"] if r["ov_conv_kernels"]}
         if kernels:
             lines += ["", "OpenVINO's convolution kernels: " + "; ".join(f"{m}: {k}" for m, k in kernels.items())]
@@ -291,8 +313,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 1024^2 (3x as many at 256^2)")
     p.add_argument("--caps", nargs="+", default=list(CAPS), choices=list(CAPS))
     p.add_argument("--networks", nargs="+", help="only the networks whose names start with these words")
-    p.add_argument("--int8-engines", nargs="+", default=INT8_ENGINES, choices=INT8_ENGINES,
-                   help="score the int8 files with these engines in the psnr part (they agree to 0.02 dB)")
+    p.add_argument("--int8-engines", nargs="+", default=list(INT8_ENGINES), choices=INT8_ENGINES,
+                   help="score the int8 files with these engines in the psnr part (they agreed to 0.002 dB in "
+                        "results/cpu_runtime_int8.md)")
     p.add_argument("--name", default="cpu_runtime", help="the results' name (results/NAME.{json,md})")
     p.add_argument("--speed-worker", help=argparse.SUPPRESS)
     p.add_argument("--photo-worker", nargs=2, help=argparse.SUPPRESS)
@@ -300,7 +323,6 @@ def main() -> None:
     a = p.parse_args()
     global NETWORKS
     NETWORKS = a.networks
-    INT8_ENGINES[:] = a.int8_engines
     if a.speed_worker or a.photo_worker:
         info = json.loads((WORK / "models.json").read_text())
         data = speed_worker(a.speed_worker, info, a.rounds) if a.speed_worker else photo_worker(*a.photo_worker)
@@ -331,7 +353,7 @@ def main() -> None:
             old[cap] = rows
             cached["photo"].write_text(json.dumps(old))
     if "psnr" in a.parts:
-        cached["psnr"].write_text(json.dumps(psnr_part(info)))
+        cached["psnr"].write_text(json.dumps(psnr_part(info, tuple(a.int8_engines))))
     load_part = {part: json.loads(f.read_text()) if f.exists() else {} for part, f in cached.items()}
     write_results(a.name, {"models": info, "speed": load_part["speed"], "photo": load_part["photo"],
                                   "psnr": load_part["psnr"]},

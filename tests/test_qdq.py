@@ -101,6 +101,32 @@ def test_writing_back_untrained_weights_changes_nothing(files):
         assert a.dtype == after[name].dtype and np.array_equal(a, after[name]), name
 
 
+def test_an_int8_file_with_full_range_weights_is_flagged_when_loaded(files, caplog):
+    """Files from before 7-bit weights saturate on CPUs without VNNI: loading one says so; today's files load
+    silently."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from atbsn import load
+    from atbsn.qdq import WEIGHT_QMAX
+
+    weights = [t for t in files["int8"].graph.initializer if t.data_type == TensorProto.INT8]
+    assert weights and all(np.abs(numpy_helper.to_array(t).astype(int)).max() <= WEIGHT_QMAX for t in weights)
+    with caplog.at_level("WARNING"):
+        load(files["dir"] / "int8.onnx")
+    assert "7-bit" not in caplog.text
+    old = onnx.ModelProto()
+    old.CopyFrom(files["int8"])
+    w = next(t for t in old.graph.initializer if t.data_type == TensorProto.INT8)
+    a = numpy_helper.to_array(w).copy()
+    a.flat[0] = 127
+    w.CopyFrom(numpy_helper.from_array(a, w.name))
+    onnx.save(old, str(files["dir"] / "old-int8.onnx"))
+    with caplog.at_level("WARNING"):
+        load(files["dir"] / "old-int8.onnx")
+    assert "old-int8.onnx: int8 weights beyond -64..64" in caplog.text and "atbsn quantize again" in caplog.text
+
+
 def test_the_gradient_reaches_every_weight_and_scale(files):
     from atbsn.qdq import QDQGraph
 

@@ -34,6 +34,7 @@ from .config import ModelConfig
 from .errors import AtbsnError
 from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx, frozen_k
 from .files import atomic_write, reason
+from .qdq import WEIGHT_QMAX
 from .registry import cache_dir
 from .runtime import autocast, log, native_bf16
 
@@ -183,7 +184,20 @@ def load_onnx(path: str | Path) -> OnnxNet:
         raise AtbsnError(f"{path}: broken atbsn metadata in the ONNX file ({reason(e, 100)})") from None
     if k is not None:
         config.k_infer = k  # the file runs at the k frozen into it
+    if provenance.get("quantization") is not None and _full_range_weights(m):
+        log.warning("%s: int8 weights beyond -%d..%d (written by an atbsn before 7-bit weights): on a CPU without "
+                    "AVX-512 VNNI its convolutions saturate and the output drifts from what the file states; "
+                    "run atbsn quantize again", path, WEIGHT_QMAX, WEIGHT_QMAX)
     return OnnxNet(path, config, k, provenance, int(meta.get(MULTIPLE_KEY, 1)))
+
+
+def _full_range_weights(model) -> bool:
+    """Whether a quantized model's int8 convolution weights use more than the 7 bits that every CPU's int8
+    kernels compute exactly (:data:`atbsn.qdq.WEIGHT_QMAX` says why)."""
+    from onnx import TensorProto, numpy_helper
+
+    return any(t.data_type == TensorProto.INT8 and int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(
+        initial=0)) > WEIGHT_QMAX for t in model.graph.initializer)
 
 
 # ------------------------------------------------------------------------------------------- choosing
