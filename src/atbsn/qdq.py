@@ -50,6 +50,13 @@ def weight_scale(w: torch.Tensor) -> torch.Tensor:
     return torch.where(absmax > 0, absmax / WEIGHT_QMAX, torch.ones_like(absmax))
 
 
+def weight_levels(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv weight's int8 levels (float, straight-through gradient) and per-channel scales: what the file
+    stores, and what the forward pass multiplies back."""
+    s = weight_scale(w)
+    return torch.clamp(_round(w / s[:, None, None, None]), -WEIGHT_QMAX, WEIGHT_QMAX), s
+
+
 def _attrs(node) -> dict:
     from onnx import helper
 
@@ -129,8 +136,8 @@ class QDQGraph(nn.Module):
         if spec["b"] is not None:
             b = self.params[spec["b"]] if spec["b_q"] else self.consts[spec["b"]]
         if spec["w_q"]:
-            s = weight_scale(w)
-            w = fake_quant(w, s[:, None, None, None], torch.zeros(()), -WEIGHT_QMAX, WEIGHT_QMAX)
+            q, s = weight_levels(w)
+            w = q * s[:, None, None, None]
             if b is not None and spec["b_q"]:
                 sb = self.scale(spec["scale_in"]) * s
                 b = fake_quant(b, sb, torch.zeros(()), -(2**31), 2**31 - 1)
@@ -182,9 +189,8 @@ class QDQGraph(nn.Module):
             if not spec["w_q"]:
                 continue
             w = self.params[spec["w"]]
-            s = weight_scale(w)
+            q, s = weight_levels(w)
             wname = self.names[spec["w"]]
-            q = torch.clamp(torch.round(w / s[:, None, None, None]), -WEIGHT_QMAX, WEIGHT_QMAX)
             put(f"{wname}_quantized", q.numpy().astype(np.int8))
             put(f"{wname}_scale", s.numpy().astype(np.float32))
             if spec["b"] is not None and spec["b_q"]:
