@@ -186,7 +186,7 @@ def load_onnx(path: str | Path) -> OnnxNet:
         config.k_infer = k  # the file runs at the k frozen into it
     if provenance.get("quantization") is not None and _full_range_weights(m):
         log.warning("%s: int8 weights beyond -%d..%d (written by an atbsn before 7-bit weights): on a CPU without "
-                    "AVX-512 VNNI its convolutions saturate and the output drifts from what the file states; "
+                    "VNNI its convolutions saturate and the output drifts from what the file states; "
                     "run atbsn quantize again", path, WEIGHT_QMAX, WEIGHT_QMAX)
     return OnnxNet(path, config, k, provenance, int(meta.get(MULTIPLE_KEY, 1)))
 
