@@ -46,20 +46,37 @@ def files(tmp_path_factory):
     return d
 
 
+TOKENS: dict[str, str] = {}  # base URL -> the token its server printed
+
+
+def serving(app: App, host: str = "127.0.0.1"):
+    """Start ``app``'s server on a free port; returns (server, base URL)."""
+    srv = make_server(app, host=host, port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://{host}:{srv.server_address[1]}"
+    TOKENS[base] = app.token or ""
+    return srv, base
+
+
 @pytest.fixture
 def server(files):
     app = App(fit_options=TINY_FIT)
-    srv = make_server(app, port=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield app, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv, base = serving(app)
+    yield app, base
     srv.shutdown()
     srv.server_close()
     app.close()
 
 
-def call(base: str, path: str, data: bytes | dict | None = None) -> tuple[int, bytes]:
+def call(base: str, path: str, data: bytes | dict | None = None, headers: dict | None = None,
+         token: bool = True) -> tuple[int, bytes]:
+    """A request as the page makes it: the token in the address, JSON bodies as JSON, uploads as bytes."""
     body = json.dumps(data).encode() if isinstance(data, dict) else data
-    req = urllib.request.Request(base + path, data=body, method="GET" if body is None else "POST")
+    if token and TOKENS.get(base):
+        path += f"{'&' if '?' in path else '?'}token={TOKENS[base]}"
+    kind = "application/octet-stream" if path.startswith("/api/photo") else "application/json"
+    req = urllib.request.Request(base + path, data=body, method="GET" if body is None else "POST",
+                                 headers={**({"Content-Type": kind} if body is not None else {}), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, r.read()
@@ -96,7 +113,7 @@ def test_a_bad_file_is_one_line_naming_it_and_the_next_upload_works(server, file
     status, body = upload(base, sid, files / "photo.png")
     assert status == 200 and (body["width"], body["height"], body["depth"]) == (61, 45, "8-bit")
     assert body["noise"] is None  # 45 pixels high: too small to measure
-    sample = ok(base, f"/api/sample?session={sid}&name=chelsea", b"")
+    sample = ok(base, f"/api/sample?session={sid}&name=chelsea", {})
     assert sample["noise"]["sigma"] > 5 and sample["noise"]["reach"] >= 1  # simulated camera noise
     assert [p["name"] for p in ok(base, f"/api/photos?session={sid}")["photos"]] == ["photo.png", "chelsea-noisy.png"]
 
@@ -254,7 +271,7 @@ def test_the_page_in_a_real_browser(server, files, tmp_path):
     """Upload (a bad file first), pick a local checkpoint, move the k slider, see the picture change, download,
     and compare the file with ``atbsn denoise`` at the same k."""
     sync_playwright, path = _browser()
-    _, base = server
+    app, base = server
     with sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=path, headless=True)
@@ -263,7 +280,7 @@ def test_the_page_in_a_real_browser(server, files, tmp_path):
                 raise
             pytest.skip(f"no browser Playwright can start ({str(e).splitlines()[0]})")
         page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page.goto(base)
+        page.goto(f"{base}/?token={app.token}")  # the address atbsn ui prints
         page.wait_for_function("document.getElementById('model').options.length > 1")
         assert "this machine only" in page.inner_text("#where")
 
@@ -312,7 +329,7 @@ def test_the_page_in_a_real_browser(server, files, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
 
         other = browser.new_page()  # a second session starts empty
-        other.goto(base)
+        other.goto(f"{base}/?token={app.token}")
         other.wait_for_function("document.getElementById('model').options.length > 1")
         assert other.inner_text("#photos") == ""
         browser.close()

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import __version__
 from . import methods as registry
 from .checkpoint import load
-from .config import RunConfig, add_options, given, number, preset_values
+from .config import MINUTES_MAX, RunConfig, add_options, given, number, preset_values
 from .datasets import collect_sources, load_pairs, prepare
 from .demo import run_demo
 from .distill import distill
@@ -200,14 +200,18 @@ def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
 
 def cmd_train(a: argparse.Namespace) -> int:
 
-    summary = train(_run_config(a, "train"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet)
-    return 0 if summary["finished"] or a.stop_after else 130
+    return _exit_code(train(_run_config(a, "train"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet))
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
 
-    summary = distill(_run_config(a, "distill"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet)
-    return 0 if summary["finished"] or a.stop_after else 130
+    return _exit_code(distill(_run_config(a, "distill"), resume=a.resume, stop_after=a.stop_after,
+                              progress=not a.quiet))
+
+
+def _exit_code(summary: dict) -> int:
+    """0 for a run that finished or stopped where --stop-after said, 130 for one interrupted (Ctrl-C, SIGTERM)."""
+    return 130 if summary.get("interrupted") else 0
 
 
 _SHARED_RUN_OPTIONS = ["preset", "steps", "batch", "crop", "lr", "seed", "val", "val_limit", "val_every",
@@ -289,7 +293,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_ui(a: argparse.Namespace) -> int:
 
     try:
-        serve(a.model, a.host, a.port, open_browser=a.open, options=_options(a))
+        serve(a.model, a.host, a.port, open_browser=a.open, options=_options(a), token=not a.no_token)
     except KeyboardInterrupt:
         print("atbsn ui: stopped")
     return 0
@@ -344,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole method on bundled sample photos with simulated camera noise")
     p.add_argument("-o", "--output", default="demo", help="folder for images, model, table and picture")
-    p.add_argument("--minutes", type=number(float, 0.1), default=None,
+    p.add_argument("--minutes", type=number(float, 0.1, MINUTES_MAX), default=None,
                    help="train for a time budget instead of the demo's fixed recipe in steps (the result then "
                         "depends on the CPU's speed)")
     p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
@@ -406,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="model chosen when the page opens (a released name or a checkpoint)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
-    p.add_argument("--port", type=number(int, 0), default=7860, help="port (0: any free one)")
+    p.add_argument("--port", type=number(int, 0, 65535), default=7860, help="port (0: any free one)")
+    p.add_argument("--no-token", action="store_true",
+                   help="no token in the page's address (the Host and Origin checks stay; any program on this machine "
+                        "can then use the page)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.set_defaults(func=cmd_ui)

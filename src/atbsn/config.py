@@ -79,15 +79,17 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------ options
 def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,  # noqa: A002
-           cli: bool = True, flag: str | None = None, aliases: tuple[str, ...] | Callable[[], tuple] = (),
-           parse: Callable[[str], Any] | None = None) -> Any:
+           high: float | None = None, cli: bool = True, flag: str | None = None,
+           aliases: tuple[str, ...] | Callable[[], tuple] = (), parse: Callable[[str], Any] | None = None) -> Any:
     """A dataclass field that is also a command-line option (``--name-with-dashes``, or ``flag``).
 
-    ``low``: the smallest number allowed; ``choices``: the values allowed, or a function returning them (read
+    ``low``, ``high``: the smallest and largest number allowed (a largest where a number past it would overflow or
+    ask for more than any machine holds; memory itself is checked against the machine, see
+    :func:`atbsn.engine.check_step_memory`); ``choices``: the values allowed, or a function returning them (read
     when used: the registry's methods); ``cli=False``: API only; ``aliases``: more flags for the same option (or a
     function returning them); ``parse``: the flag's argparse type when the annotation names more than one.
     """
-    meta = {"help": help, "choices": choices, "low": low, "cli": cli, "flag": flag, "aliases": aliases,
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "cli": cli, "flag": flag, "aliases": aliases,
             "parse": parse}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -135,26 +137,34 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
                                 choices=_choices(f.metadata), help=help_text)
 
 
-def _refusal(value: Any, low: float | None) -> str | None:
-    """Why a number is refused as an option value (not finite, or below ``low``), else None."""
+def _refusal(value: Any, low: float | None, high: float | None = None) -> str | None:
+    """Why a number is refused as an option value (not finite, below ``low`` or above ``high``), else None."""
     if isinstance(value, str):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value}"
     if low is not None and value < low:
         return f"must be at least {low:g}, got {value}"
+    if high is not None and value > high:
+        return f"must be at most {high:g}, got {value:g}"
     return None
 
 
-def number(kind: type, low: float | None = None):
-    """An argparse ``type`` for a number of ``kind`` that :func:`check_options`' rule accepts (finite, at least
-    ``low``): flags outside the config dataclasses are refused when parsed, on one line, as the options are."""
+SEED_MAX = 2**63 - 1  # what torch.manual_seed and numpy's generators take
+STEPS_MAX = 10**9  # more steps than any run makes (and counters stay exact in float64)
+MINUTES_MAX = 100_000.0  # about ten weeks
+
+
+def number(kind: type, low: float | None = None, high: float | None = None):
+    """An argparse ``type`` for a number of ``kind`` that :func:`check_options`' rule accepts (finite, between
+    ``low`` and ``high``): flags outside the config dataclasses are refused when parsed, on one line, as the options
+    are."""
     def parse(text: str):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        why = _refusal(value, low)
+        why = _refusal(value, low, high)
         if why:
             raise argparse.ArgumentTypeError(why)
         return value
@@ -197,7 +207,10 @@ def check_options(obj: Any) -> None:
         for v in values:
             if choices is not None and v not in choices:
                 raise AtbsnError(f"{flag}: {v!r} is not one of {', '.join(map(str, choices))}")
-            why = _refusal(v, meta["low"])
+            numeric = meta["low"] is not None or meta.get("high") is not None
+            if numeric and (isinstance(v, bool) or not isinstance(v, (int, float, str))):  # str: a rule (--k auto)
+                raise AtbsnError(f"{flag}: {v!r} is not a number")
+            why = _refusal(v, meta["low"], meta.get("high"))
             if why:
                 raise AtbsnError(f"{flag} {why}")
 
@@ -247,11 +260,11 @@ class RunConfig:
     out: str = "run"
     preset: str | None = option(None, "sidd/dnd: the paper's recipe; cpu: minutes on a laptop",
                                 choices=("sidd", "dnd", "cpu"))
-    steps: int = option(400_000, "optimisation steps", low=1)
+    steps: int = option(400_000, "optimisation steps", low=1, high=STEPS_MAX)
     batch: int = option(8, "patches per step (per process under torchrun)", low=1)
     crop: int = option(256, "patch side in pixels", low=8)
     lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0)
-    seed: int = option(0, "random seed: batches are a pure function of (seed, step, rank)", low=0)
+    seed: int = option(0, "random seed: batches are a pure function of (seed, step, rank)", low=0, high=SEED_MAX)
     # training
     method: str = option("atbsn", "what to train: the paper's teacher (atbsn) or a rival method (atbsn.methods)",
                          choices=registry.method_names)
@@ -277,13 +290,13 @@ class RunConfig:
     # both
     val: str | None = option(None, "noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")
     val_limit: int | None = option(16, "validate on the first N pairs", low=1)
-    val_every: int = option(1_000, "steps between validations", low=1)
-    save_every: int = option(500, "steps between resume checkpoints", low=1)
+    val_every: int = option(1_000, "steps between validations", low=1, high=STEPS_MAX)
+    save_every: int = option(500, "steps between resume checkpoints", low=1, high=STEPS_MAX)
     log: str = option("csv", "training log format", choices=("csv", "tensorboard"))
     device: str = option("auto", "auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
     precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
-    cache_gb: float = option(2.0, "memory for decoded training images (per process)", low=0.0)
+    cache_gb: float = option(2.0, "memory for decoded training images (per process)", low=0.0, high=1e6)
     workers: int = option(0, "data-loading processes (0: one background thread); each draws whole batches, "
                           "still a pure function of (seed, step, rank)", low=0)
 
@@ -294,8 +307,14 @@ class RunConfig:
             self.ks = [9, 0] if self.loss == "partition" else list(SIDD_KS)
         check_options(self)
         if self.task == "train":  # the method's blind-spot control: its defaults, checked now (before any folder)
-            knob = registry.arch(registry.method(self.method).arch).knob
-            if knob is not None:
+            spec = registry.method(self.method)
+            knob = registry.arch(spec.arch).knob
+            if knob is None:
+                given = [f for f, v in (("--k-train", self.k_train), ("--k-infer", self.k_infer)) if v is not None]
+                if given:
+                    raise AtbsnError(f"{given[0]}: {spec.title} has no blind-spot control to set (--method "
+                                     f"{self.method}); leave it out")
+            else:
                 self.k_train = knob.train if self.k_train is None else self.k_train
                 self.k_infer = knob.infer if self.k_infer is None else self.k_infer
                 for flag, value, check in (("--k-train", self.k_train, knob.validate_train or knob.validate),
@@ -304,6 +323,14 @@ class RunConfig:
                         check(value)
                     except AtbsnError as e:
                         raise AtbsnError(f"{flag}: {e}") from None
+                why = knob.crop_refusal(self.k_train, self.crop)
+                if why:
+                    raise AtbsnError(f"--k-train: {why}")
+        else:  # the teachers' blind spots the student learns from: each must fit the crop (AT-BSN's k)
+            for k in self.ks:
+                why = registry.arch("atbsn").knob.crop_refusal(k, self.crop)
+                if why:
+                    raise AtbsnError(f"--ks: {why}")
 
     @classmethod
     def from_preset(cls, task: str, preset: str | None, **overrides: Any) -> RunConfig:

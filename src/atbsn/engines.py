@@ -283,6 +283,9 @@ def candidates(model: nn.Module, precision: str) -> list[str]:
 
 
 _NETS: dict[tuple[str, int | None], OnnxNet] = {}  # exported networks of this process, sessions kept
+# One export and one engine choice per network, however many threads ask at once (the page's sessions): the first
+# makes it, the others wait for it and reuse it.
+_CHOOSING = threading.RLock()
 
 
 def as_onnx(model: nn.Module, k: int | None) -> OnnxNet:
@@ -292,6 +295,11 @@ def as_onnx(model: nn.Module, k: int | None) -> OnnxNet:
         return model
     k = frozen_k(model, k)
     key = (digest(model), k)
+    with _CHOOSING:
+        return _NETS[key] if key in _NETS else _export_once(model, k, key)
+
+
+def _export_once(model: nn.Module, k: int | None, key: tuple[str, int | None]) -> OnnxNet:
     if key not in _NETS:
         path = cache_dir() / "onnx" / f"{model.config.arch}-{key[0]}" f"{'' if k is None else f'-k{k}'}.onnx"
         if not path.is_file():
@@ -360,14 +368,20 @@ def runner(model: nn.Module, k: int | None, engine: str, precision: str, device:
         return model
     k = None if isinstance(model, OnnxNet) else frozen_k(model, k)
     key = f"{digest(model)}|k={k}|{precision}|{machine()}"
+    with _CHOOSING:
+        return _runner(model, _choose(model, k, precision, pixels, options, key), k, precision)
+
+
+def _choose(model: nn.Module, k: int | None, precision: str, pixels: int, options: list[str], key: str) -> str:
+    """The engine for ``model`` from memory, else (a large job) from a probe it then remembers."""
     entry = _remembered().get(key)
     if entry is None or entry.get("engine") not in options:
         if pixels < PROBE_PIXELS:
-            return _runner(model, "torch" if "torch" in options else default_runtime(model.runs_on), k, precision)
+            return "torch" if "torch" in options else default_runtime(model.runs_on)
         times = probe(model, k, precision)
         best = min(times, key=times.get)
         entry = {"engine": best, "seconds": {e: round(t, 4) for e, t in times.items()}, "side": PROBE_SIDE}
         _remember(key, entry)
         log.info("engine: %s (measured at %d^2: %s; remembered in %s)", best, PROBE_SIDE,
                  ", ".join(f"{e} {t:.2f} s" for e, t in times.items()), _memory_file())
-    return _runner(model, entry["engine"], k, precision)
+    return entry["engine"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,9 @@ CONFIG_KEY = "atbsn_config"  # metadata: the ModelConfig as JSON
 K_KEY = "atbsn_k"  # metadata: the blind-spot control frozen into the graph (absent for a non-blind network)
 EXTRA_KEY = "atbsn_provenance"  # metadata: JSON, how the file was made (export, int8 quantization)
 MULTIPLE_KEY = "atbsn_reflect_multiple"  # metadata: a student's size multiple, reached by a reflect pad in the graph
+# torch.export keeps process-wide tracing state: two exports in parallel threads break each other (seen from the page:
+# 4 sessions at once, 3 failed), so exports of one process run one at a time.
+_EXPORTING = threading.RLock()
 
 
 def frozen_k(model: nn.Module, k: int | None) -> int | None:
@@ -104,7 +108,8 @@ def export_onnx(
             )
         set_metadata(tmp, metadata(model, k, provenance))
 
-    atomic_write(path, write)
+    with _EXPORTING:
+        atomic_write(path, write)
     x = torch.rand(1, c, *check_size) * 255
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": x.numpy()})[0]

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -19,7 +22,10 @@ from .errors import AtbsnError
 # What writers say when the disk is full: OSError's errno, and the words of torch.save and safetensors (which
 # raise RuntimeError or their own error type around the OS error).
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
-_FULL_WORDS = ("no space left", "storagefull", "code: 28", "disk quota", "file write failed")
+# torch.save's zip writer on a full disk: "iostream error ... unexpected pos"; numpy's tofile (np.save): "N requested
+# and M written".
+_FULL_WORDS = ("no space left", "storagefull", "code: 28", "disk quota", "file write failed", "unexpected pos")
+_FULL_PATTERN = re.compile(r"\d+ requested and \d+ written")
 
 
 def _umask() -> int:
@@ -65,7 +71,8 @@ def disk_full(e: BaseException) -> bool:
     while e is not None:
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             return True
-        if any(w in str(e).lower() for w in _FULL_WORDS):
+        text = str(e).lower()
+        if any(w in text for w in _FULL_WORDS) or _FULL_PATTERN.search(text):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -185,6 +192,47 @@ def _alive(pid: int, host: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class OwnedFolder:
+    """A scratch folder that one process owns (its lock names the process), for work whose leftovers a kill would
+    otherwise leave behind: every folder of the same ``prefix`` in ``parent`` whose owner died is removed first.
+    :meth:`cleanup` removes it (also at exit of the ``with`` block)."""
+
+    def __init__(self, prefix: str, parent: str | Path | None = None) -> None:
+        parent = Path(parent or tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(parent, prefix)
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        self._lock = RunLock(self.path).acquire()
+
+    def cleanup(self) -> None:
+        self._lock.release()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def remove_abandoned(parent: str | Path, prefix: str, grace_s: float = 300.0) -> int:
+    """Remove the folders ``parent/prefix*`` that :class:`OwnedFolder` made for processes that are gone (killed:
+    SIGKILL cannot be caught); a folder without a lock is left ``grace_s`` seconds to its maker. Returns how many."""
+    removed = 0
+    for folder in Path(parent).glob(f"{prefix}*"):
+        if not folder.is_dir():
+            continue
+        owner = RunLock(folder)._owner()
+        try:
+            young = time.time() - folder.stat().st_mtime < grace_s
+        except OSError:
+            continue
+        if (owner is None and not young) or (owner is not None and not _alive(*owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def file_sha256(path: str | Path, shown: str | None = None) -> str:

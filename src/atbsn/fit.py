@@ -26,7 +26,7 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ from . import methods as registry
 from .adapt import safeguard
 from .blindspot import validate_k, validate_k_train
 from .checkpoint import load, load_parts, save
-from .config import SIDD_KS, RunConfig, check_options, option
+from .config import MINUTES_MAX, SEED_MAX, SIDD_KS, STEPS_MAX, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
 from .distill import distill, distill_method
-from .engine import heldout_batch, heldout_loss
+from .engine import check_step_memory, heldout_batch, heldout_loss
 from .errors import AtbsnError
 from .files import RunLock, check_apart, write_text
 from .inference import denoise_tensor
@@ -72,8 +72,8 @@ class FitConfig:
     width: int = option(16, "channels of the teacher's UNet", low=1)
     crop: int = option(64, "patch side in pixels", low=8)
     batch: int = option(8, "patches per step", low=1)
-    teacher_steps: int = option(1_500, "teacher training steps", low=1)
-    student_steps: int = option(600, "distillation steps", low=1)
+    teacher_steps: int = option(1_500, "teacher training steps", low=1, high=STEPS_MAX)
+    student_steps: int = option(600, "distillation steps", low=1, high=STEPS_MAX)
     student: str = option("C", "student network (from a released model: its own student when it has one)",
                           choices=registry.student_names)
     ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default 0 1 from "
@@ -92,7 +92,7 @@ class FitConfig:
                                         "measured noise (it has begun to copy correlated noise; default: on for "
                                         "mild noise)")
     lr: float = option(2e-3, "Adam learning rate of both phases (from a released model: --finetune-lr)", low=0.0)
-    seed: int = option(0, "random seed", low=0)
+    seed: int = option(0, "random seed", low=0, high=SEED_MAX)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("auto", "autocast precision (auto: bf16 where the device computes it natively, else "
                             "fp32; fp16: CUDA only)", choices=("auto", "fp32", "bf16", "fp16"))
@@ -102,11 +102,12 @@ class FitConfig:
                                     "it on the photos instead of training from scratch", flag="--from")
     finetune_lr: float = option(1e-4, "learning rate of both phases when starting from a released model",
                                 low=0.0)
-    minutes: float | None = option(None, "time budget for both phases (sets the step counts)", low=0.1)
+    minutes: float | None = option(None, "time budget for both phases (sets the step counts)", low=0.1,
+                                   high=MINUTES_MAX)
     step_cap: list[int] | None = option(None, "the most teacher and student steps a fit takes, whatever --minutes "
                                         "or the step counts say (default: 400 700 for mild noise, where longer "
-                                        "fits lose; none for heavy noise)", low=1)
-    student_share: float = option(0.3, "share of the budget for distillation", low=0.0)
+                                        "fits lose; none for heavy noise)", low=1, high=STEPS_MAX)
+    student_share: float = option(0.3, "share of the budget for distillation", low=0.0, high=1.0)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -119,6 +120,9 @@ class FitConfig:
                 rule(k)
             except AtbsnError as e:
                 raise AtbsnError(f"{flag}: {e}") from None
+            why = registry.arch("atbsn").knob.crop_refusal(k, self.crop) if flag != "--k-infer" else None
+            if why:
+                raise AtbsnError(f"{flag}: {why}")
 
 
 def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
@@ -482,29 +486,51 @@ def output_check(model: torch.nn.Module, sources: list, device: torch.device, li
     return float(np.median(ratios)), photos
 
 
+# What a rerun of fit may change without changing what it computes (where it runs, how bad files are treated).
+WHERE = ("device", "on_bad_file")
+
+
+def _computing_options(cfg: FitConfig) -> dict[str, Any]:
+    """The options that decide what a fit computes, as JSON values (what a rerun must repeat to resume)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in WHERE}))
+
+
+def _shown(value: Any) -> str:
+    return "default" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device,
           start: Start) -> tuple[float | None, float | None]:
     """Step counts: those chosen when the work began (resume), else from the budget and measured step times."""
     plan_path = work / "plan.json"
+    options = _computing_options(cfg)
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())
+        before = plan.get("options", options)  # a plan of atbsn before 0.1's issue 45 did not record them
+        changed = [f"--{k.replace('_', '-')} {_shown(before.get(k))} -> {_shown(v)}" for k, v in options.items()
+                   if before.get(k) != v]
+        if changed:
+            raise AtbsnError(f"{work}: holds a fit made with other options ({', '.join(changed)}); run the same "
+                             "command to resume or keep it, or give another -o (or delete that folder) to fit anew")
         tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
         log.info(f"  resuming the work in {work}")
         return None, None
+    make = registry.method(tcfg.method).make
+    check_step_memory(lambda: make(tcfg), tcfg, device, tcfg.width)
     torch.manual_seed(cfg.seed)
-    probe = registry.method(tcfg.method).make(tcfg)
+    probe = make(tcfg)
     t_step = _step_seconds(probe, tcfg, device)
     # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
     s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model, init=start.student), scfg, device)
     if cfg.minutes is not None:
         budget = cfg.minutes * 60
-        tcfg.steps = max(50, int(budget * (1 - cfg.student_share) / t_step))
-        scfg.steps = max(25, int(budget * cfg.student_share / s_step))
+        tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / t_step)))
+        scfg.steps = min(STEPS_MAX, max(25, int(budget * cfg.student_share / s_step)))
     if cfg.step_cap and (tcfg.steps > cfg.step_cap[0] or scfg.steps > cfg.step_cap[1]):
         log.info(f"  at most {cfg.step_cap[0]} teacher and {cfg.step_cap[1]} student steps (--step-cap; "
                  f"{tcfg.steps} and {scfg.steps} otherwise)")
         tcfg.steps, scfg.steps = min(tcfg.steps, cfg.step_cap[0]), min(scfg.steps, cfg.step_cap[1])
-    write_text(plan_path, json.dumps({"teacher_steps": tcfg.steps, "student_steps": scfg.steps,
+    write_text(plan_path, json.dumps({"options": options, "teacher_steps": tcfg.steps, "student_steps": scfg.steps,
                                       "teacher_step_seconds": t_step, "student_step_seconds": s_step,
                                       "precision": tcfg.precision}))
     return t_step, s_step

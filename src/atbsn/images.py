@@ -89,6 +89,25 @@ def _no_pixel_limit():
         Image.MAX_IMAGE_PIXELS = old
 
 
+def photo_pixels(path: str | Path) -> int:
+    """The pixels an image file decodes to, all pages together, read from its header alone (nothing decoded): what
+    a server checks before it decodes an upload (a small file can hold a huge image)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return sum(int(np.prod(p.shape[:2] if len(p.shape) < 3 or p.shape[2] <= 4 else p.shape[1:]))
+                           for p in tif.pages)
+        from PIL import Image
+
+        with _no_pixel_limit(), Image.open(path) as im:
+            return im.width * im.height  # read_photo decodes the first frame of these formats
+    except Exception as e:  # the decoder's own error types
+        raise AtbsnError(f"{path}: unreadable image ({reason(e, 160)})") from None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file (its first page) into an upright H x W x C array."""
     return read_photo(path)[0][0]

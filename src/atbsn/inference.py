@@ -222,6 +222,8 @@ def _as_input(image: np.ndarray) -> tuple[torch.Tensor, Callable[[np.ndarray], n
     a3 = a[:, :, None] if a.ndim == 2 else a
     if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
         raise AtbsnError(f"expected an H x W x C image with C in 1..4, got shape {a.shape}")
+    if a3.shape[0] == 0 or a3.shape[1] == 0:
+        raise AtbsnError(f"an empty image ({a3.shape[1]} x {a3.shape[0]} pixels): nothing to denoise")
     colour, alpha = (a3[:, :, :-1], a3[:, :, -1:]) if a3.shape[2] in (2, 4) else (a3, None)
     t, factor = as_batch(colour)
 

@@ -8,17 +8,29 @@ cached per photo so the slider switches at once), OpenCV non-local means for com
 file (written by :func:`~atbsn.inference.denoise_files`, the very function behind ``atbsn denoise``), and
 ``fit`` on the photos of the session. Each browser tab is a session with its own folder: two sessions never see
 each other's photos. It listens on 127.0.0.1 unless told otherwise.
+
+Any web page the user opens can send requests to 127.0.0.1, so the server answers only its own page: a request
+whose ``Host`` is not the address it listens on is refused (421: a DNS-rebound name), a POST whose ``Origin`` is
+another site's, or whose body is not of the type the page sends, is refused (403, 415: no request a foreign page
+may send without a CORS preflight passes), and every call needs the random token printed with the page's address
+(as Jupyter does). A model path typed on the page that cannot be loaded is "cannot be used", nothing more (the
+terminal says why): no page learns which files exist. Resources are bounded (:class:`Limits`): uploads are
+streamed to disk and checked for their pixel count before they are decoded, sessions, photos and held images are
+capped, idle sessions are dropped with their folders, heavy jobs and fits run one at a time, a request body that
+never arrives times out, and the folders of a killed server are removed at the next start.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import io
 import json
+import math
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -28,6 +40,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files as package_files
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
@@ -35,18 +48,48 @@ from torch import nn
 
 from . import classical
 from .checkpoint import load_parts
+from .config import K_RULES
 from .demo import PHOTOS, sample_pairs
 from .errors import AtbsnError
+from .files import OwnedFolder, disk_full, reason
 from .fit import FitConfig, fit
-from .images import read_photo
+from .images import photo_pixels, read_photo
 from .inference import InferenceOptions, denoise, denoise_every_k, denoise_files, resolve_k
 from .measure import measure_noise
 from .ranges import to_model_range
-from .registry import table
-from .runtime import log
+from .registry import entries, table
+from .runtime import available_memory, log
 
-MAX_UPLOAD = 2 << 30  # bytes of one upload (a 24 MP 16-bit TIFF is about 150 MB)
 NLM = "nlm"  # the model name of the classical comparison
+PARTS = ("auto", "student", "teacher")
+WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address (then any Host name is served)
+
+
+@dataclass
+class Limits:
+    """What one server holds at most: every resource a page (or a foreign page, or a slow client) can make it use."""
+
+    upload_bytes: int = 2 << 30  # one upload (a 24 MP 16-bit TIFF is about 150 MB)
+    pixels: int = 100_000_000  # one photo, all pages: read from its header before it is decoded
+    sessions: int = 32  # open sessions (browser tabs); past it the idle ones are dropped first
+    photos: int = 40  # photos of one session
+    results: int = 6  # results kept per photo (the oldest is dropped)
+    memory_bytes: int | None = None  # images and results held by all sessions (default: a quarter of free memory)
+    idle_s: float = 3600.0  # a session not used this long is dropped with its folder
+    jobs: int = 1  # denoising and export jobs running at once (the others wait their turn; each uses every core)
+    body_timeout_s: float = 30.0  # a request body that does not arrive in this time closes the connection
+
+
+class BusyError(AtbsnError):
+    """The server is at one of its :class:`Limits`: the request may be retried later (HTTP 503)."""
+
+
+class RefusedError(AtbsnError):
+    """A request this server does not answer (foreign Host or Origin, no token): carries its HTTP status."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -104,6 +147,16 @@ class Session:
     models: list[dict] = field(default_factory=list)  # models fitted in this session
     jobs: dict[str, Job] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    seen: float = field(default_factory=time.monotonic)  # last request
+
+    @property
+    def busy(self) -> bool:
+        return any(not j.finished for j in self.jobs.values())
+
+    def held(self) -> int:
+        """Bytes of images this session holds in memory (photos and results)."""
+        return sum(p.image.nbytes + len(p.preview) + sum(a.nbytes for r in p.results.values()
+                                                         for a in r["images"].values()) for p in self.photos.values())
 
 
 class _Bar:
@@ -129,15 +182,26 @@ class App:
     """The page's state and actions, independent of HTTP (the handler below only routes)."""
 
     def __init__(self, model: str | None = None, folder: str | Path | None = None,
-                 fit_options: dict | None = None, options: InferenceOptions | None = None) -> None:
+                 fit_options: dict | None = None, options: InferenceOptions | None = None,
+                 limits: Limits | None = None, token: bool = True) -> None:
         self.options = options or InferenceOptions()  # tile, device, precision of every run (k: the slider's)
         self.fit_options = fit_options or {}  # FitConfig fields for "learn from these photos"
-        self._tmp = None if folder else tempfile.TemporaryDirectory(prefix="atbsn-ui-")
-        self.folder = Path(folder or self._tmp.name)
+        self.limits = limits or Limits()
+        if self.limits.memory_bytes is None:
+            import torch
+
+            self.limits.memory_bytes = max(512 << 20, available_memory(torch.device("cpu")) // 4)
+        self.token = secrets.token_urlsafe(24) if token else None  # required on every call (None: --no-token)
+        # a folder of this process's, removed on close; a killed server's are removed here, at the next start
+        self._tmp = None if folder else OwnedFolder("atbsn-ui-")
+        self.folder = Path(folder) if folder else self._tmp.path
         self.default_model = model
         self.sessions: dict[str, Session] = {}
         self._models: dict[tuple[str, str], nn.Module] = {}
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one model loaded (or downloaded) at a time, each once
+        self._workers = threading.BoundedSemaphore(self.limits.jobs)
+        self._fitting = threading.Lock()  # one fit per server: it uses every core for minutes
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -145,42 +209,96 @@ class App:
 
     # sessions and photos ------------------------------------------------------------------------
     def new_session(self) -> dict:
-        sid = secrets.token_urlsafe(12)
+        self.expire()
         with self._lock:
-            self.sessions[sid] = Session(sid, self.folder / sid)
-        self.sessions[sid].folder.mkdir(parents=True)
+            if len(self.sessions) >= self.limits.sessions:
+                raise BusyError(f"{len(self.sessions)} sessions are open, the most this page holds; close a tab or "
+                           f"wait for one to be idle for {self.limits.idle_s / 60:g} minutes")
+            sid = secrets.token_urlsafe(12)
+            session = self.sessions[sid] = Session(sid, self.folder / sid)
+        session.folder.mkdir(parents=True)
         models = [{"name": r["name"], "what": r["what"], "cached": r["cached"]} for r in table()]
         return {"session": sid, "models": models, "samples": list(PHOTOS), "default_model": self.default_model}
 
     def session(self, sid: str | None) -> Session:
-        if not sid or sid not in self.sessions:
+        s = self.sessions.get(sid or "")
+        if s is None:
             raise LookupError("unknown session (reload the page)")
-        return self.sessions[sid]
+        s.seen = time.monotonic()
+        return s
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop the sessions idle for ``limits.idle_s`` (none with a job running), with their folders and the
+        memory they held; returns how many."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [s for s in self.sessions.values() if now - s.seen >= self.limits.idle_s and not s.busy]
+            for s in idle:
+                del self.sessions[s.id]
+        for s in idle:
+            shutil.rmtree(s.folder, ignore_errors=True)
+            s.photos.clear()
+        if idle:
+            _return_memory()
+        return len(idle)
+
+    def expire_now_and_then(self) -> None:
+        """:meth:`expire`, at most once a minute (called on every request: a quiet server needs no timer)."""
+        now = time.monotonic()
+        if now - getattr(self, "_expired_at", 0.0) >= min(60.0, self.limits.idle_s):
+            self._expired_at = now
+            self.expire(now)
+
+    def held(self) -> int:
+        """Bytes of images held by every session."""
+        return sum(s.held() for s in list(self.sessions.values()))
+
+    def _room(self, more: int = 0) -> None:
+        if self.held() + more > self.limits.memory_bytes:
+            raise BusyError(f"the page holds {self.held() / 2**20:.0f} MB of photos and results, its limit is "
+                       f"{self.limits.memory_bytes / 2**20:.0f} MB; close other tabs or wait for them to expire")
 
     def photo(self, s: Session, pid: str | None) -> Photo:
         if not pid or pid not in s.photos:
             raise LookupError(f"unknown photo {pid!r} in this session")
         return s.photos[pid]
 
-    def add_photo(self, s: Session, name: str, data: bytes) -> dict:
-        """Keep an uploaded file as sent and read it as ``atbsn denoise`` would; a bad file is one line naming
-        it, and nothing of it is kept."""
+    def add_photo(self, s: Session, name: str, data: bytes | BinaryIO, size: int | None = None) -> dict:
+        """Keep an uploaded file as sent (``data``: its bytes, or a stream of ``size`` bytes copied to disk in
+        blocks) and read it as ``atbsn denoise`` would; a bad file, a full disk or a photo past the limits is one
+        line naming it, and nothing of it is kept."""
         name = _safe_name(name)
+        if len(s.photos) >= self.limits.photos:
+            raise BusyError(f"{name}: this session holds {len(s.photos)} photos, the most it takes; reload the page to "
+                       "start a new one")
+        self._room()
+        size = len(data) if isinstance(data, bytes) else size
+        if size is None or size > self.limits.upload_bytes:
+            raise AtbsnError(f"{name}: an upload of {(size or 0) / 1e9:.1f} GB is refused (at most "
+                             f"{self.limits.upload_bytes / 1e9:.1f} GB)")
         pid = f"p{len(s.photos) + 1}-{secrets.token_hex(3)}"
         folder = s.folder / "photos" / pid
-        folder.mkdir(parents=True)
         path = folder / name
-        path.write_bytes(data)
         try:
+            folder.mkdir(parents=True)
+            _receive(path, data, size)
+            pixels = photo_pixels(path)
+            if pixels > self.limits.pixels:
+                raise AtbsnError(f"{path}: {pixels / 1e6:.0f} megapixels, more than the page takes "
+                                 f"({self.limits.pixels / 1e6:.0f}); denoise it with atbsn denoise")
             pages, info = read_photo(path)
             image = pages[0]
             preview = _png(_display(image))
         except AtbsnError as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise AtbsnError(_named(str(e), path, name)) from None
-        except Exception as e:  # a decoder's own error: still one line naming the file
+        except Exception as e:  # a full disk, a client gone, a decoder's own error: one line naming the file
             shutil.rmtree(folder, ignore_errors=True)
-            raise AtbsnError(f"{name}: cannot read this image ({type(e).__name__}: {e})") from None
+            if disk_full(e):
+                raise AtbsnError(f"{name}: the server's disk is full ({reason(e)}); nothing of it was kept") from None
+            if isinstance(e, (TimeoutError, ConnectionError)):
+                raise
+            raise AtbsnError(f"{name}: cannot read this image ({type(e).__name__}: {reason(e)})") from None
         photo = Photo(pid, name, path, image, len(pages), preview)
         photo.about = _about(photo, info.notes)
         with s.lock:
@@ -194,27 +312,47 @@ class App:
         return self.add_photo(s, f"{sample}-noisy.png", _png(noisy))
 
     # models -------------------------------------------------------------------------------------
-    def model(self, source: str, part: str, job: Job | None = None) -> nn.Module:
-        """A loaded network, cached for the server's life (networks are only read)."""
+    def model(self, source: str, part: str, job: Job | None = None, s: Session | None = None) -> nn.Module:
+        """A loaded network, cached for the server's life (networks are only read). A file typed on the page that
+        cannot be loaded is "cannot be used" and nothing more: the reason (no such file, not readable, not a
+        checkpoint) goes to the terminal, never to the page, so no page learns what exists on this machine."""
         key = (source, part)
-        if key not in self._models:
+        with self._loading:
+            if key in self._models:
+                return self._models[key]
+            known = (source in entries() or source == self.default_model
+                     or (s is not None and any(m["source"] == source for m in s.models)))
             bar = _Bar(job, source) if job is not None else False
-            parts = load_parts(source, progress=bar)
+            try:
+                parts = load_parts(source, progress=bar)
+            except Exception as e:
+                if known:
+                    raise
+                log.warning("ui: %s cannot be used as a model: %s", source, reason(e))
+                raise AtbsnError(f"{source}: cannot be used as a model (the terminal running atbsn ui says "
+                                 "why)") from None
             pick = ("student" if "student" in parts else "teacher") if part == "auto" else part
             if pick not in parts:
                 raise AtbsnError(f"{source}: holds no {pick} (it holds: {', '.join(parts)})")
-            with self._lock:
-                self._models[key] = parts[pick]
-        return self._models[key]
+            self._models[key] = parts[pick]
+            return parts[pick]
 
     # jobs ---------------------------------------------------------------------------------------
-    def start(self, s: Session, kind: str, work: Callable[[Job], dict], watch=None) -> dict:
-        job = Job(secrets.token_hex(4), kind, watch=watch)
+    def start(self, s: Session, kind: str, work: Callable[[Job], dict], watch=None, heavy: bool = True) -> dict:
+        """Run ``work`` in a thread as a job of session ``s``; a ``heavy`` one waits for a free worker
+        (``limits.jobs``: each already uses every core, more at once only add memory)."""
+        job = Job(secrets.token_hex(4), kind, watch=watch, message="waiting for the jobs before it" if heavy
+                  else "starting")
         s.jobs[job.id] = job
 
         def run() -> None:
             try:
-                job.result = work(job)
+                if heavy:
+                    with self._workers:
+                        job.message = "starting"
+                        job.result = work(job)
+                else:
+                    job.result = work(job)
                 job.message = "done"
             except AtbsnError as e:
                 job.error = str(e)
@@ -234,7 +372,8 @@ class App:
 
     def denoise(self, s: Session, photo: Photo, source: str, part: str = "auto") -> dict:
         """Start denoising ``photo``: a teacher at every value of its control (one pass), else once."""
-        source = _source(source)
+        source, part = _source(source), _part(part)
+        self._room()
 
         def work(job: Job) -> dict:
             t0 = time.perf_counter()
@@ -245,7 +384,7 @@ class App:
                 title = "OpenCV non-local means (h = 10, on the 8-bit picture)"
             else:
                 job.message = f"loading {source}"
-                model = self.model(source, part, job)
+                model = self.model(source, part, job, s)
                 title = _title(model, source)
                 control = model.config.family.knob
                 knob = f"{control.name} ({control.what})" if control else None
@@ -259,7 +398,10 @@ class App:
                     ks, default = [], None
             key = hashlib.sha1(f"{source}|{part}".encode()).hexdigest()[:10]
             seconds = time.perf_counter() - t0
+            photo.results.pop(key, None)
             photo.results[key] = {"images": images, "pngs": {}}
+            while len(photo.results) > self.limits.results:  # the oldest result goes
+                photo.results.pop(next(iter(photo.results)))
             return {"key": key, "ks": ks, "k": default, "knob": knob,
                     "model": title, "seconds": round(seconds, 2), "source": source, "part": part}
 
@@ -281,16 +423,17 @@ class App:
     def export(self, s: Session, photo: Photo, source: str, part: str = "auto", k: int | None = None) -> dict:
         """Start writing the full-resolution result with ``atbsn denoise``'s own function (same format, bit
         depth, alpha, colour profile, EXIF and pages)."""
-        source = _source(source)
+        source, part, k = _source(source), _part(part), _k(k)
         if source == NLM:
             raise AtbsnError("non-local means is shown for comparison only; download a network's result")
 
         def work(job: Job) -> dict:
-            model = self.model(source, part, job)
+            model = self.model(source, part, job, s)
+            if k is not None and not model.config.knob:
+                raise AtbsnError(f"{source}: k={k} given, but this network is non-blind and has no blind spot")
             job.message = f"writing the full-resolution {photo.name}"
             out = s.folder / "exports" / job.id
-            written, errors = denoise_files([photo.path], out, model, self.options, progress=False,
-                                            k=k if model.config.knob else None)
+            written, errors = denoise_files([photo.path], out, model, self.options, progress=False, k=k)
             if errors:
                 raise AtbsnError(_named(errors[0], photo.path, photo.name))
             return {"file": f"/api/file?session={s.id}&job={job.id}", "name": written[0].name}
@@ -313,14 +456,23 @@ class App:
         n = len(s.models) + 1
         out, work_dir = s.folder / f"fitted-{n}.safetensors", s.folder / f"fit-{n}"
         cfg = FitConfig(**{**self.fit_options, **({"minutes": minutes} if minutes is not None else {})})
+        if not self._fitting.acquire(blocking=False):
+            raise BusyError("a fit is already running on this page (one at a time: each uses every core); wait for it")
 
         def work(job: Job) -> dict:
-            fit(photos, out, cfg, progress=False, work_dir=work_dir)
+            try:
+                fit(photos, out, cfg, progress=False, work_dir=work_dir)
+            finally:
+                self._fitting.release()
             entry = {"source": str(out), "label": f"learned from {len(photos)} photo(s) of this session ({n})"}
             s.models.append(entry)
             return entry
 
-        return self.start(s, "fit", work, watch=lambda job: _watch_fit(job, work_dir))
+        try:
+            return self.start(s, "fit", work, watch=lambda job: _watch_fit(job, work_dir), heavy=False)
+        except BaseException:
+            self._fitting.release()
+            raise
 
 
 def _watch_fit(job: Job, work: Path) -> None:
@@ -354,11 +506,60 @@ def _about(p: Photo, notes: list[str]) -> dict:
             "noise": measure_noise(a).as_dict() if min(a.shape[:2]) >= 48 else None}
 
 
-def _source(source: str) -> str:
+def _source(source: object) -> str:
+    if source is not None and not isinstance(source, str):
+        raise AtbsnError(f"bad request: 'model' must be a name or a path, not {json.dumps(source)[:40]}")
     source = (source or "").strip()
     if not source:
         raise AtbsnError("choose a model: a released name, a checkpoint file, or learn one from the photos")
     return source
+
+
+def _part(part: object) -> str:
+    if part not in PARTS:
+        raise AtbsnError(f"bad request: 'part' must be one of {', '.join(PARTS)}, not {json.dumps(part)[:40]}")
+    return part
+
+
+def _k(k: object) -> int | str | None:
+    """The blind spot asked for: None, a whole number >= 0, or a rule of ``--k``."""
+    if k is None or k in K_RULES or (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+        return k
+    raise AtbsnError(f"bad request: 'k' must be a whole number >= 0 or one of {', '.join(K_RULES)}, "
+                     f"not {json.dumps(k)[:40]}")
+
+
+def _minutes(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AtbsnError(f"bad request: 'minutes' must be a number, not {json.dumps(value)[:40]}")
+    return float(value)
+
+
+def _receive(path: Path, data: bytes | BinaryIO, size: int) -> None:
+    """Write an upload to ``path``: its bytes, or ``size`` bytes read from a stream in blocks (never the whole
+    file in memory); a stream that ends early is an error (the client is gone)."""
+    with open(path, "wb") as f:
+        if isinstance(data, bytes):
+            f.write(data)
+            return
+        left = size
+        while left:
+            block = data.read(min(left, 1 << 20))
+            if not block:
+                raise ConnectionError(f"the upload ended after {size - left} of {size} bytes")
+            f.write(block)
+            left -= len(block)
+
+
+def _return_memory() -> None:
+    """Hand freed memory back to the system (glibc keeps freed blocks in its arenas otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _title(model: nn.Module, source: str) -> str:
@@ -396,8 +597,15 @@ def _named(message: str, path: Path, name: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------- HTTP
+JSON = "application/json"
+UPLOAD = "application/octet-stream"  # the page's uploads; a form post (multipart, text/plain) is refused
+REFUSAL_PAGE = ("<!doctype html><title>atbsn ui</title><p>Open the address <code>atbsn ui</code> printed in its "
+                "terminal: it carries this page's token.</p>")
+
+
 class _Handler(BaseHTTPRequestHandler):
     app: App  # set on the class made by :func:`make_server`
+    hosts: frozenset[str] | None  # the Host values served (None: any, when listening on every address)
     server_version = "atbsn-ui"
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
@@ -409,33 +617,54 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._route("POST")
 
+    def _guard(self, method: str, path: str, q: dict[str, str]) -> None:
+        """Refuse what the page itself never sends: a foreign Host (DNS rebinding), a cross-site request, a
+        POST from another origin or of a type a foreign page may send without a preflight, a missing token."""
+        host = (self.headers.get("Host") or "").lower()
+        if self.hosts is not None and host not in self.hosts:
+            raise RefusedError(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only "
+                               f"{' or '.join(sorted(self.hosts))}, not Host {host[:80]!r}")
+        if (self.headers.get("Sec-Fetch-Site") or "").lower() == "cross-site":
+            raise RefusedError(HTTPStatus.FORBIDDEN, "a request from another site is refused")
+        origin = self.headers.get("Origin")
+        if method == "POST" and origin is not None and origin.lower() != f"http://{host}":
+            raise RefusedError(HTTPStatus.FORBIDDEN, f"a request from {origin[:80]!r} is refused (only this page's)")
+        token = self.app.token
+        if token is not None and not secrets.compare_digest(q.get("token", "").encode(), token.encode()):
+            raise RefusedError(HTTPStatus.FORBIDDEN, "missing or wrong token: open the address atbsn ui printed")
+        if method == "POST":
+            kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            want = UPLOAD if path == "/api/photo" else JSON
+            if kind != want:
+                raise RefusedError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"{path} takes Content-Type {want}, not {kind!r}")
+
     def _route(self, method: str) -> None:
         url = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         app = self.app
         try:
+            self._guard(method, url.path, q)
+            app.expire_now_and_then()
             if method == "GET" and url.path == "/":
                 return self._send(HTTPStatus.OK, PAGE(), "text/html; charset=utf-8")
             if method == "GET" and url.path == "/api/setup":
                 return self._json(app.new_session())
             s = app.session(q.get("session"))
             if method == "POST" and url.path == "/api/photo":
-                return self._json(app.add_photo(s, q.get("name", "photo"), self._body()))
+                return self._json(app.add_photo(s, q.get("name", "photo"), self.rfile, self._length()))
+            body = self._fields() if method == "POST" else {}
             if method == "POST" and url.path == "/api/sample":
                 return self._json(app.add_sample(s, q.get("name", "")))
             if method == "GET" and url.path == "/api/photos":
                 return self._json({"photos": [p.about for p in s.photos.values()], "models": s.models})
             if method == "POST" and url.path in ("/api/denoise", "/api/export"):
-                body = json.loads(self._body() or b"{}")
                 photo = app.photo(s, q.get("photo"))
                 if url.path == "/api/denoise":
                     return self._json(app.denoise(s, photo, body.get("model", ""), body.get("part", "auto")))
                 return self._json(app.export(s, photo, body.get("model", ""), body.get("part", "auto"),
                                              body.get("k")))
             if method == "POST" and url.path == "/api/fit":
-                body = json.loads(self._body() or b"{}")
-                minutes = body.get("minutes")
-                return self._json(app.fit(s, None if minutes is None else float(minutes)))
+                return self._json(app.fit(s, _minutes(body.get("minutes"))))
             if method == "GET" and url.path == "/api/job":
                 return self._json(app.job(s, q.get("job")))
             if method == "GET" and url.path == "/api/image":
@@ -448,24 +677,55 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(HTTPStatus.OK, data, "application/octet-stream",
                                   disposition=f"attachment; filename*=UTF-8''{quote(name)}")
             self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
+        except RefusedError as e:
+            self.close_connection = True  # what was refused may have a body we do not read
+            if url.path == "/" and e.status == HTTPStatus.FORBIDDEN:
+                return self._send(e.status, REFUSAL_PAGE, "text/html; charset=utf-8")
+            self._json({"error": str(e)}, e.status)
+        except BusyError as e:
+            self._json({"error": str(e)}, HTTPStatus.SERVICE_UNAVAILABLE)
         except AtbsnError as e:
             self._json({"error": str(e)}, HTTPStatus.BAD_REQUEST)
         except LookupError as e:
             self._json({"error": str(e.args[0] if e.args else e)}, HTTPStatus.NOT_FOUND)
-        except (ValueError, json.JSONDecodeError) as e:
-            self._json({"error": f"bad request: {e}"}, HTTPStatus.BAD_REQUEST)
+        except (TimeoutError, ConnectionError):  # a body that never came, or a client gone: drop the connection
+            self.close_connection = True
         except Exception as e:  # the server keeps running; the page shows one line
             log.error("ui: %s %s failed:\n%s", method, url.path, traceback.format_exc())
-            self._json({"error": f"internal error: {type(e).__name__}: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+            self._json({"error": f"internal error: {type(e).__name__}: {reason(e)}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
-    def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n > MAX_UPLOAD:
-            raise AtbsnError(f"upload of {n / 1e9:.1f} GB refused (at most {MAX_UPLOAD / 1e9:.1f} GB)")
-        return self.rfile.read(n)
+    def _length(self) -> int:
+        """The body's declared length; none, a negative or a non-number is refused before anything is read."""
+        text = self.headers.get("Content-Length")
+        if text is None or not text.strip().isdigit():
+            self.close_connection = True
+            raise AtbsnError(f"bad request: Content-Length {text!r} (a body needs its length)")
+        n = int(text)
+        if n > self.app.limits.upload_bytes:
+            self.close_connection = True
+            raise AtbsnError(f"an upload of {n / 1e9:.1f} GB is refused (at most "
+                             f"{self.app.limits.upload_bytes / 1e9:.1f} GB)")
+        return n
+
+    def _fields(self) -> dict:
+        """A POST's JSON body, which must be an object (small: the page sends a few fields)."""
+        n = self._length()
+        if n > 1 << 16:
+            self.close_connection = True
+            raise AtbsnError(f"bad request: a body of {n} bytes (the page sends a few fields)")
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise ConnectionError("the body ended early")
+        try:
+            fields = json.loads(data or b"{}")
+        except ValueError:
+            raise AtbsnError("bad request: the body is not JSON") from None
+        if not isinstance(fields, dict):
+            raise AtbsnError(f"bad request: the body must be a JSON object, not a {type(fields).__name__}")
+        return fields
 
     def _json(self, data: dict, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
+        self._send(status, json.dumps(data).encode(), JSON)
 
     def _send(self, status: HTTPStatus, data: bytes | str, kind: str, cache: bool = False,
               disposition: str | None = None) -> None:
@@ -474,6 +734,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "private, max-age=3600" if cache else "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")  # no other site may frame the page
+        self.send_header("Referrer-Policy", "no-referrer")  # the token never leaves in a Referer
+        if self.close_connection:
+            self.send_header("Connection", "close")
         if disposition:
             self.send_header("Content-Disposition", disposition)
         self.end_headers()
@@ -484,26 +749,73 @@ def PAGE() -> str:  # noqa: N802 - a constant read once per request so an edited
     return package_files("atbsn").joinpath("ui.html").read_text(encoding="utf-8")
 
 
+def served_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The Host header values a server on ``host``:``port`` answers: its loopback names and ``host`` itself;
+    None (any) when it listens on every address, where the token is the guard."""
+    if host in WILDCARDS:
+        return None
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+    return frozenset(f"{n.lower()}:{port}" for n in names)
+
+
 def make_server(app: App, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
     """The HTTP server for ``app`` (not started); port 0 takes a free one."""
-    handler = type("Handler", (_Handler,), {"app": app})
+    if not 0 <= port <= 65535:
+        raise AtbsnError(f"--port {port}: a port is a number from 0 to 65535")
+    handler = type("Handler", (_Handler,), {"app": app, "hosts": None, "timeout": app.limits.body_timeout_s})
+    server_class = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host)})
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = server_class((host, port), handler)
     except OSError as e:
-        raise AtbsnError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
+        raise AtbsnError(_listen_error(host, port, e)) from None
     server.daemon_threads = True
+    handler.hosts = served_hosts(host, server.server_address[1])
     return server
 
 
+def _family(host: str) -> int:
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    """Why the server cannot listen, with the fix that fits the cause."""
+    import errno
+    import socket
+
+    if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: not an address of this machine ({e.strerror or e}); check --host"
+    if e.errno == errno.EADDRINUSE:
+        return f"cannot listen on {host}:{port}: the port is in use; choose another --port"
+    if e.errno == errno.EACCES:
+        return (f"cannot listen on {host}:{port}: not permitted (ports below 1024 need privileges); "
+                "choose another --port")
+    return f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port"
+
+
+def page_url(app: App, server: ThreadingHTTPServer, host: str) -> str:
+    """The address to open: the page with its token (a bookmark works for this run of the server)."""
+    shown = "127.0.0.1" if host in WILDCARDS else host
+    url = f"http://{shown if ':' not in shown else f'[{shown}]'}:{server.server_address[1]}/"
+    return url + (f"?token={app.token}" if app.token else "")
+
+
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, open_browser: bool = False,
-          options: InferenceOptions | None = None) -> None:
-    """Run the page until interrupted (``options``: tile, device and precision of every run)."""
-    app = App(model, options=options)
-    server = make_server(app, host, port)
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_address[1]}/"
+          options: InferenceOptions | None = None, token: bool = True, limits: Limits | None = None) -> None:
+    """Run the page until interrupted (``options``: tile, device and precision of every run; ``token``: require
+    the printed token on every call)."""
+    app = App(model, options=options, token=token, limits=limits)
+    try:
+        server = make_server(app, host, port)
+    except BaseException:
+        app.close()
+        raise
+    url = page_url(app, server, host)
     local = host in ("127.0.0.1", "localhost", "::1")
     log.info(f"atbsn ui: {url}" + (" (this machine only; --host 0.0.0.0 to share it on the network)" if local else
-                                  f" (listening on {host}: anyone who can reach this machine can use it)"))
+                                  f" (listening on {host}: anyone who can reach this machine and has the address "
+                                  "with its token can use it)"))
     if open_browser:
         import webbrowser
 

@@ -39,7 +39,9 @@ class Knob:
 
     ``validate`` returns the value as an int or raises :class:`AtbsnError`; ``validate_train`` adds what training
     needs on top (a k_a that hides something). ``covers(value, h, w)`` says why a value cannot run on an h x w
-    image, or None.
+    image, or None. ``span(value)`` is the side of the square a value keeps from view at full resolution (a PD
+    stride: the two pixels a sub-image needs at least), for the rule that a training crop must hold it
+    (:meth:`crop_refusal`).
     """
 
     name: str
@@ -50,6 +52,16 @@ class Knob:
     validate: Callable[[object], int]
     validate_train: Callable[[object], int] | None = None
     covers: Callable[[int, int, int], str | None] | None = None
+    span: Callable[[int], int] | None = None
+
+    def crop_refusal(self, value: int, crop: int) -> str | None:
+        """Why ``value`` cannot train on (or be distilled from) crops of side ``crop``: it keeps a square as large
+        as the crop from view, so nothing would be left to learn from; else None."""
+        side = self.span(value) if self.span is not None else 0
+        if side >= crop:
+            return (f"{self.name}={value} keeps a {side} x {side} square from view, as large as the {crop}-pixel "
+                    f"training crop: nothing would be left to see; choose a smaller {self.name} or a larger --crop")
+        return None
 
 
 @dataclass(frozen=True)

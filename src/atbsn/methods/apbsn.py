@@ -203,7 +203,8 @@ def _detect(sd, value_range: float) -> ModelConfig | None:
     return None
 
 
-STRIDE = Knob("stride", "PD stride", train=5, infer=2, sweep=SWEEP_STRIDES, validate=validate_stride)
+STRIDE = Knob("stride", "PD stride", train=5, infer=2, sweep=SWEEP_STRIDES, validate=validate_stride,
+               span=lambda s: 2 * s)
 # Tiling: DBSNl has no pooling, so a training crop shows it no border and it is tiled from free memory
 # (1,200 bytes per pixel at width 48, scaled with the width); 128 px of context (the dilated branches reach far).
 register(Arch("apbsn", "AP-BSN", APBSN, _detect, bytes_per_pixel=1200, margin=128, knob=STRIDE,

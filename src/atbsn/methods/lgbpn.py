@@ -328,7 +328,7 @@ def _detect(sd, value_range: float) -> ModelConfig | None:
 
 
 SETTING = Knob("pd", "inference setting (the local branch's PD stride)", train=4, infer=3, sweep=(2, 3, 4),
-               validate=validate_setting, validate_train=validate_train_stride)
+               validate=validate_setting, validate_train=validate_train_stride, span=lambda s: 2 * (s + 1))
 # Tiling: the transformer's channel attention sums over every pixel of a sub-image, so no margin makes tiled and
 # untiled outputs equal; 128 px of context keeps the masked convolutions' and dilated bodies' reach, and tiles
 # are as large as memory allows (bytes per pixel at width 48, scaled: about 4 KB a pixel at the base width 128).

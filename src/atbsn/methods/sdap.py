@@ -132,7 +132,7 @@ def _detect(sd, value_range: float) -> ModelConfig | None:  # noqa: ARG001 - the
 # The control: the PD stride at inference (2); the RSG stride for training (5). DBSNl has no pooling: tiled from
 # free memory (AP-BSN's constants: the same network); the enhancement pass doubles the reach of its context.
 STRIDE = Knob("stride", "PD stride (inference) / RSG stride (training)", train=RSG_STRIDE, infer=2,
-              sweep=SWEEP_STRIDES, validate=validate_stride)
+              sweep=SWEEP_STRIDES, validate=validate_stride, span=lambda s: 2 * s)
 register(Arch("sdap", "SDAP(E)", SDAP, _detect, bytes_per_pixel=1200, margin=160, knob=STRIDE,
               tile_at_train_crop=False))
 

@@ -175,7 +175,7 @@ def _detect(sd, value_range: float) -> ModelConfig | None:  # noqa: ARG001 - the
 
 
 HOLE = Knob("hole", "hole size", train=5, infer=2, sweep=(0, 1, 2, 3, 4, 5, 6), validate=validate_hole,
-            validate_train=_train_hole)
+            validate_train=_train_hole, span=lambda h: 2 * h + 1)
 # No pooling: tiled from free memory, not at the training crop. Context: 57 triangular 3x3 convolutions reach 57
 # pixels, plus the hole's shift. Peak memory: four views of 48 channels, several maps alive, plus the 384-channel
 # head (measured with benchmarks/memory.py's method: about 4 KB a pixel at width 48, rounded up).
