@@ -131,7 +131,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | N
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=help_text)
             if f.default is None:  # on or off by default from elsewhere (the model): the flag that says no
                 parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=False,
-                                    help=argparse.SUPPRESS)
+                                    help=f"the opposite of {flag}: off whatever the default would choose")
         else:
             parser.add_argument(*flags, dest=f.name, type=kind, nargs="+" if many else None, default=None,
                                 choices=_choices(f.metadata), help=help_text)

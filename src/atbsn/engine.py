@@ -140,7 +140,23 @@ def heldout_loss(model: nn.Module, loss: Loss, batch: tuple, device: torch.devic
 def saved_config(out: str | Path) -> RunConfig | None:
     """The configuration of the run in ``out`` (None when it holds none), without loading weights."""
     state = Path(out) / "state.pt"
-    return RunConfig.from_saved(json.loads(_load_state(state)["config"])) if state.exists() else None
+    return _saved_run(state, _load_state(state)) if state.exists() else None
+
+
+def _saved_run(path: Path, state: dict) -> RunConfig:
+    """The run configuration inside a loaded resume state; a state without one, or with a broken one, is one line
+    naming the file (a folder from elsewhere, or a state written by hand)."""
+    try:
+        values = json.loads(state["config"])
+        if not isinstance(values, dict):
+            raise TypeError(f"a JSON {type(values).__name__}, not an object of options")
+        return RunConfig.from_saved(values)
+    except AtbsnError as e:
+        raise AtbsnError(f"{path}: its run configuration is refused ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        what = ("has no run configuration" if isinstance(e, KeyError) else
+                f"holds a broken run configuration ({reason(e, 100)})")
+        raise AtbsnError(f"{path}: unreadable resume state: it {what}") from None
 
 
 def _load_state(path: Path) -> dict:
@@ -277,7 +293,7 @@ class Trainer:
         if not resume:
             return None
         saved = _load_state(self.state_path)
-        before = RunConfig(**json.loads(saved["config"]))
+        before = _saved_run(self.state_path, saved)
         if before.teacher_sha256 and config.teacher_sha256 and before.teacher_sha256 != config.teacher_sha256:
             raise AtbsnError(f"{config.teacher}: not the teacher this run began with (its contents differ: sha256 "
                              f"{config.teacher_sha256[:12]}..., the run's {before.teacher_sha256[:12]}...); resume "
@@ -290,6 +306,13 @@ class Trainer:
         return saved
 
     def _restore(self, saved: dict) -> None:
+        try:
+            self._load(saved)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise AtbsnError(f"{self.state_path}: unreadable resume state ({type(e).__name__}: {reason(e, 120)}); "
+                             "start a new run in another folder") from None
+
+    def _load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.opt.load_state_dict(saved["optimizer"])
         self.sched.load_state_dict(saved["scheduler"])

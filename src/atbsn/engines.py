@@ -196,8 +196,9 @@ def _full_range_weights(model) -> bool:
     kernels compute exactly (:data:`atbsn.qdq.WEIGHT_QMAX` says why)."""
     from onnx import TensorProto, numpy_helper
 
-    return any(t.data_type == TensorProto.INT8 and int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(
-        initial=0)) > WEIGHT_QMAX for t in model.graph.initializer)
+    return any(t.data_type == TensorProto.INT8 and t.data_location != TensorProto.EXTERNAL  # never read from here
+               and int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0)) > WEIGHT_QMAX
+               for t in model.graph.initializer)
 
 
 # ------------------------------------------------------------------------------------------- choosing

@@ -88,6 +88,9 @@ def export_onnx(
         import onnxruntime as ort
     except ImportError:
         raise AtbsnError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'atbsn[export]'") from None
+    if getattr(model, "runs_on", None) is not None:  # an OnnxNet (engines): already a graph, nothing to trace
+        raise AtbsnError(f"{model.path}: already an ONNX file; export (and quantize) take the PyTorch checkpoint it "
+                         "was written from")
     k = frozen_k(model, k)
     # a contiguous copy: channels-last weights make the exporter guard on the batch size
     plain = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)

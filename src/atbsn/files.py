@@ -157,7 +157,7 @@ class RunLock:
                 raise AtbsnError(f"{self.path.parent}: in use by process {owner[0]} on {owner[1]} (its lock "
                                  f"{self.path}); wait for it, or stop it, or use another folder") from None
             with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+                f.write(f"{os.getpid()} {socket.gethostname()} {_started(os.getpid()) or ''}".rstrip() + "\n")
             self.held = True
             return self
         raise AtbsnError(f"{self.path}: cannot take the lock")
@@ -167,11 +167,12 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def _owner(self) -> tuple[int, str] | None:
+    def _owner(self) -> tuple[int, str, str | None] | None:
+        """(pid, host, the process's start time when recorded) of the lock's owner, or None."""
         try:
-            pid, host = self.path.read_text().split()
-            return int(pid), host
-        except (OSError, ValueError):
+            pid, host, *started = self.path.read_text().split()
+            return int(pid), host, started[0] if started else None
+        except (OSError, ValueError, IndexError):
             return None
 
     def __enter__(self) -> RunLock:
@@ -181,8 +182,10 @@ class RunLock:
         self.release()
 
 
-def _alive(pid: int, host: str) -> bool:
-    """Whether process ``pid`` runs (on another host: assumed to, as it cannot be asked)."""
+def _alive(pid: int, host: str, started: str | None = None) -> bool:
+    """Whether the process that wrote a lock still runs (on another host: assumed to, as it cannot be asked). A
+    pid is reused once its process is gone: a live process with that pid is the owner only if it started when the
+    lock says (Linux: /proc); a lock that does not say (older atbsn) is owned by a Python process only."""
     if host != socket.gethostname():
         return True
     try:
@@ -190,8 +193,26 @@ def _alive(pid: int, host: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    now = _started(pid)
+    if now is None:
+        return True  # nothing more to ask here (not Linux)
+    if started is not None:
+        return started == now
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
+    except OSError:
         return True
-    return True
+    return b"python" in command or b"atbsn" in command
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks after boot (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 class OwnedFolder:

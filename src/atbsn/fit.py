@@ -205,6 +205,8 @@ CHOSEN = ("k_train", "k_infer", "ks", "loss", "safeguard", "stop_at_noise", "ste
 def blind_spot_for(noise: NoiseEstimate) -> tuple[dict[str, Any], str]:
     """The teacher's k_a and k_b and the student's k set and loss for photos whose (set-level) noise is ``noise``,
     and why, in words."""
+    if not noise.measured:
+        return dict(HEAVY), "photos too small to measure their noise: the paper's large blind spot"
     if noise.sigma < MILD_SIGMA:
         return dict(MILD), f"mild noise (sigma {noise.sigma:.1f} < {MILD_SIGMA:g}): a small blind spot keeps texture"
     return dict(HEAVY), f"heavy noise (sigma {noise.sigma:.1f} >= {MILD_SIGMA:g}): the paper's large blind spot"

@@ -25,6 +25,7 @@ REACH_LEVEL = 0.05  # the correlation below which noise is taken to have stopped
 MAX_SIDE = 2048  # a larger photo is measured on its centre crop of this side
 BRIGHTNESS_BINS = 8  # brightness groups for the noise level at each brightness
 SURFACE = 6  # parameters of the smooth surface taken away from each block (quadratic)
+FLAT_LEVEL = 1e-3  # a residual below this (of 255) is round-off, not noise: 8-bit quantization alone is 0.29
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,16 @@ class NoiseEstimate:
         return {**asdict(self), "correlation": [round(c, 4) for c in self.correlation],
                 "sigma": round(self.sigma, 3), "levels": [list(v) for v in self.levels]}
 
+    @property
+    def measured(self) -> bool:
+        """Whether there was anything to measure (at least one flat block)."""
+        return self.blocks > 0
+
     def describe(self) -> str:
+        if not self.measured:
+            return f"too small to measure its noise (not one {BLOCK} x {BLOCK} block)"
+        if self.sigma == 0:
+            return f"no noise measured: its flattest areas are exactly flat (from {self.blocks} blocks)"
         corr = ", ".join(f"{c:.2f}" for c in self.correlation[:3])
         return (f"noise sigma {self.sigma:.2f} of 255, correlation {corr} at 1, 2, 3 pixels, reaching "
                 f"{self.reach} pixel(s) (from {self.blocks} flat {BLOCK} x {BLOCK} blocks)")
@@ -107,8 +117,8 @@ def measure_noise(image: np.ndarray, factor: float | None = None, block: int = B
     a = a[y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE]  # a big photo: its centre (bounded time and memory)
     x = a.astype(np.float64) * factor if factor is not None else to_model_range(a)[0].astype(np.float64)
     h, w = (x.shape[0] // block) * block, (x.shape[1] // block) * block
-    if h == 0 or w == 0:
-        return NoiseEstimate(float(np.std(x)), (0.0,) * SHIFTS, 0, 0)
+    if h == 0 or w == 0:  # not one block: nothing to tell noise from content by
+        return NoiseEstimate(0.0, (0.0,) * SHIFTS, 0, 0)
     blocks = x[:h, :w].reshape(h // block, block, w // block, block, -1).transpose(0, 2, 1, 3, 4)
     blocks = blocks.reshape(-1, block, block, x.shape[2])
     clipped = ((blocks <= 0.5) | (blocks >= 254.5)).mean(axis=(1, 2, 3)) > 0.02
@@ -119,7 +129,7 @@ def measure_noise(image: np.ndarray, factor: float | None = None, block: int = B
     flatness = _around(var, h // block, w // block)
     keep = usable[np.argsort(flatness[usable], kind="stable")[:n]]
     r = resid[keep]
-    if float((r * r).sum()) == 0:
+    if float(np.sqrt((r * r).mean())) < FLAT_LEVEL:  # exactly flat (a fit's round-off is not noise to correlate)
         return NoiseEstimate(0.0, (0.0,) * SHIFTS, 0, int(n))
     seen = np.array([(_corr(r, s, 2) + _corr(r, s, 1)) / 2 for s in range(1, SHIFTS + 1)])
     corr, keeps = _unbiased(seen, block)
@@ -200,7 +210,10 @@ def measure_set(images) -> tuple[NoiseEstimate, list[NoiseEstimate]]:
     each = [measure_noise(*a) if isinstance(a, tuple) else measure_noise(a) for a in images]
     if not each:
         raise ValueError("no images to measure")
-    corr = tuple(float(np.median([e.correlation[i] for e in each])) for i in range(SHIFTS))
-    whole = NoiseEstimate(float(np.median([e.sigma for e in each])), corr, reach_of(corr),
-                          sum(e.blocks for e in each))
+    seen = [e for e in each if e.measured]  # an image too small to measure says nothing of the set
+    if not seen:
+        return NoiseEstimate(0.0, (0.0,) * SHIFTS, 0, 0), each
+    corr = tuple(float(np.median([e.correlation[i] for e in seen])) for i in range(SHIFTS))
+    whole = NoiseEstimate(float(np.median([e.sigma for e in seen])), corr, reach_of(corr),
+                          sum(e.blocks for e in seen))
     return whole, each

@@ -18,7 +18,6 @@ import io
 import logging
 import math
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,10 +25,10 @@ import numpy as np
 from torch import nn
 
 from .datasets import expand_inputs
-from .engines import installed, ort_runner, ov_runner
+from .engines import OnnxNet, installed, ort_runner, ov_runner
 from .errors import AtbsnError
 from .export import export_onnx, frozen_k, metadata, set_metadata
-from .files import atomic_write, reason
+from .files import OwnedFolder, atomic_write, reason
 from .images import read_photo
 from .qdq import QDQGraph, UnsupportedError
 from .ranges import as_batch
@@ -313,10 +312,12 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
     if finetune_steps < 0:
         raise AtbsnError(f"--finetune-steps must be 0 or more, got {finetune_steps}")
     output = Path(output)
+    if isinstance(model, OnnxNet):
+        raise AtbsnError(f"{model.path}: already an ONNX file; quantize takes the PyTorch checkpoint it was "
+                         "written from")
     k = frozen_k(model, k)
     samples = calibration_crops(photos, crops, crop, model.config.in_channels)
-    with tempfile.TemporaryDirectory(prefix="atbsn-quantize-") as tmp_dir:
-        tmp = Path(tmp_dir)
+    with OwnedFolder("atbsn-quantize-") as tmp:  # a killed quantize's folder goes at the next one's start
         fp32 = tmp / "fp32.onnx"
         export_onnx(model, fp32, k=k)
         import onnx

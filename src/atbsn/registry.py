@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import AtbsnError
-from .files import reason
+from .files import OwnedFolder, reason
 from .runtime import log
 
 DEFAULT_BASE = "https://github.com"
@@ -122,8 +122,11 @@ def fetch(name: str, progress: bool = True, base_url: str | None = None) -> Path
                              "nothing was downloaded")
         log.info(f"{name}: downloading {url} into {target.parent}")
         try:
-            pooch.retrieve(url, known_hash=f"sha256:{entry.sha256}" if entry.sha256 else None,
-                           fname=target.name, path=target.parent, progressbar=progress)
+            # into a folder of this process's: what a killed download leaves is removed by the next one
+            with OwnedFolder(".download-", target.parent) as part:
+                got = pooch.retrieve(url, known_hash=f"sha256:{entry.sha256}" if entry.sha256 else None,
+                                     fname=target.name, path=part, progressbar=progress)
+                os.replace(got, target)
         except requests.RequestException as e:
             raise AtbsnError(f"{name}: download from {url} failed ({reason(e)})") from None
         except ValueError as e:  # pooch: the sha256 differs (the download is not kept)

@@ -31,6 +31,7 @@ import math
 import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -820,8 +821,14 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, o
         import webbrowser
 
         webbrowser.open(url)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM ends the server as Ctrl-C does: cleaned up
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     finally:
         server.server_close()
         app.close()
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    raise KeyboardInterrupt
