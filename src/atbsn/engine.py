@@ -74,7 +74,8 @@ def step_bytes(make: Callable[[], Method], batch: int, crop: int) -> int | None:
     its tensors counted (:data:`STEP_PEAK_SHARE` of them alive at once), plus weights, gradients and Adam's two
     moments. None when the method cannot run on the meta device (then nothing is checked)."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():  # loading a teacher onto meta parameters warns
+            warnings.simplefilter("ignore")
             method = make()
         model = method.model.to("meta")
         c = model.config.in_channels

@@ -228,6 +228,10 @@ def conv_costs(model, channels: int) -> dict[str, float]:
     shapes = _shapes(model, [n.output[0] for n in convs], channels, side)
     weights = {t.name: t for t in model.graph.initializer}
     out = {}
+    computed = [n.name for n in convs if n.input[1] not in weights]
+    if computed:
+        raise AtbsnError(f"this network computes the weights of {len(computed)} convolution(s) in the graph "
+                         f"({computed[0]}); int8 quantization takes networks whose weights are constants")
     for n in convs:
         w = numpy_helper.to_array(weights[n.input[1]])
         h, wd = shapes[n.output[0]][2:]
