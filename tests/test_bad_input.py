@@ -21,6 +21,8 @@ from safetensors.torch import save_file
 from atbsn import Student
 from atbsn.checkpoint import save
 from atbsn.cli import main
+from atbsn.errors import AtbsnError
+from atbsn.files import _started
 from atbsn.images import read_photo, write_image
 
 IMG = np.linspace(30, 220, 24 * 20 * 3).reshape(24, 20, 3).astype(np.uint8)
@@ -278,6 +280,43 @@ def not_a_url(mp):
     mp.setenv("ATBSN_REGISTRY_URL", "not-a-url")
 
 
+def fit_with(flags):
+    def setup(r):
+        return ["fit", _photos(r), "-o", str(r / "m.safetensors"), *flags]
+    return setup
+
+
+def onnx_model(command):
+    def setup(r):
+        model = _model(r)
+        main(["export", "-m", model, "-o", str(r / "m.onnx")])
+        out = str(r / "out" / "q.onnx")
+        return {"quantize": ["quantize", _photos(r), "-m", str(r / "m.onnx"), "-o", out],
+                "export": ["export", "-m", str(r / "m.onnx"), "-o", out]}[command]
+    return setup
+
+
+def broken_state(kind):
+    def setup(r):
+        photos, run = _photos(r), r / "run"
+        main(["train", photos, "-o", str(run), *TINY[:1], "4", *TINY[2:], "--stop-after", "1"])
+        state = torch.load(run / "state.pt", weights_only=True)
+        if kind == "without a config":
+            del state["config"]
+        else:
+            state["config"] = "{not json" if kind == "with a garbage config" else json.dumps(["atbsn"])
+        torch.save(state, run / "state.pt")
+        return ["train", photos, "-o", str(run), "--resume", "-q"]
+    return setup
+
+
+def k_on_96(k):
+    def setup(r):
+        write_image(r / "in" / "p.png", np.resize(IMG, (96, 96, 3)))
+        return ["denoise", str(r / "in"), "-o", str(r / "out"), "-m", _teacher(r), "--k", str(k)]
+    return setup
+
+
 @dataclass
 class Case:
     defect: str
@@ -343,6 +382,37 @@ CASES = [
     Case("26.22 a legacy pickle", legacy_pickle, "old.pth: not a readable PyTorch checkpoint"),
     Case("26.22 ATBSN_REGISTRY_URL not a URL", command(lambda r: ["info", "atbsn-sidd"]),
          "ATBSN_REGISTRY_URL is not a URL", not_a_url),
+    # issue 45
+    Case("45.3 train apbsn --stride-train 1000 --crop 32", bad_option(["--method", "apbsn", "--stride-train", "1000",
+                                                                      "--crop", "32"]),
+         "stride=1000 keeps a 2000 x 2000 square from view, as large as the 32-pixel training crop"),
+    Case("45.4 fit --minutes 1e308", fit_with(["--minutes", "1e308"]), "--minutes must be at most 100000"),
+    Case("45.4 fit --width 100000", fit_with(["--width", "100000"]), "one training step needs about"),
+    Case("45.4 fit --crop 60000", fit_with(["--crop", "60000"]), "one training step needs about"),
+    Case("45.4 fit --seed 10^23", fit_with(["--seed", str(10**23)]), "--seed must be at most"),
+    Case("45.4 fit --student-share 5", fit_with(["--student-share", "5"]), "--student-share must be at most 1"),
+    Case("45.7 quantize an ONNX file", onnx_model("quantize"), "already an ONNX file"),
+    Case("45.7 export an ONNX file", onnx_model("export"), "already an ONNX file"),
+    *[Case(f"45.9 train --resume, state.pt {k}", broken_state(k), "unreadable resume state")
+      for k in ("without a config", "with a garbage config", "with a config list")],
+    Case("45.10 train lgbpn --crop 8", bad_option(["--method", "lgbpn", "--crop", "8"]),
+         "pd=4 keeps a 10 x 10 square from view"),
+    Case("45.11 fit --ks 99 with 32-pixel crops", fit_with(["--ks", "99", "--crop", "32"]),
+         "--ks: k=99 keeps a 99 x 99 square from view, as large as the 32-pixel training crop"),
+    Case("45.11 tmbsn --hole-train 99", bad_option(["--method", "tmbsn", "--hole-train", "99", "--crop", "64"]),
+         "hole=99 keeps a 199 x 199 square from view"),
+    Case("45.11 sasl --k-infer 50", bad_option(["--method", "sasl", "--k-infer", "50"]),
+         "--k-infer: Spatially-Adaptive SSL has no blind-spot control to set"),
+    Case("45.11 n2n --k-train 3", bad_option(["--method", "n2n", "--k-train", "3"]),
+         "--k-train: Neighbor2Neighbor has no blind-spot control to set"),
+    Case("45.11 distill --ks 99", command(lambda r: ["distill", _photos(r), "--teacher", _teacher(r), "-o",
+                                                     str(r / "run"), "--ks", "99", "--crop", "16"]),
+         "--ks: k=99 keeps a 99 x 99 square from view"),
+    Case("45.13 denoise --k 33 on a 96-pixel photo", k_on_96(33), "more than a third of the 96 x 96 image"),
+    Case("45.13 denoise --k 95 on a 96-pixel photo", k_on_96(95), "choose k up to 31"),
+    Case("45.19 ui --port 99999", command(lambda r: ["ui", "--port", "99999"]), "--port: must be at most 65535"),
+    Case("45.19 ui --host 300.1.1.1", command(lambda r: ["ui", "--host", "300.1.1.1", "--port", "0"]),
+         "cannot listen on 300.1.1.1: not an address of this machine"),
 ]
 
 
@@ -520,7 +590,7 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_owners_lock_is_taken_over(tmp
                 "prepare": (tmp_path / "store", ["prepare", photos, "-o", str(tmp_path / "store"), "-q"])}
         for name, (folder, argv) in runs.items():
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / ".lock").write_text(f"{alive.pid} {socket.gethostname()}\n")
+            (folder / ".lock").write_text(f"{alive.pid} {socket.gethostname()} {_started(alive.pid)}\n")
             capsys.readouterr()
             assert main(argv) == 2, name
             err = capsys.readouterr().err.strip()
@@ -528,6 +598,31 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_owners_lock_is_taken_over(tmp
             (folder / ".lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
             assert main(argv) == 0, name  # stale: taken over
             assert not (folder / ".lock").exists(), name  # released at the end
+    finally:
+        alive.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times are read from Linux's /proc")
+def test_a_lock_naming_a_reused_pid_or_an_unrelated_process_is_taken_over(tmp_path):
+    """45 notes: a lock names a pid; once its process is gone the pid may be another program's. A live process
+    with another start time than the lock records, or (an older lock without one) one that is not Python, is not
+    the owner."""
+    import socket
+    import subprocess
+
+    from atbsn.files import RunLock
+
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = tmp_path / "run" / ".lock"
+        lock.parent.mkdir()
+        for text in (f"{alive.pid} {socket.gethostname()} 1", f"{alive.pid} {socket.gethostname()}"):
+            lock.write_text(text + "\n")
+            with RunLock(lock.parent):
+                assert lock.read_text().split()[0] == str(os.getpid())  # taken over
+        lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # an older lock of a live Python process
+        with pytest.raises(AtbsnError, match="in use by process"):
+            RunLock(lock.parent).acquire()
     finally:
         alive.kill()
 
@@ -625,3 +720,162 @@ def test_an_explicit_small_tile_keeps_the_full_context():
     img = read_photo(noisy)[0][0][:200, :230]
     full = denoise(img, model, tile=1024).astype(int)
     assert np.abs(denoise(img, model, tile=32).astype(int) - full).max() <= 1
+
+
+# ------------------------------------------------------------------------------- issue 45: named tests
+def test_45_12_a_fit_rerun_with_other_options_is_refused_and_the_same_command_resumes(tmp_path, capsys):
+    photos, out = _photos(tmp_path), str(tmp_path / "m.safetensors")
+    fit = ["fit", photos, "-o", out, "--width", "4", "--crop", "16", "--batch", "1", "-q"]
+    assert main([*fit, "--teacher-steps", "2", "--student-steps", "2"]) == 0
+    written = Path(out).read_bytes()
+    for other in (["--teacher-steps", "3", "--student-steps", "2"], ["--teacher-steps", "2", "--student-steps", "2",
+                                                                     "--ks", "3"]):
+        capsys.readouterr()
+        assert main([*fit, *other]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds a fit made with other options" in err and err.count("\n") == 0, err
+        assert Path(out).read_bytes() == written  # the old model is neither rewritten nor passed off as the new one
+    assert main([*fit, "--teacher-steps", "2", "--student-steps", "2"]) == 0  # the same command: kept
+
+
+def test_45_15_an_interrupted_train_exits_130_even_with_stop_after(tmp_path, monkeypatch):
+    from atbsn.engine import Trainer
+
+    step = Trainer._step
+
+    def interrupted(self, xb, mb):  # Ctrl-C arrives during the first step
+        self._on_signal(2, None)
+        return step(self, xb, mb)
+
+    monkeypatch.setattr(Trainer, "_step", interrupted)
+    run = tmp_path / "run"
+    assert main(["train", _photos(tmp_path), "-o", str(run), *TINY[:1], "5", *TINY[2:], "--stop-after", "3"]) == 130
+    assert json.loads((run / "summary.json").read_text())["interrupted"] is True
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3), (0, 5)])
+def test_45_14_an_empty_array_is_one_line(shape):
+    from atbsn.inference import denoise
+
+    with pytest.raises(AtbsnError, match="an empty image .*nothing to denoise"):
+        denoise(np.zeros(shape, np.uint8), Student("A", width=4))
+
+
+def test_45_20_photos_too_small_or_exactly_flat_are_said_to_be(tmp_path, capsys):
+    write_image(tmp_path / "one.png", np.full((1, 1, 3), 90, np.uint8))
+    write_image(tmp_path / "three.png", np.random.default_rng(0).integers(0, 255, (3, 3, 3), dtype=np.uint8))
+    write_image(tmp_path / "grey.png", np.full((64, 64, 3), 128, np.uint8))
+    for name in ("one.png", "three.png"):
+        assert main(["info", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert "too small to measure its noise" in out and "sigma" not in out.split("fit would")[0], out
+        assert "photos too small to measure their noise" in out
+    assert main(["info", str(tmp_path / "grey.png")]) == 0
+    out = capsys.readouterr().out
+    assert "no noise measured: its flattest areas are exactly flat" in out and "reaching" not in out, out
+
+
+def test_45_8_info_on_an_int8_onnx_file_with_external_data_outside_its_folder(tmp_path, capsys):
+    """Its metadata is read; the external tensor is never opened (it would lie outside the file's folder)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from atbsn.config import ModelConfig
+    from atbsn.export import CONFIG_KEY, EXTRA_KEY
+
+    w = TensorProto(name="w", data_type=TensorProto.INT8, dims=[1, 3, 1, 1], data_location=TensorProto.EXTERNAL)
+    w.external_data.add(key="location", value="../outside.bin")
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["denoised"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, [1, 3, None, None])], [w])
+    m = helper.make_model(graph)
+    for key, value in ((CONFIG_KEY, ModelConfig("A").to_json()), (EXTRA_KEY, json.dumps({"quantization": {}}))):
+        m.metadata_props.add(key=key, value=value)
+    (tmp_path / "in").mkdir()
+    onnx.save(m, str(tmp_path / "in" / "x.onnx"))
+    (tmp_path / "outside.bin").write_bytes(b"\x7f" * 3)
+    code = main(["info", str(tmp_path / "in" / "x.onnx")])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and code == 0, captured.err
+    assert json.loads(captured.out)["arch"] == "A"  # its configuration, read without the tensor
+
+
+def test_45_16_21_a_killed_owners_scratch_folder_is_removed_at_the_next_start(tmp_path):
+    """The page's folder (killed server), a download's and quantize's: :class:`OwnedFolder` removes the folders
+    of its prefix whose process is gone, and keeps those of live processes."""
+    import subprocess
+    import sys
+
+    from atbsn.files import OwnedFolder
+
+    code = ("import sys, time; from atbsn.files import OwnedFolder; f = OwnedFolder('atbsn-ui-', sys.argv[1]); "
+            "print(f.path, flush=True); time.sleep(60)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    living = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        gone, kept = Path(killed.stdout.readline().strip()), Path(living.stdout.readline().strip())
+        killed.kill()
+        killed.wait()
+        assert gone.is_dir() and kept.is_dir()
+        with OwnedFolder("atbsn-ui-", tmp_path) as mine:
+            assert not gone.exists() and kept.is_dir() and mine.is_dir()
+        assert not mine.exists()
+    finally:
+        living.kill()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real full disk: a 64 KB tmpfs (mounting needs root, as CI runs; elsewhere the simulated cases above)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root; the simulated full-disk cases run everywhere)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def _full_disk_argv(command: str, r: Path, disk: Path) -> list[str]:
+    write_image(r / "big" / "a.png", np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    photos, model = str(r / "big"), _model(r)
+    tiny = ["--crop", "16", "--batch", "1", "-q"]
+    return {"train": ["train", photos, "-o", str(disk / "run"), "--steps", "2", "--width", "8", *tiny],
+            "distill": ["distill", photos, "--teacher", _teacher(r), "-o", str(disk / "d"), "--steps", "2", *tiny],
+            "fit": ["fit", photos, "-o", str(disk / "m.safetensors"), "--width", "4", "--teacher-steps", "2",
+                    "--student-steps", "2", *tiny],
+            "prepare": ["prepare", photos, "-o", str(disk / "store"), "-q"],
+            "export": ["export", "-m", model, "-o", str(disk / "m.onnx")],
+            "quantize": ["quantize", photos, "-m", str(save(Student("C", width=8), r / "c.safetensors")), "-o",
+                         str(disk / "q.onnx"), "--crops", "1", "-q"]}[command]
+
+
+@pytest.mark.parametrize("command", ["train", "distill", "fit", "prepare", "export", "quantize"])
+def test_45_5_a_real_full_disk_is_one_line_and_leaves_no_partial_file(command, tmp_path, small_disk, capsys):
+    argv = _full_disk_argv(command, tmp_path, small_disk)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the disk is full" in err and err.count("\n") == 0 and err.startswith("error: "), err
+    left = [p for p in small_disk.rglob("*") if p.is_file()]
+    assert not [p for p in left if p.name.startswith(".")], left  # no temporary (half-written) file
+    for p in left:  # what a stopped run keeps (its log, its plan) is whole: readable
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+
+
+def test_45_6_a_page_upload_onto_a_full_disk_is_one_line_and_nothing_is_kept(tmp_path, small_disk):
+    from atbsn.ui import App
+
+    big = tmp_path / "big.png"
+    write_image(big, np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    app = App(folder=small_disk)
+    s = app.session(app.new_session()["session"])
+    with pytest.raises(AtbsnError, match=r"^big\.png: the server's disk is full") as e:
+        app.add_photo(s, "big.png", big.read_bytes())
+    assert "\n" not in str(e.value) and not s.photos
+    assert not [p for p in small_disk.rglob("*") if p.is_file()]  # the partial upload is gone
