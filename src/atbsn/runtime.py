@@ -91,6 +91,26 @@ def enable_huge_pages() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def few_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc at ``arenas`` arenas for this process (returns whether it could).
+
+    For a long-lived server that owns its process (``atbsn ui``): glibc gives each thread that allocates at the same
+    time as another an arena of its own and keeps what those arenas free, fragmented, for good; the page's
+    request threads each decode a photo. Measured with 8 sessions at once, each a 2.1 MP photo, in rounds: the
+    server's memory after the sessions expired grew 301 -> 585 -> 685 MB round after round with glibc's default,
+    and stayed at 295 to 300 MB with 2 arenas (lower at its peak too). A no-op where malloc is not glibc's.
+    """
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", show: bool = True,
              initial: int = 0, leave: bool = True):
     """A tqdm bar: live on a terminal; in a log file (not a terminal) one line every 30 s at most."""

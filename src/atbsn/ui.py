@@ -59,7 +59,7 @@ from .inference import InferenceOptions, denoise, denoise_every_k, denoise_files
 from .measure import measure_noise
 from .ranges import to_model_range
 from .registry import entries, table
-from .runtime import available_memory, log
+from .runtime import available_memory, few_malloc_arenas, log
 
 NLM = "nlm"  # the model name of the classical comparison
 PARTS = ("auto", "student", "teacher")
@@ -806,6 +806,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, o
           options: InferenceOptions | None = None, token: bool = True, limits: Limits | None = None) -> None:
     """Run the page until interrupted (``options``: tile, device and precision of every run; ``token``: require
     the printed token on every call)."""
+    few_malloc_arenas()  # this process is the server's: what the sessions free comes back (see runtime)
     app = App(model, options=options, token=token, limits=limits)
     try:
         server = make_server(app, host, port)
