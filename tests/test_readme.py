@@ -167,15 +167,16 @@ def test_every_readme_command_runs(index, workspace, monkeypatch, capsys):
     reason = _needs(words)
     if reason:
         pytest.skip(reason)
-    code = _serve_once(words, monkeypatch) if words[0] == "ui" else main(words)
+    code = _serve_once(words, monkeypatch, capsys) if words[0] == "ui" else main(words)
     out, err = capsys.readouterr()
     assert code == 0, f"atbsn {shlex.join(words)} exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
     if "-o" in words:
         assert Path(words[words.index("-o") + 1]).exists()
 
 
-def _serve_once(words: list[str], monkeypatch) -> int:
-    """``atbsn ui``: run the command, load its page and a session from it, then stop the server."""
+def _serve_once(words: list[str], monkeypatch, capsys) -> int:
+    """``atbsn ui``: run the command, open the address it prints (with its token), load the page and a session
+    from it, then stop the server."""
     servers, made = [], atbsn.ui.make_server
     monkeypatch.setattr(atbsn.ui, "make_server", lambda *a, **kw: servers.append(made(*a, **kw)) or servers[-1])
     result: list[int] = []
@@ -186,10 +187,17 @@ def _serve_once(words: list[str], monkeypatch) -> int:
             break
         time.sleep(0.05)
     assert servers, "atbsn ui did not start a server"
-    base = f"http://127.0.0.1:{servers[0].server_address[1]}"
-    with urllib.request.urlopen(base + "/", timeout=30) as r:
+    for _ in range(200):
+        printed = re.search(r"atbsn ui: (http://\S+)", capsys.readouterr().out)
+        if printed:
+            break
+        time.sleep(0.05)
+    assert printed, "atbsn ui printed no address"
+    url = printed.group(1)
+    assert f":{servers[0].server_address[1]}/?token=" in url
+    with urllib.request.urlopen(url, timeout=30) as r:
         assert b"atbsn" in r.read()
-    with urllib.request.urlopen(base + "/api/setup", timeout=30) as r:
+    with urllib.request.urlopen(url.replace("/?", "/api/setup?"), timeout=30) as r:
         setup = json.loads(r.read())
     if "--model" in words:
         assert setup["default_model"] == words[words.index("--model") + 1]

@@ -557,3 +557,30 @@ def test_concurrent_sessions_each_denoising_a_large_photo_all_succeed_and_memory
         srv.shutdown()
         srv.server_close()
         app.close()
+
+
+def test_sigterm_ends_the_server_and_removes_its_folder(tmp_path):
+    """45.16: SIGTERM (a service manager's stop) cleans up as Ctrl-C does; SIGKILL's leftovers go at the next start
+    (``tests/test_bad_input.py::test_45_16_21_...``)."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "atbsn", "ui", "--port", "0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()
+        assert "atbsn ui: http://127.0.0.1:" in line and "?token=" in line, line
+        assert len(list(tmp_path.glob("atbsn-ui-*"))) == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) in (0, 130)
+        assert list(tmp_path.glob("atbsn-ui-*")) == []
+    finally:
+        server.kill()
+
+
+def test_the_no_flags_are_in_the_help(capsys):
+    assert main(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--no-safeguard" in text and "--no-stop-at-noise" in text

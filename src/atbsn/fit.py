@@ -488,6 +488,10 @@ def output_check(model: torch.nn.Module, sources: list, device: torch.device, li
     return float(np.median(ratios)), photos
 
 
+class OtherFitError(AtbsnError):
+    """The work folder holds a fit made with other options (a rerun would otherwise pass it off as the new one)."""
+
+
 # What a rerun of fit may change without changing what it computes (where it runs, how bad files are treated).
 WHERE = ("device", "on_bad_file")
 
@@ -512,8 +516,8 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         changed = [f"--{k.replace('_', '-')} {_shown(before.get(k))} -> {_shown(v)}" for k, v in options.items()
                    if before.get(k) != v]
         if changed:
-            raise AtbsnError(f"{work}: holds a fit made with other options ({', '.join(changed)}); run the same "
-                             "command to resume or keep it, or give another -o (or delete that folder) to fit anew")
+            raise OtherFitError(f"{work}: holds a fit made with other options ({', '.join(changed)}); run the same "
+                                "command to resume or keep it, or give another -o (or delete that folder) to fit anew")
         tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
         log.info(f"  resuming the work in {work}")
         return None, None
