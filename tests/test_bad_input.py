@@ -879,3 +879,34 @@ def test_45_6_a_page_upload_onto_a_full_disk_is_one_line_and_nothing_is_kept(tmp
         app.add_photo(s, "big.png", big.read_bytes())
     assert "\n" not in str(e.value) and not s.photos
     assert not [p for p in small_disk.rglob("*") if p.is_file()]  # the partial upload is gone
+
+
+def test_python_callers_are_guarded_as_the_cli_is(tmp_path):
+    """44.4: evaluate, sweep_report, submit, export, quantize and prepare refuse, from Python too, an output that is
+    one of their inputs or lies inside an input folder (the CLI's guard, in the library function)."""
+    from scipy.io import savemat
+
+    from atbsn import load
+    from atbsn.datasets import prepare
+    from atbsn.evaluate import evaluate, sweep_report
+    from atbsn.export import export_onnx
+    from atbsn.quantize import quantize
+    from atbsn.submit import submit_dnd, submit_sidd
+
+    model = load(_model(tmp_path))
+    pairs, photos = _pairs(tmp_path), _photos(tmp_path)
+    savemat(tmp_path / "blocks.mat", {"BenchmarkNoisyBlocksSrgb": np.zeros((1, 1, 32, 32, 3), np.uint8)})
+    before = _snapshot(tmp_path)
+    calls = {
+        "evaluate": lambda: evaluate(model, pairs, save_dir=pairs / "noisy"),
+        "sweep_report": lambda: sweep_report([load(_teacher(tmp_path))], pairs, pairs),
+        "submit_sidd": lambda: submit_sidd(tmp_path / "blocks.mat", tmp_path / "blocks.mat", model),
+        "submit_dnd": lambda: submit_dnd(tmp_path, tmp_path / "out", model),
+        "export_onnx": lambda: export_onnx(model, model.source),
+        "quantize": lambda: quantize(model, [photos], Path(photos) / "q.onnx"),
+        "prepare": lambda: prepare([photos], Path(photos) / "store"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(AtbsnError, match="is also an input|lies inside the input folder|holds the input"):
+            call()
+        assert name and _snapshot(tmp_path).items() >= before.items()  # nothing that existed changed

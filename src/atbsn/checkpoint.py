@@ -201,6 +201,7 @@ def _read(source: str | Path, progress: bool) -> tuple[Path, object, Contents]:
 def _ready(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path, entry,
            map_location: str | torch.device) -> nn.Module:
     model = _instantiate(config, sd, path).to(map_location)
+    model.source = str(path)  # the file it came from: what its outputs must not overwrite (files.check_apart)
     if entry is not None:  # the registry knows the input scale of a released file's networks and their origin
         model.config.value_range = float(entry.value_range)
         model.config.training = {**model.config.training, "released": entry.name}

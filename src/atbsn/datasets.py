@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AtbsnError
-from .files import RunLock, atomic_write, reason, remove_stale_temps, write_text
+from .files import RunLock, atomic_write, check_apart, reason, remove_stale_temps, write_text
 from .images import is_image_file, read_image
 from .ranges import to_255
 from .runtime import progress_bar
@@ -230,7 +230,8 @@ def prepare(inputs: Iterable[str | Path], out: str | Path, progress: bool = True
     the sampler would hold it: alpha dropped, stored dtype kept) and an index. Training on ``out`` then reads
     each crop's bytes from a memory map instead of decoding a whole photo per crop, and every process on a
     machine shares the OS page cache. Rerunning skips arrays already written (a killed run resumes)."""
-    out = Path(out)
+    out, inputs = Path(out), list(inputs)
+    check_apart([out], inputs)
     sources = collect_sources(inputs)
     if any(s.kind == "store" for s in sources):
         raise AtbsnError(f"{out}: the inputs include a prepared store already; prepare from the original photos")

@@ -14,7 +14,7 @@ from torch import nn
 
 from .datasets import Pair, load_pairs
 from .errors import AtbsnError
-from .files import atomic_write, write_text
+from .files import atomic_write, check_apart, source_of, write_text
 from .images import write_image
 from .inference import InferenceOptions, denoise, denoise_ks
 from .metrics import TEXTURE_WINDOW, local_std, psnr, scores
@@ -94,6 +94,7 @@ def evaluate(
     and the textured group. Keyword arguments are :class:`~atbsn.inference.InferenceOptions` fields (``k``,
     ``tile``, ``device``, ``precision``).
     """
+    check_apart([save_dir], [None if isinstance(data, list) else data, source_of(model)])
     opts = InferenceOptions.of(options, **kw).for_model(model)
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
     outputs, seconds = [], 0.0
@@ -234,6 +235,7 @@ def sweep_report(
 
     Returns the rows, the noisy input's mean PSNR and the paths written.
     """
+    check_apart([out_dir], [None if isinstance(data, list) else data, *map(source_of, teachers)])
     pairs = data if isinstance(data, list) else load_pairs(data, limit)
     ks = sweep_values(teachers) if ks is None else ks
     rows = sweep(teachers, pairs, ks, options, labels=labels, split=split)

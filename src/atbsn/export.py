@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import AtbsnError
-from .files import atomic_write
+from .files import atomic_write, check_apart, source_of
 
 CONFIG_KEY = "atbsn_config"  # metadata: the ModelConfig as JSON
 K_KEY = "atbsn_k"  # metadata: the blind-spot control frozen into the graph (absent for a non-blind network)
@@ -91,6 +91,7 @@ def export_onnx(
     if getattr(model, "runs_on", None) is not None:  # an OnnxNet (engines): already a graph, nothing to trace
         raise AtbsnError(f"{model.path}: already an ONNX file; export (and quantize) take the PyTorch checkpoint it "
                          "was written from")
+    check_apart([path], [source_of(model)])
     k = frozen_k(model, k)
     # a contiguous copy: channels-last weights make the exporter guard on the batch size
     plain = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)

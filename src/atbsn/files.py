@@ -114,6 +114,11 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
     return p
 
 
+def source_of(model: object) -> str | None:
+    """The file a loaded network came from (``atbsn.load`` records it; an ONNX model's own path), else None."""
+    return getattr(model, "source", None) or (str(model.path) if getattr(model, "runs_on", None) else None)
+
+
 def check_apart(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None]) -> None:
     """Refuse, before any work, an output that is an input, lies inside an input folder, or holds an input:
     no command may write over, or into the tree of, what it reads (a second run would also read its own

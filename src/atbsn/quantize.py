@@ -28,7 +28,7 @@ from .datasets import expand_inputs
 from .engines import OnnxNet, installed, ort_runner, ov_runner
 from .errors import AtbsnError
 from .export import export_onnx, frozen_k, metadata, set_metadata
-from .files import OwnedFolder, atomic_write, reason
+from .files import OwnedFolder, atomic_write, check_apart, reason, source_of
 from .images import read_photo
 from .qdq import QDQGraph, UnsupportedError
 from .ranges import as_batch
@@ -319,6 +319,8 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
     if isinstance(model, OnnxNet):
         raise AtbsnError(f"{model.path}: already an ONNX file; quantize takes the PyTorch checkpoint it was "
                          "written from")
+    photos = list(photos)
+    check_apart([output], [*photos, source_of(model)])
     k = frozen_k(model, k)
     samples = calibration_crops(photos, crops, crop, model.config.in_channels)
     with OwnedFolder("atbsn-quantize-") as tmp:  # a killed quantize's folder goes at the next one's start

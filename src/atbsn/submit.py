@@ -12,7 +12,7 @@ from torch import nn
 
 from .datasets import _mat_variable
 from .errors import AtbsnError
-from .files import atomic_write
+from .files import atomic_write, check_apart, source_of
 from .inference import InferenceOptions, denoise
 from .runtime import log, progress_bar
 
@@ -101,6 +101,7 @@ def submit_sidd(
     noisy_mat: str | Path, out: str | Path, model: nn.Module, progress: bool = True, **kw
 ) -> Path:
     """Denoise ``BenchmarkNoisyBlocksSrgb.mat``; write a CSV, or the legacy .mat if ``out`` ends in .mat."""
+    check_apart([out], [noisy_mat, source_of(model)])
     blocks = read_sidd_blocks(noisy_mat)
     t0 = time.perf_counter()
     den = denoise_sidd_blocks(blocks, model, progress=progress, **kw)
@@ -130,6 +131,7 @@ def submit_dnd(dnd_dir: str | Path, out_dir: str | Path, model: nn.Module, progr
     from scipy.io import savemat
 
     root = Path(dnd_dir)
+    check_apart([out_dir], [root, source_of(model)])
     if not (root / "info.mat").exists() or not (root / "images_srgb").is_dir():
         raise AtbsnError(f"{root}: expected a DND folder with info.mat and images_srgb/")
     opts = InferenceOptions.of(**kw).for_model(model)
