@@ -26,8 +26,8 @@ from common import write_results
 
 from atbsn.images import write_image
 
-SERVER = ("import sys; from atbsn.ui import Limits, serve; "
-          "serve(sys.argv[1], port=0, limits=Limits(idle_s=float(sys.argv[2])))")
+SERVER = ("import logging, sys; from atbsn.ui import Limits, serve; logging.basicConfig(level=logging.INFO, "
+          "format='%(message)s'); serve(sys.argv[1], port=0, limits=Limits(idle_s=float(sys.argv[2])))")
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -55,10 +55,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ui-load-"))
     photo = tmp / "photo.png"
     write_image(photo, np.random.default_rng(0).integers(0, 256, (a.side, a.side, 3), dtype=np.uint8))
-    server = subprocess.Popen([sys.executable, "-c", SERVER, a.model, str(a.idle)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    log = tmp / "server.log"  # a file, not a pipe: a pipe nobody reads stops the server once it is full
+    with open(log, "w") as f:
+        server = subprocess.Popen([sys.executable, "-c", SERVER, a.model, str(a.idle)], stdout=f,
+                                  stderr=subprocess.STDOUT, text=True)
     try:
-        url = re.search(r"(http://\S+)", server.stdout.readline()).group(1)
+        for _ in range(600):
+            found = re.search(r"atbsn ui: (http://\S+)", log.read_text())
+            if found:
+                break
+            time.sleep(0.1)
+        url = found.group(1)
         base, token = url.split("/?token=")
         api = lambda path: f"{base}{path}{'&' if '?' in path else '?'}token={token}"  # noqa: E731
         time.sleep(1.0)

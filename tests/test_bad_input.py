@@ -854,7 +854,8 @@ def _full_disk_argv(command: str, r: Path, disk: Path) -> list[str]:
                          str(disk / "q.onnx"), "--crops", "1", "-q"]}[command]
 
 
-@pytest.mark.parametrize("command", ["train", "distill", "fit", "prepare", "export", "quantize"])
+@pytest.mark.parametrize("command", ["train", "distill", "fit", "prepare", "export",
+                                     pytest.param("quantize", marks=pytest.mark.slow)])
 def test_45_5_a_real_full_disk_is_one_line_and_leaves_no_partial_file(command, tmp_path, small_disk, capsys):
     argv = _full_disk_argv(command, tmp_path, small_disk)
     capsys.readouterr()

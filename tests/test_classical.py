@@ -29,6 +29,7 @@ def test_nlm_and_bm3d_denoise_and_keep_shape(pair):
                                                                                clean.astype(np.float32)) + 3
 
 
+@pytest.mark.slow
 def test_bm3d_on_several_images_in_processes_equals_one_call_each():
     pytest.importorskip("bm3d")
     rng = np.random.default_rng(3)

@@ -97,6 +97,7 @@ def test_student_refuses_k(tmp_path, student, capsys):
     assert "no blind spot" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_real_sidd_student_scores_the_published_psnr(tmp_path, capsys):
     model = str(shared_path("fixtures", "pretrained", "aprrd_student_c_sidd_medium.pth"))
     data = shared_path("data", "real", "sidd9")

@@ -23,6 +23,9 @@ from atbsn.losses import Loss, masked_l1
 
 ARCHS = list(registry.archs())
 METHODS = list(registry.methods())
+# The walk takes 6 to 28 s a method on 2 cores: the paper's own, AP-BSN and Neighbor2Neighbor run by default (one
+# of each kind of network), every method in the slow suite (make test-all, CI's native run).
+SLOW_WALKS = {"lgbpn", "tmbsn", "sdap", "sasl", "b2u"}
 RUN_FIELDS = {f.name for f in fields(RunConfig)}
 
 
@@ -81,7 +84,7 @@ def photos(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_WALKS else m for m in METHODS])
 def test_every_method_walks_through_the_harness(name, photos, tmp_path, capsys):
     """``atbsn train --method M`` on a photo folder (one step through the one engine), the checkpoint saved and
     loaded by its config alone, denoised at an odd size and in tiles, then evaluated, swept over its own control

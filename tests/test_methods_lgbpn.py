@@ -77,6 +77,7 @@ def test_every_inference_tensor_is_reproduced(ref):
     _close(model(ref["input"], 2), ref["infer_noR3_dnd_settings"])
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_r3_is_their_draws_and_refinements(ref):
     model = _load()

@@ -101,6 +101,7 @@ C102_REFERENCE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(C102_REFERENCE))
 def test_released_1_02m_students_score_their_authors_psnr_per_image(name):
     from atbsn.evaluate import evaluate

@@ -519,6 +519,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the server's memory from Linux's /proc")
 def test_concurrent_sessions_each_denoising_a_large_photo_all_succeed_and_memory_comes_back(files, tmp_path,
                                                                                              monkeypatch):

@@ -78,6 +78,7 @@ class Limits:
     memory_bytes: int | None = None  # images and results held by all sessions (default: a quarter of free memory)
     idle_s: float = 3600.0  # a session not used this long is dropped with its folder
     jobs: int = 1  # denoising and export jobs running at once (the others wait their turn; each uses every core)
+    decoders: int = 1  # uploads decoded and measured at once (a 4 MP photo takes some 400 MB while it is)
     body_timeout_s: float = 30.0  # a request body that does not arrive in this time closes the connection
 
 
@@ -202,6 +203,7 @@ class App:
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # one model loaded (or downloaded) at a time, each once
         self._workers = threading.BoundedSemaphore(self.limits.jobs)
+        self._decoding = threading.BoundedSemaphore(self.limits.decoders)
         self._fitting = threading.Lock()  # one fit per server: it uses every core for minutes
 
     def close(self) -> None:
@@ -287,9 +289,12 @@ class App:
             if pixels > self.limits.pixels:
                 raise AtbsnError(f"{path}: {pixels / 1e6:.0f} megapixels, more than the page takes "
                                  f"({self.limits.pixels / 1e6:.0f}); denoise it with atbsn denoise")
-            pages, info = read_photo(path)
-            image = pages[0]
-            preview = _png(_display(image))
+            with self._decoding:  # uploads arrive together; decoding them together took 8 GB for 20 photos
+                self._room()
+                pages, info = read_photo(path)
+                image = pages[0]
+                preview = _png(_display(image))
+                noise = measure_noise(image).as_dict() if min(image.shape[:2]) >= 48 else None
         except AtbsnError as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise AtbsnError(_named(str(e), path, name)) from None
@@ -301,7 +306,7 @@ class App:
                 raise
             raise AtbsnError(f"{name}: cannot read this image ({type(e).__name__}: {reason(e)})") from None
         photo = Photo(pid, name, path, image, len(pages), preview)
-        photo.about = _about(photo, info.notes)
+        photo.about = _about(photo, info.notes, noise)
         with s.lock:
             s.photos[pid] = photo
         return photo.about
@@ -498,13 +503,13 @@ def _logged_step(path: Path) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def _about(p: Photo, notes: list[str]) -> dict:
-    """A photo as the page lists it; its noise measured once, on upload."""
+def _about(p: Photo, notes: list[str], noise: dict | None) -> dict:
+    """A photo as the page lists it, with its noise (measured once, on upload; None: too small to measure)."""
     a = p.image
     depth = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(a.dtype, f"{a.dtype}")
     return {"id": p.id, "name": p.name, "width": a.shape[1], "height": a.shape[0], "depth": depth,
             "channels": 1 if a.ndim == 2 else a.shape[2], "pages": p.pages, "notes": notes,
-            "noise": measure_noise(a).as_dict() if min(a.shape[:2]) >= 48 else None}
+            "noise": noise}
 
 
 def _source(source: object) -> str:
