@@ -495,11 +495,15 @@ def test_uploads_sessions_photos_and_fits_are_bounded(files, tmp_path):
         status, body = call(base, f"/api/fit?session={b}", {})
         assert status == 503 and "a fit is already running" in json.loads(body)["error"]
         assert finish(base, a, first)["error"] is None
-        assert ok(base, f"/api/fit?session={b}", {})["job"]  # the next one may start
-        # idle sessions are dropped with their folders (none with a running job)
+        second = ok(base, f"/api/fit?session={b}", {})["job"]  # the next one may start
+        # idle sessions are dropped with their folders (none with a running job or an upload waiting its turn)
+        app.sessions[a].uploading += 1
+        assert app.expire(time.monotonic() + app.limits.idle_s + 1) == 0
+        app.sessions[a].uploading -= 1
         folder_a = app.sessions[a].folder
         assert app.expire(time.monotonic() + app.limits.idle_s + 1) == 1 and a not in app.sessions
         assert not folder_a.exists() and b in app.sessions  # b's fit still runs
+        assert finish(base, b, second)["error"] is None
     finally:
         srv.shutdown()
         srv.server_close()

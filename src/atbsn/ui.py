@@ -150,10 +150,11 @@ class Session:
     jobs: dict[str, Job] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     seen: float = field(default_factory=time.monotonic)  # last request
+    uploading: int = 0  # uploads in progress (one may wait minutes for its turn to be decoded)
 
     @property
     def busy(self) -> bool:
-        return any(not j.finished for j in self.jobs.values())
+        return self.uploading > 0 or any(not j.finished for j in self.jobs.values())
 
     def held(self) -> int:
         """Bytes of images this session holds in memory (photos and results)."""
@@ -270,7 +271,16 @@ class App:
         """Keep an uploaded file as sent (``data``: its bytes, or a stream of ``size`` bytes copied to disk in
         blocks) and read it as ``atbsn denoise`` would; a bad file, a full disk or a photo past the limits is one
         line naming it, and nothing of it is kept."""
-        name = _safe_name(name)
+        with s.lock:
+            s.uploading += 1
+        try:
+            return self._add_photo(s, _safe_name(name), data, size)
+        finally:
+            with s.lock:
+                s.uploading -= 1
+                s.seen = time.monotonic()
+
+    def _add_photo(self, s: Session, name: str, data: bytes | BinaryIO, size: int | None) -> dict:
         if len(s.photos) >= self.limits.photos:
             raise BusyError(f"{name}: this session holds {len(s.photos)} photos, the most it takes; reload the page to "
                        "start a new one")
