@@ -122,6 +122,7 @@ def _export_once_per_session() -> None:
             done[key] = (kept, err)
             return err
         kept, err = done[key]
+        export.check_export(call.arguments["model"], call.arguments["path"])  # the product's refusals, replayed too
         files.atomic_write(call.arguments["path"], lambda tmp: shutil.copyfile(kept, tmp))
         return err
 

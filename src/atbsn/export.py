@@ -74,6 +74,14 @@ def set_metadata(path: str | Path, meta: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
+def check_export(model: nn.Module, path: str | Path) -> None:
+    """What an export refuses before it traces: an ONNX model (already a graph), an output onto the model's file."""
+    if getattr(model, "runs_on", None) is not None:  # an OnnxNet (engines): already a graph, nothing to trace
+        raise AtbsnError(f"{model.path}: already an ONNX file; export (and quantize) take the PyTorch checkpoint it "
+                         "was written from")
+    check_apart([path], [source_of(model)])
+
+
 def export_onnx(
     model: nn.Module, path: str | Path, k: int | None = None, check_size: tuple[int, int] = (67, 93),
     tolerance: float = 1e-3, provenance: dict | None = None,
@@ -88,10 +96,7 @@ def export_onnx(
         import onnxruntime as ort
     except ImportError:
         raise AtbsnError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'atbsn[export]'") from None
-    if getattr(model, "runs_on", None) is not None:  # an OnnxNet (engines): already a graph, nothing to trace
-        raise AtbsnError(f"{model.path}: already an ONNX file; export (and quantize) take the PyTorch checkpoint it "
-                         "was written from")
-    check_apart([path], [source_of(model)])
+    check_export(model, path)
     k = frozen_k(model, k)
     # a contiguous copy: channels-last weights make the exporter guard on the batch size
     plain = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
