@@ -27,6 +27,7 @@ from .export import export_onnx
 from .fit import FitConfig, fit
 from .inference import InferenceOptions, denoise, denoise_files, denoise_tensor
 from .losses import BlindSpotL1, DistillL1, Loss, SelfL1
+from .methods import atbsn as _paper  # noqa: F401 - registered first: the paper's networks lead every listing
 from .methods.apbsn import APBSN, PDBlindSpotL1
 from .methods.b2u import Blind2UnblindLoss
 from .methods.n2n import Neighbor2NeighborLoss

@@ -317,12 +317,8 @@ class RunConfig:
             else:
                 self.k_train = knob.train if self.k_train is None else self.k_train
                 self.k_infer = knob.infer if self.k_infer is None else self.k_infer
-                for flag, value, check in (("--k-train", self.k_train, knob.validate_train or knob.validate),
-                                           ("--k-infer", self.k_infer, knob.validate)):
-                    try:
-                        check(value)
-                    except AtbsnError as e:
-                        raise AtbsnError(f"{flag}: {e}") from None
+                knob.check("--k-train", self.k_train, train=True)
+                knob.check("--k-infer", self.k_infer)
                 why = knob.crop_refusal(self.k_train, self.crop)
                 if why:
                     raise AtbsnError(f"--k-train: {why}")

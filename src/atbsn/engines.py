@@ -32,8 +32,9 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import AtbsnError
-from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx, frozen_k
+from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx
 from .files import atomic_write, reason
+from .methods import blind_spot
 from .qdq import WEIGHT_QMAX
 from .registry import cache_dir
 from .runtime import autocast, log, native_bf16
@@ -294,7 +295,7 @@ def as_onnx(model: nn.Module, k: int | None) -> OnnxNet:
     (``onnx/``), verified against PyTorch on export, then reused."""
     if isinstance(model, OnnxNet):
         return model
-    k = frozen_k(model, k)
+    k = blind_spot(model.config, k)
     key = (digest(model), k)
     with _CHOOSING:
         return _NETS[key] if key in _NETS else _export_once(model, k, key)
@@ -367,7 +368,7 @@ def runner(model: nn.Module, k: int | None, engine: str, precision: str, device:
     options = candidates(model, precision)
     if options in ([], ["torch"]):
         return model
-    k = None if isinstance(model, OnnxNet) else frozen_k(model, k)
+    k = None if isinstance(model, OnnxNet) else blind_spot(model.config, k)
     key = f"{digest(model)}|k={k}|{precision}|{machine()}"
     with _CHOOSING:
         return _runner(model, _choose(model, k, precision, pixels, options, key), k, precision)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import AtbsnError
 from .files import atomic_write, check_apart, source_of
+from .methods import blind_spot
 
 CONFIG_KEY = "atbsn_config"  # metadata: the ModelConfig as JSON
 K_KEY = "atbsn_k"  # metadata: the blind-spot control frozen into the graph (absent for a non-blind network)
@@ -28,17 +29,6 @@ MULTIPLE_KEY = "atbsn_reflect_multiple"  # metadata: a student's size multiple, 
 # torch.export keeps process-wide tracing state: two exports in parallel threads break each other (seen from the page:
 # 4 sessions at once, 3 failed), so exports of one process run one at a time.
 _EXPORTING = threading.RLock()
-
-
-def frozen_k(model: nn.Module, k: int | None) -> int | None:
-    """The blind-spot control an export freezes in: ``k`` validated by the family's knob, default the recorded
-    one; None for a non-blind network (which refuses a k)."""
-    knob = model.config.family.knob
-    if knob is None:
-        if k is not None:
-            raise AtbsnError(f"k={k}: {model.config.arch} is non-blind and has no blind spot")
-        return None
-    return knob.validate(model.config.k_infer if k is None else k)
 
 
 class _Fixed(nn.Module):
@@ -97,7 +87,7 @@ def export_onnx(
     except ImportError:
         raise AtbsnError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'atbsn[export]'") from None
     check_export(model, path)
-    k = frozen_k(model, k)
+    k = blind_spot(model.config, k)  # the control frozen into the graph
     # a contiguous copy: channels-last weights make the exporter guard on the batch size
     plain = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
     wrapped = _Fixed(plain, k).eval()

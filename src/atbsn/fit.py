@@ -37,7 +37,6 @@ from torch import nn
 
 from . import methods as registry
 from .adapt import safeguard
-from .blindspot import validate_k, validate_k_train
 from .checkpoint import load, load_parts, save
 from .config import MINUTES_MAX, SEED_MAX, SIDD_KS, STEPS_MAX, RunConfig, check_options, option
 from .datasets import PatchSampler, collect_sources
@@ -111,16 +110,13 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
-        rules = [("--k-train", self.k_train, validate_k_train), ("--k-infer", self.k_infer, validate_k),
-                 *(("--ks", k, validate_k) for k in self.ks or ())]
+        knob = registry.arch("atbsn").knob  # fit trains an AT-BSN teacher: its rules for k
+        given = [("--k-train", self.k_train), ("--k-infer", self.k_infer), *(("--ks", k) for k in self.ks or ())]
         if self.step_cap is not None and len(self.step_cap) != 2:
             raise AtbsnError(f"--step-cap takes two numbers (teacher steps, student steps), got {self.step_cap}")
-        for flag, k, rule in (r for r in rules if r[1] is not None):
-            try:
-                rule(k)
-            except AtbsnError as e:
-                raise AtbsnError(f"{flag}: {e}") from None
-            why = registry.arch("atbsn").knob.crop_refusal(k, self.crop) if flag != "--k-infer" else None
+        for flag, k in (g for g in given if g[1] is not None):
+            knob.check(flag, k, train=flag == "--k-train")
+            why = knob.crop_refusal(k, self.crop) if flag != "--k-infer" else None
             if why:
                 raise AtbsnError(f"{flag}: {why}")
 

@@ -105,14 +105,7 @@ def resolve_k(model: nn.Module, k: int | str | None, rules: bool = False) -> int
         if not rules:
             raise AtbsnError(f"k={k} chooses the blind spot per image; this needs one value of {knob.name}")
         return k
-    if knob is not None:
-        return knob.validate(model.config.k_infer if k is None else k)
-    if k is not None:
-        raise AtbsnError(
-            f"k={k} applies only to a blind-spot network ({registry.titles(lambda a: a.knob is not None)}); "
-            f"{model.config.arch} is non-blind and has no blind spot"
-        )
-    return None
+    return registry.blind_spot(model.config, k)
 
 
 def model_fn(model: nn.Module, k: int | None = None, r3: bool = False,

@@ -85,7 +85,7 @@ class DistillL1(Loss):
         super().__init__()
         if mode not in DISTILL_MODES:
             raise AtbsnError(f"unknown distillation loss {mode!r} ({' or '.join(DISTILL_MODES)})")
-        self.ks = [teacher.config.family.knob.validate(k) for k in ks]  # the teacher's own rule (k, hole)
+        self.ks = [teacher.config.family.knob.check("--ks", k) for k in ks]  # the teacher's own rule (k, hole)
         if not self.ks:
             raise AtbsnError("distillation needs at least one k (--ks)")
         if mode == "partition" and len(self.ks) != 2:

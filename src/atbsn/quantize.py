@@ -27,9 +27,10 @@ from torch import nn
 from .datasets import expand_inputs
 from .engines import OnnxNet, installed, ort_runner, ov_runner
 from .errors import AtbsnError
-from .export import export_onnx, frozen_k, metadata, set_metadata
+from .export import export_onnx, metadata, set_metadata
 from .files import OwnedFolder, atomic_write, check_apart, reason, source_of
 from .images import read_photo
+from .methods import blind_spot
 from .qdq import QDQGraph, UnsupportedError
 from .ranges import as_batch
 from .runtime import log, progress_bar
@@ -321,7 +322,7 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
                          "written from")
     photos = list(photos)
     check_apart([output], [*photos, source_of(model)])
-    k = frozen_k(model, k)
+    k = blind_spot(model.config, k)
     samples = calibration_crops(photos, crops, crop, model.config.in_channels)
     with OwnedFolder("atbsn-quantize-") as tmp:  # a killed quantize's folder goes at the next one's start
         fp32 = tmp / "fp32.onnx"

@@ -17,6 +17,7 @@ from torch import nn
 
 from .blindspot import NEG_SLOPE, execution_path, multiple_pad, rotate, shift_for_k
 from .config import SIDD_KS, ModelConfig
+from .methods import blind_spot
 from .ranges import into_weights, out_of_weights
 from .unet import UNet, init_weights
 
@@ -54,7 +55,7 @@ class ATBSN(nn.Module):
     # ------------------------------------------------------------------------------------ the method
     def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Denoise with blind spot k (default: the configured inference size k_b)."""
-        s = shift_for_k(self.config.k_infer if k is None else k)
+        s = shift_for_k(blind_spot(self.config, k))
         plan = self._plan(x)
         maps = self._backbone(x, plan)  # rotate, blind UNet (each map still in its rotated frame)
         return self._head(maps, x.shape[-2:], s, plan)  # shift, rotate back, 1x1 mixing
@@ -69,7 +70,7 @@ class ATBSN(nn.Module):
 
     def head(self, features: Sequence[torch.Tensor], k: int | None = None) -> torch.Tensor:
         """Shift the directional maps (image frame) for blind spot k and mix them with the 1x1 convolutions."""
-        s = shift_for_k(self.config.k_infer if k is None else k)
+        s = shift_for_k(blind_spot(self.config, k))
         return self._head(features, features[0].shape[-2:], s, self._plan(features[0]), turns=(0, 0, 0, 0))
 
     def teachers(self, x: torch.Tensor, ks: Iterable[int] = SIDD_KS) -> list[torch.Tensor]:

@@ -54,6 +54,19 @@ class Knob:
     covers: Callable[[int, int, int], str | None] | None = None
     span: Callable[[int], int] | None = None
 
+    def resolve(self, recorded: int | None, value: object = None) -> int:
+        """The value a network runs with: ``value``, or when it is None the one ``recorded`` for inference."""
+        return self.validate(recorded if value is None else value)
+
+    def check(self, flag: str, value: object, train: bool = False) -> int:
+        """``value`` validated (``train``: as a training value, by ``validate_train`` where the family has one),
+        refused on one line naming ``flag``."""
+        rule = (self.validate_train or self.validate) if train else self.validate
+        try:
+            return rule(value)
+        except AtbsnError as e:
+            raise AtbsnError(f"{flag}: {e}") from None
+
     def crop_refusal(self, value: int, crop: int) -> str | None:
         """Why ``value`` cannot train on (or be distilled from) crops of side ``crop``: it keeps a square as large
         as the crop from view, so nothing would be left to learn from; else None."""
@@ -187,6 +200,18 @@ def titles(where: Callable[[Arch], bool]) -> str:
     return ", ".join(a.title for a in archs().values() if where(a))
 
 
+def blind_spot(config: ModelConfig, value: object = None) -> int | None:
+    """The one rule for a network's blind-spot control: ``value`` validated by its family's knob, or when None the
+    value recorded for inference; None for a non-blind network, which refuses a value."""
+    knob = arch(config.arch).knob
+    if knob is None:
+        if value is not None:
+            raise AtbsnError(f"k={value} applies only to a blind-spot network ({titles(lambda a: a.knob is not None)}"
+                             f"); {config.arch} is non-blind and has no blind spot")
+        return None
+    return knob.resolve(config.k_infer, value)
+
+
 # ------------------------------------------------------------------------------ helpers for method files
 def conv_weight(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     """A checkpoint's convolution weight, refused on one line when it is not 4-D (detection reads shapes)."""
@@ -222,4 +247,4 @@ def knob_values(config: RunConfig, spec: MethodSpec) -> tuple[int, int]:
     """(training, inference) values of the method's blind-spot control, validated (defaults from its knob)."""
     knob = arch(spec.arch).knob
     assert knob is not None
-    return (knob.validate_train or knob.validate)(config.k_train), knob.validate(config.k_infer)
+    return knob.check("--k-train", config.k_train, train=True), knob.check("--k-infer", config.k_infer)

@@ -25,8 +25,8 @@ from ..blindspot import execution_path, multiple_pad
 from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
 from ..losses import SelfL1
-from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
-from .atbsn import CPU_BUDGET
+from . import Arch, Knob, Method, MethodSpec, blind_spot, conv_weight, knob_values, parameters, register, start
+from .common import CPU_BUDGET
 
 PD_PAD = 2  # zeros between sub-images of the mosaic
 MODULES = 9  # residual dilated modules per branch
@@ -154,7 +154,7 @@ class APBSN(nn.Module):
                     m.weight.normal_(0.0, (2 / (9.0 * 64)) ** 0.5)
 
     def forward(self, x: torch.Tensor, stride: int | None = None, r3: bool = False) -> torch.Tensor:
-        s = validate_stride(self.config.k_infer if stride is None else stride)
+        s = blind_spot(self.config, stride)
         h, w = x.shape[-2:]
         ph, pw = multiple_pad(h, s), multiple_pad(w, s)
         if ph or pw or execution_path() == "export":  # exporting: H and W are symbolic, pad unconditionally

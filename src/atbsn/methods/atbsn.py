@@ -17,6 +17,7 @@ from ..losses import BlindSpotL1
 from ..students import Student
 from ..teacher import ATBSN
 from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
+from .common import CPU_BUDGET
 
 
 def _covers(k: int, h: int, w: int) -> str | None:
@@ -100,19 +101,5 @@ def make(config: RunConfig, init=None) -> Method:
 _PAPER = {"steps": 400_000, "batch": 8, "crop": 256, "width": 48, "k_train": 9, "k_infer": 3, "lr": 3e-4}
 SPEC = register(MethodSpec("atbsn", "AT-BSN", "atbsn", make, presets={
     "sidd": _PAPER, "dnd": _PAPER,
-    "cpu": {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "k_train": 9, "k_infer": 3, "lr": 3e-4,
-            "val_every": 250, "save_every": 250},
+    "cpu": {**CPU_BUDGET, "k_train": 9, "k_infer": 3},
 }))
-
-
-def unet_method(config: RunConfig, init, loss, title: str) -> Method:
-    """A rival trained on a plain UNet (student C's network) that sees 0..1 values, as its authors' does."""
-    model = Student("C", width=config.width)
-    model.config.value_range = 1.0
-    how = start(model, init)
-    return Method(model, loss, f"training {title} (UNet width {config.width}, {parameters(model)} parameters, "
-                               f"{how}); a non-blind network at inference")
-
-
-# A laptop budget every method shares (its "cpu" preset), so that they compare on one budget.
-CPU_BUDGET = {"steps": 2_000, "batch": 8, "crop": 64, "width": 24, "lr": 3e-4, "val_every": 250, "save_every": 250}

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..losses import Loss, masked_mse
 from . import MethodSpec, register
-from .atbsn import CPU_BUDGET, unet_method
+from .common import CPU_BUDGET, unet_method
 
 GRID = 4  # 4 x 4 cells: 16 masked copies
 _KERNEL = torch.tensor([[0.5, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 1.0, 0.5]]) / 6.0

@@ -43,9 +43,9 @@ from ..blindspot import execution_path, multiple_pad
 from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
 from ..losses import SelfL1
-from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
+from . import Arch, Knob, Method, MethodSpec, blind_spot, conv_weight, knob_values, parameters, register, start
 from .apbsn import R3_P, R3_T, pd_down, pd_up
-from .atbsn import CPU_BUDGET
+from .common import CPU_BUDGET
 
 HEAD, MODULES, BLOCKS, HEADS, FFN = 24, 9, 6, 2, 2.66
 LOCAL_PAD, GLOBAL_PAD = 2, 7  # reflect padding around each sub-image at inference (training: 2 and 0 zeros)
@@ -303,7 +303,7 @@ class LGBPN(nn.Module):
         if self.training:
             s = validate_train_stride(self.config.k_train or 4)
             return self.bsn(x, (s, None), (s + 1, None))
-        infer, refine = SETTINGS[validate_setting(self.config.k_infer if k is None else k)]
+        infer, refine = SETTINGS[blind_spot(self.config, k)]
         y = self.bsn(x, *infer)
         return self._refine(x, y, refine) if r3 else y
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..losses import Loss, masked_mse
 from . import MethodSpec, register
-from .atbsn import CPU_BUDGET, unet_method
+from .common import CPU_BUDGET, unet_method
 
 # ordered pairs of positions in a 2 x 2 cell (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
 PAIRS = torch.tensor([[0, 1], [0, 2], [1, 3], [2, 3], [1, 0], [2, 0], [3, 1], [3, 2]])

@@ -38,8 +38,9 @@ from ..blindspot import execution_path, multiple_pad, shift_for_k, validate_k
 from ..config import ModelConfig, RunConfig
 from ..losses import Loss, masked_l1
 from ..metrics import local_std
-from . import Arch, Method, MethodSpec, conv_weight, parameters, register, start
-from .atbsn import CPU_BUDGET, K
+from . import Arch, Method, MethodSpec, blind_spot, conv_weight, parameters, register, start
+from .atbsn import K
+from .common import CPU_BUDGET
 
 LOWER, UPPER = 1.0, 5.0  # alpha's thresholds on the local standard deviation
 BNN_K, LAN_K = 9, 3
@@ -170,7 +171,7 @@ class BNN(LaineUNet):
         return y[..., : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        return self.head(self.features(x), validate_k(self.config.k_infer if k is None else k), x.shape[-2:])
+        return self.head(self.features(x), blind_spot(self.config, k), x.shape[-2:])
 
     def teachers(self, x: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
         maps = self.features(x)

@@ -29,9 +29,9 @@ from ..blindspot import execution_path, multiple_pad
 from ..config import ModelConfig, RunConfig
 from ..losses import Loss, masked_l1
 from ..ranges import into_weights, out_of_weights
-from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
+from . import Arch, Knob, Method, MethodSpec, blind_spot, conv_weight, knob_values, parameters, register, start
 from .apbsn import MODULES, SWEEP_STRIDES, DBSNl, validate_stride
-from .atbsn import CPU_BUDGET
+from .common import CPU_BUDGET
 
 RSG_STRIDE = 5
 
@@ -79,7 +79,7 @@ class SDAP(DBSNl):
                 bare: bool = False) -> torch.Tensor:
         if bare:
             return out_of_weights(self.net(into_weights(x, self.config.value_range)), self.config.value_range)
-        s = validate_stride(self.config.k_infer if stride is None else stride)
+        s = blind_spot(self.config, stride)
         h, w = x.shape[-2:]
         ph, pw = multiple_pad(h, s), multiple_pad(w, s)
         y = into_weights(x, self.config.value_range)

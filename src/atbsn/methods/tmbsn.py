@@ -30,8 +30,8 @@ from ..config import ModelConfig, RunConfig
 from ..errors import AtbsnError
 from ..losses import SelfL1
 from ..ranges import into_weights, out_of_weights
-from . import Arch, Knob, Method, MethodSpec, conv_weight, knob_values, parameters, register, start
-from .atbsn import CPU_BUDGET
+from . import Arch, Knob, Method, MethodSpec, blind_spot, conv_weight, knob_values, parameters, register, start
+from .common import CPU_BUDGET
 
 GROUPS = BLOCKS = 5
 TRIANGLE = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # kept taps: dx >= dy
@@ -143,7 +143,7 @@ class TMBSN(nn.Module):
         return out_of_weights(y, self.config.value_range)
 
     def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        return self.head(self.features(x), validate_hole(self.config.k_infer if k is None else k))
+        return self.head(self.features(x), blind_spot(self.config, k))
 
     def teachers(self, x: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
         maps = self.features(x)
