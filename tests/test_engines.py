@@ -13,7 +13,7 @@ from atbsn import AtbsnError, Student, denoise, denoise_tensor, engines, export_
 from atbsn.checkpoint import load, save
 from atbsn.cli import main
 from atbsn.images import read_image, write_image
-from atbsn.registry import cache_dir
+from atbsn.runtime import cache_dir
 
 RUNTIMES = [e for e in engines.RUNTIMES if engines.installed(e)]
 needs_runtimes = pytest.mark.skipif(not RUNTIMES, reason="needs onnxruntime or openvino (pip install 'atbsn[cpu]')")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from atbsn import methods as registry
+from atbsn import methods
 from atbsn.checkpoint import _detect, build, load, save
 from atbsn.cli import main
 from atbsn.config import ModelConfig, RunConfig
@@ -21,8 +21,8 @@ from atbsn.images import write_image
 from atbsn.inference import InferenceOptions, denoise
 from atbsn.losses import Loss, masked_l1
 
-ARCHS = list(registry.archs())
-METHODS = list(registry.methods())
+ARCHS = list(methods.archs())
+METHODS = list(methods.methods())
 # The walk takes 6 to 28 s a method on 2 cores: the paper's own, AP-BSN and Neighbor2Neighbor run by default (one
 # of each kind of network), every method in the slow suite (make test-all, CI's native run).
 SLOW_WALKS = {"lgbpn", "tmbsn", "sdap", "sasl", "b2u"}
@@ -38,14 +38,14 @@ def test_the_registry_holds_the_paper_and_its_rivals():
     assert {"atbsn", "A", "B", "C", "C102", "apbsn"} <= set(ARCHS)
     assert {"atbsn", "n2n", "b2u", "apbsn"} <= set(METHODS)
     with pytest.raises(AtbsnError, match="unknown architecture 'nope'; expected one of atbsn"):
-        registry.arch("nope")
+        methods.arch("nope")
     with pytest.raises(AtbsnError, match="--method: 'nope' is not one of"):
-        registry.method("nope")
+        methods.method("nope")
 
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_every_family_fills_every_slot(name):
-    family = registry.arch(name)
+    family = methods.arch(name)
     model = _tiny(name)
     assert isinstance(model, nn.Module) and model.config.arch == name and family.title
     assert family.bytes_per_pixel > 0 and family.margin >= 0 and isinstance(family.tile_at_train_crop, bool)
@@ -64,13 +64,13 @@ def test_every_family_fills_every_slot(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_fills_every_slot(name):
-    spec = registry.method(name)
+    spec = methods.method(name)
     assert spec.arch in ARCHS and spec.title and {"sidd", "cpu"} <= set(spec.presets)
     for preset in spec.presets.values():
         assert set(preset) <= RUN_FIELDS
     config = RunConfig.from_preset("train", "cpu", method=name, width=8, crop=32)
     made = spec.make(config)
-    assert isinstance(made, registry.Method) and isinstance(made.loss, Loss) and made.description
+    assert isinstance(made, methods.Method) and isinstance(made.loss, Loss) and made.description
     assert made.model.config.arch == spec.arch
 
 
@@ -89,8 +89,8 @@ def test_every_method_walks_through_the_harness(name, photos, tmp_path, capsys):
     """``atbsn train --method M`` on a photo folder (one step through the one engine), the checkpoint saved and
     loaded by its config alone, denoised at an odd size and in tiles, then evaluated, swept over its own control
     and exported, as a user runs them."""
-    spec = registry.method(name)
-    family = registry.arch(spec.arch)
+    spec = methods.method(name)
+    family = methods.arch(spec.arch)
     rng = np.random.default_rng(3)
     clean = np.full((48, 40, 3), 128, np.uint8)
     write_image(tmp_path / "pairs" / "clean" / "a.png", clean)
@@ -174,11 +174,11 @@ class _ToyLoss(Loss):
 def test_a_new_method_is_one_registration(photos, tmp_path, monkeypatch, capsys):
     """Registering a family and a method (what a file in atbsn/methods does) is all it takes: the CLI trains it,
     and the checkpoint denoises, with no other change."""
-    monkeypatch.setattr(registry, "_ARCHS", dict(registry.archs()))
-    monkeypatch.setattr(registry, "_METHODS", dict(registry.methods()))
-    registry.register(registry.Arch("toy", "Toy", _Toy, lambda sd, vr: None, bytes_per_pixel=100, margin=2))
-    registry.register(registry.MethodSpec(
-        "toy", "Toy", "toy", lambda config, init=None: registry.Method(
+    monkeypatch.setattr(methods, "_ARCHS", dict(methods.archs()))
+    monkeypatch.setattr(methods, "_METHODS", dict(methods.methods()))
+    methods.register(methods.Arch("toy", "Toy", _Toy, lambda sd, vr: None, bytes_per_pixel=100, margin=2))
+    methods.register(methods.MethodSpec(
+        "toy", "Toy", "toy", lambda config, init=None: methods.Method(
             _Toy(ModelConfig("toy", width=config.width)), _ToyLoss(), "training the toy"),
         presets={"sidd": {"steps": 2, "batch": 2, "crop": 32}}))
     run = tmp_path / "run"
@@ -188,4 +188,4 @@ def test_a_new_method_is_one_registration(photos, tmp_path, monkeypatch, capsys)
                  str(run / "last.safetensors"), "-q"]) == 0
     assert (tmp_path / "out" / "p0.png").exists()
     with pytest.raises(AtbsnError, match="registered twice"):
-        registry.register(registry.Arch("toy", "Toy", _Toy, lambda sd, vr: None, bytes_per_pixel=1, margin=0))
+        methods.register(methods.Arch("toy", "Toy", _Toy, lambda sd, vr: None, bytes_per_pixel=1, margin=0))

@@ -35,7 +35,7 @@ from atbsn.checkpoint import save
 from atbsn.cli import main
 from atbsn.images import write_image
 from atbsn.noise import add_camera_noise
-from atbsn.registry import cached_path, entries
+from atbsn.released import cached_path, entries
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

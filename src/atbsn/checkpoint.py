@@ -16,12 +16,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from . import methods as registry
+from . import methods
 from .config import ModelConfig
 from .engines import load_onnx
 from .errors import AtbsnError
 from .files import atomic_write, reason
-from .registry import resolve, unknown
+from .released import resolve, unknown
 
 FORMAT = "atbsn"
 FORMAT_VERSION = "1"
@@ -102,7 +102,7 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
     """
     value_range = 255.0
     if isinstance(obj, Mapping):
-        for family in registry.archs().values():
+        for family in methods.archs().values():
             peeled = family.unwrap(obj) if family.unwrap else None
             if peeled is not None:
                 obj, value_range = peeled
@@ -118,7 +118,7 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], float]:
 
 def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> ModelConfig:
     """Which network a bare state dict holds: the first family whose ``detect`` recognises its keys."""
-    for family in registry.archs().values():
+    for family in methods.archs().values():
         try:
             config = family.detect(sd, value_range)
         except AtbsnError as e:
@@ -127,7 +127,7 @@ def _detect(sd: Mapping[str, torch.Tensor], value_range: float, path: Path) -> M
             return config
     sample = ", ".join(list(sd)[:3])
     raise AtbsnError(f"{path}: unknown checkpoint layout (keys start {sample}); expected "
-                     f"{registry.titles(lambda a: True)}")
+                     f"{methods.titles(lambda a: True)}")
 
 
 def _instantiate(config: ModelConfig, sd: Mapping[str, torch.Tensor], path: Path) -> nn.Module:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import __version__
-from . import methods as registry
+from . import __version__, methods
 from .checkpoint import load
 from .config import MINUTES_MAX, RunConfig, add_options, given, number, preset_values
 from .datasets import collect_sources, load_pairs, prepare
@@ -34,8 +33,8 @@ from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
 from .quantize import CROPS, FT_STEPS, MAX_ERROR, quantize
-from .registry import cache_dir, table
-from .runtime import enable_huge_pages, leave_process_group
+from .released import table
+from .runtime import cache_dir, enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd
 from .train import train
 from .ui import serve
@@ -363,10 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "AP-BSN's PD stride)")
     p.add_argument("data", help="folder of pairs or SIDD validation .mat")
     p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
-    p.add_argument("--k", *registry.knob_flags(), type=number(int, 0), nargs="+",
+    p.add_argument("--k", *methods.knob_flags(), type=number(int, 0), nargs="+",
                    help="values of the networks' blind-spot control (default: their own sweep; "
                         + "; ".join(f"{a.title}: {a.knob.name} {' '.join(map(str, a.knob.sweep))}"
-                                    for a in registry.archs().values() if a.knob) + ")")
+                                    for a in methods.archs().values() if a.knob) + ")")
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
     p.add_argument("--k-train", type=number(int, 1), help="label for teachers whose checkpoint does not record k_a")
     p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")

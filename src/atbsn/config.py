@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from . import methods as registry
+from . import methods
 from .errors import AtbsnError
 from .runtime import log
 
@@ -47,12 +47,12 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        registry.arch(self.arch)  # an unknown architecture is refused here, naming the known ones
+        methods.arch(self.arch)  # an unknown architecture is refused here, naming the known ones
 
     @property
-    def family(self) -> registry.Arch:
+    def family(self) -> methods.Arch:
         """What the registry knows about this network's family (:class:`atbsn.methods.Arch`)."""
-        return registry.arch(self.arch)
+        return methods.arch(self.arch)
 
     @property
     def is_teacher(self) -> bool:
@@ -235,7 +235,7 @@ def preset_values(task: str, preset: str | None, method: str = "atbsn") -> dict[
         if preset is None:
             return {}
     else:
-        table = registry.method(method).presets
+        table = methods.method(method).presets
         if preset is None:
             return dict(table["sidd"])
     name = preset
@@ -267,19 +267,19 @@ class RunConfig:
     seed: int = option(0, "random seed: batches are a pure function of (seed, step, rank)", low=0, high=SEED_MAX)
     # training
     method: str = option("atbsn", "what to train: the paper's teacher (atbsn) or a rival method (atbsn.methods)",
-                         choices=registry.method_names)
+                         choices=methods.method_names)
     width: int = option(48, "channels of the network (default: the method's recipe)", low=1)
     k_train: int | None = option(None, "the blind-spot control for training: AT-BSN's size k_a, a rival's own (a PD "
                                  "stride, a hole); default: the method's", low=1,
-                                 aliases=lambda: registry.knob_flags("train"))
+                                 aliases=lambda: methods.knob_flags("train"))
     k_infer: int | None = option(None, "the blind-spot control recorded for inference (AT-BSN's k_b); default: the "
-                                 "method's", low=0, aliases=lambda: registry.knob_flags("infer"))
+                                 "method's", low=0, aliases=lambda: methods.knob_flags("infer"))
     # distillation
     teacher: str | None = option(None, "teacher checkpoint (ours or the authors')", cli=False)
     # the teacher file's sha256, recorded when the run starts: a resume may find the teacher at another path,
     # never with other contents
     teacher_sha256: str | None = None
-    student: str = option("C", "student network", choices=registry.student_names)
+    student: str = option("C", "student network", choices=methods.student_names)
     ks: list[int] | None = option(None, "teacher blind-spot sizes (default 0 1 3 5 7 9 11; --loss partition: 9 0)",
                                   low=0)
     loss: str = option("multi", "multi: one L1 per teacher; mean: L1 to their mean; partition: --ks FLAT TEXTURE "
@@ -307,8 +307,8 @@ class RunConfig:
             self.ks = [9, 0] if self.loss == "partition" else list(SIDD_KS)
         check_options(self)
         if self.task == "train":  # the method's blind-spot control: its defaults, checked now (before any folder)
-            spec = registry.method(self.method)
-            knob = registry.arch(spec.arch).knob
+            spec = methods.method(self.method)
+            knob = methods.arch(spec.arch).knob
             if knob is None:
                 given = [f for f, v in (("--k-train", self.k_train), ("--k-infer", self.k_infer)) if v is not None]
                 if given:
@@ -324,7 +324,7 @@ class RunConfig:
                     raise AtbsnError(f"--k-train: {why}")
         else:  # the teachers' blind spots the student learns from: each must fit the crop (AT-BSN's k)
             for k in self.ks:
-                why = registry.arch("atbsn").knob.crop_refusal(k, self.crop)
+                why = methods.arch("atbsn").knob.crop_refusal(k, self.crop)
                 if why:
                     raise AtbsnError(f"--ks: {why}")
 
@@ -348,8 +348,8 @@ class RunConfig:
         """A run's configuration as saved with its state; runs of atbsn 0.1 saved a knob of its own name
         (``stride_train``): read as ``k_train``."""
         values = dict(values)
-        spec = registry.methods().get(values.get("method", "atbsn"))
-        knob = registry.arch(spec.arch).knob if spec else None
+        spec = methods.methods().get(values.get("method", "atbsn"))
+        knob = methods.arch(spec.arch).knob if spec else None
         for key in [k for k in values if k.endswith(("_train", "_infer")) and not k.startswith("k_")]:
             value = values.pop(key)
             if knob is not None and key.startswith(knob.name + "_"):

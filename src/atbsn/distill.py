@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import methods as registry
+from . import methods
 from .checkpoint import load
 from .config import RunConfig
 from .engine import Trainer, saved_config
@@ -16,7 +16,7 @@ from .errors import AtbsnError
 from .files import file_sha256
 from .losses import DistillL1
 from .methods import Method, start_from
-from .registry import resolve
+from .released import resolve
 from .students import Student, init_from_teacher
 
 
@@ -30,7 +30,7 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
         teacher = load(config.teacher, part="teacher")
     if not teacher.config.is_teacher:
         raise AtbsnError(f"{config.teacher or 'teacher'}: distillation needs an AT-BSN teacher (its blind spot k is "
-                         f"chosen per call; also {registry.titles(lambda a: a.teacher)}), not a "
+                         f"chosen per call; also {methods.titles(lambda a: a.teacher)}), not a "
                          f"{teacher.config.arch!r} network")
     teacher = teacher.to(device, memory_format=torch.channels_last)
     loss = DistillL1(teacher, config.ks, config.loss, config.texture_threshold)

@@ -36,8 +36,7 @@ from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx
 from .files import atomic_write, reason
 from .methods import blind_spot
 from .qdq import WEIGHT_QMAX
-from .registry import cache_dir
-from .runtime import autocast, log, native_bf16
+from .runtime import autocast, cache_dir, log, native_bf16
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 RUNTIMES = ("onnxruntime", "openvino")

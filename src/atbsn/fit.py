@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import methods as registry
+from . import methods
 from .adapt import safeguard
 from .checkpoint import load, load_parts, save
 from .config import MINUTES_MAX, SEED_MAX, SIDD_KS, STEPS_MAX, RunConfig, check_options, option
@@ -74,7 +74,7 @@ class FitConfig:
     teacher_steps: int = option(1_500, "teacher training steps", low=1, high=STEPS_MAX)
     student_steps: int = option(600, "distillation steps", low=1, high=STEPS_MAX)
     student: str = option("C", "student network (from a released model: its own student when it has one)",
-                          choices=registry.student_names)
+                          choices=methods.student_names)
     ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default 0 1 from "
                                   "scratch; from a released model the paper's 0 1 3 5 7 9 11)", low=0)
     loss: str | None = option(None, "distillation loss: multi (one L1 per teacher) or mean (L1 to their mean); "
@@ -110,7 +110,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
-        knob = registry.arch("atbsn").knob  # fit trains an AT-BSN teacher: its rules for k
+        knob = methods.arch("atbsn").knob  # fit trains an AT-BSN teacher: its rules for k
         given = [("--k-train", self.k_train), ("--k-infer", self.k_infer), *(("--ks", k) for k in self.ks or ())]
         if self.step_cap is not None and len(self.step_cap) != 2:
             raise AtbsnError(f"--step-cap takes two numbers (teacher steps, student steps), got {self.step_cap}")
@@ -517,7 +517,7 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
         log.info(f"  resuming the work in {work}")
         return None, None
-    make = registry.method(tcfg.method).make
+    make = methods.method(tcfg.method).make
     check_step_memory(lambda: make(tcfg), tcfg, device, tcfg.width)
     torch.manual_seed(cfg.seed)
     probe = make(tcfg)

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapt, engines
-from . import methods as registry
+from . import adapt, engines, methods
 from .config import K_RULES, check_options, k_value, option
 from .datasets import expand_inputs
 from .errors import AtbsnError
@@ -40,7 +39,7 @@ class InferenceOptions:
                                  "stride, TM-BSN's hole, LG-BPN's setting (default: the one recorded for inference); "
                                  "auto: chosen per image from its measured noise, adaptive: per region by texture "
                                  "(both from one pass over every value)", low=0,
-                                 aliases=lambda: registry.knob_flags(), parse=k_value)
+                                 aliases=lambda: methods.knob_flags(), parse=k_value)
     tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=32)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
@@ -73,7 +72,7 @@ class InferenceOptions:
         family = model.config.family
         if self.r3 and "r3" not in family.refinements:
             raise AtbsnError(f"r3 (random-replacing refinement) applies only to "
-                             f"{registry.titles(lambda a: 'r3' in a.refinements)}, not to {model.config.arch}")
+                             f"{methods.titles(lambda a: 'r3' in a.refinements)}, not to {model.config.arch}")
         onnx_file = isinstance(model, engines.OnnxNet)
         device = torch.device("cpu") if onnx_file and self.device in (None, "auto") else resolve_device(self.device)
         check_precision(self.precision, device)  # fp16 on a CPU: one line before any work
@@ -105,7 +104,7 @@ def resolve_k(model: nn.Module, k: int | str | None, rules: bool = False) -> int
         if not rules:
             raise AtbsnError(f"k={k} chooses the blind spot per image; this needs one value of {knob.name}")
         return k
-    return registry.blind_spot(model.config, k)
+    return methods.blind_spot(model.config, k)
 
 
 def model_fn(model: nn.Module, k: int | None = None, r3: bool = False,

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -61,6 +62,17 @@ def autocast(device: torch.device, precision: str = "fp32"):
     if check_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def cache_dir() -> Path:
+    """Where atbsn keeps what it makes once and reuses (released weights, exported networks, engine choices):
+    ``$ATBSN_HOME``, else the platform's user cache folder for atbsn."""
+    home = os.environ.get("ATBSN_HOME")
+    if home:
+        return Path(home).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("atbsn"))
 
 
 def available_memory(device: torch.device) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import methods as registry
+from . import methods
 from .config import RunConfig
 from .engine import Trainer
 
@@ -13,6 +13,6 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
           init: nn.Module | None = None) -> dict:
     """Train (or resume) ``config.method`` (the AT-BSN teacher by default), from scratch or from ``init``;
     leaves ``last.safetensors`` and ``best.safetensors`` in ``config.out``."""
-    make = registry.method(config.method).make
+    make = methods.method(config.method).make
     return Trainer(config, lambda cfg, device: make(cfg, init=init), resume=resume).run(
         stop_after=stop_after, progress=progress)

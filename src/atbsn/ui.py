@@ -58,7 +58,7 @@ from .images import photo_pixels, read_photo
 from .inference import InferenceOptions, denoise, denoise_every_k, denoise_files, resolve_k
 from .measure import measure_noise
 from .ranges import to_model_range
-from .registry import entries, table
+from .released import entries, table
 from .runtime import available_memory, few_malloc_arenas, log
 
 NLM = "nlm"  # the model name of the classical comparison

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from .errors import AtbsnError
 from .files import OwnedFolder, reason
-from .runtime import log
+from .runtime import cache_dir, log
 
 DEFAULT_BASE = "https://github.com"
 
@@ -61,16 +61,6 @@ def entries() -> dict[str, Entry]:
     table = json.loads(files("atbsn").joinpath("models.json").read_text())
     known = {f.name for f in fields(Entry)}
     return {row["name"]: Entry(**{k: v for k, v in row.items() if k in known}) for row in table["models"]}
-
-
-def cache_dir() -> Path:
-    """``$ATBSN_HOME`` or the platform's user cache folder for atbsn."""
-    home = os.environ.get("ATBSN_HOME")
-    if home:
-        return Path(home).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("atbsn"))
 
 
 def cached_path(name: str) -> Path:

@@ -16,7 +16,7 @@ import torch
 from conftest import shared_path
 
 import atbsn
-from atbsn import registry
+from atbsn import released
 from atbsn.cli import main
 from atbsn.errors import AtbsnError
 from atbsn.students import Student
@@ -40,7 +40,7 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def _publish(root: Path, entry: registry.Entry, src: Path) -> None:
+def _publish(root: Path, entry: released.Entry, src: Path) -> None:
     dst = root / entry.repo / "raw" / entry.commit / entry.path
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -53,14 +53,14 @@ def tiny(tmp_path, monkeypatch, server):
     ckpt = tmp_path / "tiny.pth"
     torch.save({"model_state_dict": Student("C102", width=4).state_dict()}, ckpt)
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    good = registry.Entry(name="tiny", what="a test student", repo="me/tiny", commit="a" * 40, path="w/tiny.pth",
-                          git_blob=registry.git_blob_id(ckpt), sha256=sha, kind="student", arch="C102",
+    good = released.Entry(name="tiny", what="a test student", repo="me/tiny", commit="a" * 40, path="w/tiny.pth",
+                          git_blob=released.git_blob_id(ckpt), sha256=sha, kind="student", arch="C102",
                           value_range=1, trained_on="nothing", reported=None, licence="test")
     blob_only = replace(good, name="blobonly", sha256=None, git_blob="0" * 40, path="w/blobonly.pth")
     bad_sha = replace(good, name="badsha", sha256="f" * 64, path="w/badsha.pth")
     for e in (good, blob_only, bad_sha):
         _publish(root, e, ckpt)
-    monkeypatch.setattr(registry, "entries", lambda: {e.name: e for e in (good, blob_only, bad_sha)})
+    monkeypatch.setattr(released, "entries", lambda: {e.name: e for e in (good, blob_only, bad_sha)})
     monkeypatch.setenv("ATBSN_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("ATBSN_REGISTRY_URL", url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a proxy in the environment must not see the test server
@@ -71,7 +71,7 @@ def test_a_name_downloads_verifies_caches_and_then_works_offline(tiny, monkeypat
     cache, root = tiny
     model = atbsn.load("tiny", progress=False)
     assert model.config.arch == "C102" and model.config.training["released"] == "tiny"
-    assert [p.name for p in cache.iterdir()] == [registry.entries()["tiny"].filename]
+    assert [p.name for p in cache.iterdir()] == [released.entries()["tiny"].filename]
     shutil.rmtree(root)  # the server has nothing any more: a second load must not need it
     monkeypatch.setenv("ATBSN_REGISTRY_URL", "http://127.0.0.1:9")
     again = atbsn.load("tiny", progress=False)
@@ -88,7 +88,7 @@ def test_a_file_that_fails_verification_is_refused_and_not_kept(tiny, name):
 
 def test_a_corrupted_cached_file_is_refused(tiny):
     cache, _ = tiny
-    path = registry.fetch("tiny", progress=False)
+    path = released.fetch("tiny", progress=False)
     path.write_bytes(path.read_bytes()[:-10] + b"\0" * 10)
     with pytest.raises(AtbsnError, match="fails verification"):
         atbsn.load("tiny", progress=False)
@@ -108,7 +108,7 @@ def test_models_lists_every_entry_and_whether_it_is_cached(tiny, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "blobonly" in out and "no" in out
-    registry.fetch("tiny", progress=False)
+    released.fetch("tiny", progress=False)
     assert main(["models"]) == 0
     assert "yes" in capsys.readouterr().out
 
@@ -126,16 +126,16 @@ def test_names_work_wherever_a_model_is_taken(tiny, tmp_path):
 def test_the_table_matches_the_released_files_we_hold():
     """Every released file in the test data has its row: same git blob id and sha256."""
     folder = shared_path("fixtures", "pretrained")
-    rows = {e.git_blob: e for e in registry.entries().values()}
+    rows = {e.git_blob: e for e in released.entries().values()}
     for name in ("aprrd_student_c_sidd_medium.pth", "aprrd_student_c102_sidd_medium.pth", "tmbsn_nbsn102_sidd.pth"):
         path = folder / name
-        entry = rows[registry.git_blob_id(path)]
+        entry = rows[released.git_blob_id(path)]
         assert entry.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert atbsn.load(path).config.arch == entry.arch
 
 
 def test_every_row_is_complete_and_pinned():
-    for e in registry.entries().values():
+    for e in released.entries().values():
         assert len(e.commit) == 40 and len(e.git_blob) == 40 and e.kind in ("teacher", "student", "bundle")
         assert e.url().startswith(f"https://github.com/{e.repo}/raw/{e.commit}/")
 
@@ -161,5 +161,5 @@ def test_the_page_shows_a_download_s_progress(tiny):
         model = app.model("tiny", "auto", job)
     finally:
         app.close()
-    size = (tiny[0] / registry.entries()["tiny"].filename).stat().st_size
+    size = (tiny[0] / released.entries()["tiny"].filename).stat().st_size
     assert model.config.arch == "C102" and job.message.startswith("downloading tiny: ") and job.done == size
