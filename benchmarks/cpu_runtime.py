@@ -49,8 +49,8 @@ from common import count_macs, write_results
 
 from atbsn import ATBSN, Student, denoise, evaluate, load, save
 from atbsn.datasets import load_pairs
-from atbsn.engines import OnnxNet, as_onnx, installed
-from atbsn.quantize import quantize
+from atbsn.deploy.engines import OnnxNet, as_onnx, installed
+from atbsn.deploy.quantize import quantize
 from atbsn.runtime import autocast, native_bf16
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -101,8 +101,9 @@ def _export_once_per_session() -> None:
     import sys
     import tempfile
 
-    from atbsn import export, files
-    from atbsn.engines import digest
+    from atbsn import files
+    from atbsn.deploy import export
+    from atbsn.deploy.engines import digest
 
     original = export.export_onnx
     signature = inspect.signature(original)

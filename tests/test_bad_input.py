@@ -781,7 +781,7 @@ def test_45_8_info_on_an_int8_onnx_file_with_external_data_outside_its_folder(tm
     from onnx import TensorProto, helper
 
     from atbsn.config import ModelConfig
-    from atbsn.export import CONFIG_KEY, EXTRA_KEY
+    from atbsn.deploy.export import CONFIG_KEY, EXTRA_KEY
 
     w = TensorProto(name="w", data_type=TensorProto.INT8, dims=[1, 3, 1, 1], data_location=TensorProto.EXTERNAL)
     w.external_data.add(key="location", value="../outside.bin")
@@ -889,9 +889,9 @@ def test_python_callers_are_guarded_as_the_cli_is(tmp_path):
 
     from atbsn import load
     from atbsn.datasets import prepare
+    from atbsn.deploy.export import export_onnx
+    from atbsn.deploy.quantize import quantize
     from atbsn.evaluate import evaluate, sweep_report
-    from atbsn.export import export_onnx
-    from atbsn.quantize import quantize
     from atbsn.submit import submit_dnd, submit_sidd
 
     model = load(_model(tmp_path))

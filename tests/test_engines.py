@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from atbsn import AtbsnError, Student, denoise, denoise_tensor, engines, export_onnx
+from atbsn import AtbsnError, Student, denoise, denoise_tensor, export_onnx
 from atbsn.checkpoint import load, save
 from atbsn.cli import main
+from atbsn.deploy import engines
 from atbsn.images import read_image, write_image
 from atbsn.runtime import cache_dir
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import SHARED
 
-from atbsn import Student, engines
-from atbsn.export import export_onnx
-from atbsn.quantize import _rms, calibration_crops, equalize, finetune, quantize, split_concat_convs
+from atbsn import Student
+from atbsn.deploy import engines
+from atbsn.deploy.export import export_onnx
+from atbsn.deploy.quantize import _rms, calibration_crops, equalize, finetune, quantize, split_concat_convs
 
 pytestmark = pytest.mark.skipif(not engines.installed("onnxruntime"), reason="needs onnxruntime (atbsn[cpu])")
 
@@ -50,7 +51,7 @@ def _literal(model):
 
 
 def test_the_graph_in_pytorch_is_the_int8_file_at_odd_sizes(files):
-    from atbsn.qdq import QDQGraph
+    from atbsn.deploy.qdq import QDQGraph
 
     net, run = QDQGraph(files["int8"], files["fp32"]), _literal(files["int8"])
     x = files["crops"][0]
@@ -71,7 +72,7 @@ def test_a_graph_it_cannot_run_is_refused_by_name(files):
     import onnx
     from onnx import numpy_helper
 
-    from atbsn.qdq import QDQGraph, UnsupportedError
+    from atbsn.deploy.qdq import QDQGraph, UnsupportedError
 
     odd_op = onnx.ModelProto()
     odd_op.CopyFrom(files["int8"])
@@ -91,7 +92,7 @@ def test_a_graph_it_cannot_run_is_refused_by_name(files):
 def test_writing_back_untrained_weights_changes_nothing(files):
     from onnx import numpy_helper
 
-    from atbsn.qdq import QDQGraph
+    from atbsn.deploy.qdq import QDQGraph
 
     written = QDQGraph(files["int8"], files["fp32"]).write()
     before = {t.name: numpy_helper.to_array(t) for t in files["int8"].graph.initializer}
@@ -108,7 +109,7 @@ def test_an_int8_file_with_full_range_weights_is_flagged_when_loaded(files, capl
     from onnx import TensorProto, numpy_helper
 
     from atbsn import load
-    from atbsn.qdq import WEIGHT_QMAX
+    from atbsn.deploy.qdq import WEIGHT_QMAX
 
     weights = [t for t in files["int8"].graph.initializer if t.data_type == TensorProto.INT8]
     assert weights and all(np.abs(numpy_helper.to_array(t).astype(int)).max() <= WEIGHT_QMAX for t in weights)
@@ -128,7 +129,7 @@ def test_an_int8_file_with_full_range_weights_is_flagged_when_loaded(files, capl
 
 
 def test_the_gradient_reaches_every_weight_and_scale(files):
-    from atbsn.qdq import QDQGraph
+    from atbsn.deploy.qdq import QDQGraph
 
     net = QDQGraph(files["int8"], files["fp32"])
     net(torch.from_numpy(files["crops"][0])).square().mean().backward()
@@ -162,7 +163,7 @@ def test_finetuning_lowers_the_error_onnx_runtime_measures(tmp_path):
     import onnx
 
     from atbsn.checkpoint import load
-    from atbsn.engines import ort_runner
+    from atbsn.deploy.engines import ort_runner
 
     real = SHARED / "fixtures" / "pretrained" / "aprrd_student_c_sidd_medium.pth"
     photos = SHARED / "data" / "real" / "sidd9"

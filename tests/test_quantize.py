@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from atbsn import AtbsnError, Student, denoise, denoise_tensor, engines
+from atbsn import AtbsnError, Student, denoise, denoise_tensor
 from atbsn.checkpoint import load, save
 from atbsn.cli import main
+from atbsn.deploy import engines
+from atbsn.deploy.quantize import calibration_crops, quantize, split_concat_convs
 from atbsn.images import read_image, write_image
-from atbsn.quantize import calibration_crops, quantize, split_concat_convs
 
 pytestmark = pytest.mark.skipif(not engines.installed("onnxruntime"), reason="needs onnxruntime (atbsn[cpu])")
 

@@ -19,11 +19,11 @@ The public API, listed explicitly (importing it changes nothing in the host proc
 from .blindspot import validate_k
 from .checkpoint import load, save
 from .config import ModelConfig, RunConfig
+from .deploy.export import export_onnx
 from .distill import distill
 from .engine import Method, Trainer
 from .errors import AtbsnError
 from .evaluate import evaluate, sweep
-from .export import export_onnx
 from .fit import FitConfig, fit
 from .inference import InferenceOptions, denoise, denoise_files, denoise_tensor
 from .losses import BlindSpotL1, DistillL1, Loss, SelfL1

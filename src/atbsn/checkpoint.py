@@ -18,7 +18,7 @@ from torch import nn
 
 from . import methods
 from .config import ModelConfig
-from .engines import load_onnx
+from .deploy.engines import load_onnx
 from .errors import AtbsnError
 from .files import atomic_write, reason
 from .released import resolve, unknown
@@ -157,7 +157,7 @@ def load(source: str | Path, part: str = "auto", map_location: str | torch.devic
     """Load a ready model (eval mode, channels-last) from a file or a released model's name.
 
     ``source``: our ``.safetensors``, any of the authors' released ``.pth`` files, an ``.onnx`` file from
-    ``atbsn export`` or ``atbsn quantize`` (:class:`atbsn.engines.OnnxNet`), or a registry name
+    ``atbsn export`` or ``atbsn quantize`` (:class:`atbsn.deploy.engines.OnnxNet`), or a registry name
     (``atbsn models``; downloaded and verified on first use). ``part`` picks a network from a file that
     holds two (an AT-BSN(D) release holds student and teacher): ``"auto"`` (the student), ``"student"``
     or ``"teacher"``.

@@ -22,17 +22,17 @@ from .checkpoint import load
 from .config import MINUTES_MAX, RunConfig, add_options, given, number, preset_values
 from .datasets import collect_sources, load_pairs, prepare
 from .demo import run_demo
+from .deploy.export import export_onnx
+from .deploy.quantize import CROPS, FT_STEPS, MAX_ERROR, quantize
 from .distill import distill
 from .engine import saved_config
 from .errors import AtbsnError
 from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, sweep_report, write_report
-from .export import export_onnx
 from .files import check_apart, check_writable
 from .fit import FitConfig, blind_spot_for, fit
 from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
-from .quantize import CROPS, FT_STEPS, MAX_ERROR, quantize
 from .released import table
 from .runtime import cache_dir, enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapt, engines, methods
+from . import adapt, methods
 from .config import K_RULES, check_options, k_value, option
 from .datasets import expand_inputs
+from .deploy import engines
 from .errors import AtbsnError
 from .files import check_apart, check_writable
 from .images import read_photo, write_photo

@@ -2,7 +2,7 @@
 
 The file carries the model's :class:`~atbsn.config.ModelConfig` (and the blind-spot size frozen into it) in its
 metadata, so that ``atbsn.load`` reads it back as a model that denoises like the checkpoint it came from
-(through ONNX Runtime or OpenVINO: :mod:`atbsn.engines`).
+(through ONNX Runtime or OpenVINO: :mod:`atbsn.deploy.engines`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import AtbsnError
-from .files import atomic_write, check_apart, source_of
-from .methods import blind_spot
+from ..errors import AtbsnError
+from ..files import atomic_write, check_apart, source_of
+from ..methods import blind_spot
 
 CONFIG_KEY = "atbsn_config"  # metadata: the ModelConfig as JSON
 K_KEY = "atbsn_k"  # metadata: the blind-spot control frozen into the graph (absent for a non-blind network)

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .errors import AtbsnError
+from ..config import ModelConfig
+from ..errors import AtbsnError
+from ..files import atomic_write, reason
+from ..methods import blind_spot
+from ..runtime import autocast, cache_dir, log, native_bf16
 from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx
-from .files import atomic_write, reason
-from .methods import blind_spot
 from .qdq import WEIGHT_QMAX
-from .runtime import autocast, cache_dir, log, native_bf16
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 RUNTIMES = ("onnxruntime", "openvino")
@@ -193,7 +193,7 @@ def load_onnx(path: str | Path) -> OnnxNet:
 
 def _full_range_weights(model) -> bool:
     """Whether a quantized model's int8 convolution weights use more than the 7 bits that every CPU's int8
-    kernels compute exactly (:data:`atbsn.qdq.WEIGHT_QMAX` says why)."""
+    kernels compute exactly (:data:`atbsn.deploy.qdq.WEIGHT_QMAX` says why)."""
     from onnx import TensorProto, numpy_helper
 
     return any(t.data_type == TensorProto.INT8 and t.data_location != TensorProto.EXTERNAL  # never read from here

@@ -4,7 +4,7 @@ The network is exported to ONNX, its channels equalized between convolutions (:f
 ONNX Runtime's static quantizer (QDQ format: int8 weights per output channel, uint8 activations per tensor at
 each convolution's input, ranges at the 99.99th percentile of what the photos produce; outputs stay float). A
 denoiser's output is an image at 35 to 40 dB, so int8 rounding inside it shows: on request the int8 network is
-fine-tuned to match the fp32 one on the photos (:func:`finetune`, through :mod:`atbsn.qdq`), and the most
+fine-tuned to match the fp32 one on the photos (:func:`finetune`, through :mod:`atbsn.deploy.qdq`), and the most
 sensitive convolutions stay in fp32 until the whole network's error is within ``max_error`` (RMS, on
 0..255). The file written is an ONNX model like
 ``atbsn export``'s, with its configuration and how it was made in its metadata; ``atbsn denoise`` takes it
@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .datasets import expand_inputs
+from ..datasets import expand_inputs
+from ..errors import AtbsnError
+from ..files import OwnedFolder, atomic_write, check_apart, reason, source_of
+from ..images import read_photo
+from ..methods import blind_spot
+from ..ranges import as_batch
+from ..runtime import log, progress_bar
 from .engines import OnnxNet, installed, ort_runner, ov_runner
-from .errors import AtbsnError
 from .export import export_onnx, metadata, set_metadata
-from .files import OwnedFolder, atomic_write, check_apart, reason, source_of
-from .images import read_photo
-from .methods import blind_spot
 from .qdq import QDQGraph, UnsupportedError
-from .ranges import as_batch
-from .runtime import log, progress_bar
 
 MAX_ERROR = 0.35  # RMS difference from fp32 on 0..255: about 0.05 dB at 38 dB PSNR (MSE 10.3: 10 log10(1 + e^2/MSE))
 CROPS, CROP = 24, 256
@@ -261,7 +261,7 @@ def finetune(int8_path: Path, fp32_model, photos: list[np.ndarray], reference, s
              batch: int = FT_BATCH, lr: float = FT_LR, seed: int = 0, progress: bool = True):
     """Quantization-aware fine-tuning of an int8 QDQ model (self-distillation: its output is trained to match the
     fp32 network's, ``reference``, on random ``crop`` windows of the noisy ``photos``; no clean image). Returns
-    the int8 ModelProto with the trained weights, or None where the graph holds an operator :mod:`atbsn.qdq` does
+    the int8 ModelProto with the trained weights, or None where the graph holds an operator :mod:`atbsn.deploy.qdq` does
     not run."""
     import onnx
     import torch
