@@ -358,8 +358,9 @@ def check(model: nn.Module, engine: str, device: torch.device, r3: bool) -> None
 def runner(model: nn.Module, k: int | None, engine: str, precision: str, device: torch.device,
            pixels: int, r3: bool = False) -> nn.Module:
     """What to run ``model`` through for a job of ``pixels`` pixels: ``model`` itself (PyTorch) or an
-    :class:`OnnxNet` on the engine asked for, or for ``auto`` the one remembered or probed fastest here."""
-    check(model, engine, device, r3)
+    :class:`OnnxNet` on the engine asked for, or for ``auto`` the one remembered or probed fastest here. The
+    engine was checked for the model when the options were resolved (:func:`check`, by
+    ``InferenceOptions.for_model``)."""
     if engine != "auto":
         return _runner(model, engine, k, precision)
     if device.type != "cpu" or r3:
