@@ -62,6 +62,11 @@ def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) 
     add_options(p, InferenceOptions, names)
 
 
+def _quiet(p: argparse.ArgumentParser) -> None:
+    """``-q``: no progress bars (the one definition of the flag)."""
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def _report(msg: str) -> None:
     """An error line on stderr that does not land inside a progress bar's line."""
 
@@ -226,7 +231,7 @@ def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
     add_options(p, RunConfig, _SHARED_RUN_OPTIONS + task_options)
     p.add_argument("--resume", action="store_true", help="continue the run in -o exactly where it stopped")
     p.add_argument("--stop-after", type=number(int, 1), help="stop (resumably) after N more steps")
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
@@ -312,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (never the input's own folder)")
     _inference_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM against clean references")
@@ -322,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-images", help="folder to write the denoised images to")
     p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
     _group_args(p)
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train the AT-BSN teacher (or a rival method) on noisy images, self-supervised")
@@ -338,14 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="decode training photos once into a memory-mapped store (fast data loading)")
     p.add_argument("data", nargs="+", help="folders of noisy photos, SIDD Medium, DND, or image files")
     p.add_argument("-o", "--output", required=True, help="the store folder (give it to train/distill as data)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("fit", help="train a teacher and distill a student from a folder of noisy photos")
     p.add_argument("photos", nargs="+", help="folders or files of noisy photos (no clean images needed)")
     p.add_argument("-o", "--output", required=True, help="the model file to write (.safetensors)")
     add_options(p, FitConfig)
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("demo", help="the whole method on bundled sample photos with simulated camera noise")
@@ -355,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "depends on the CPU's speed)")
     p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
     p.add_argument("--device", default="auto")
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="score blind-spot networks at several inference blind spots (AT-BSN's k_b, "
@@ -380,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="sidd: BenchmarkNoisyBlocksSrgb.mat; dnd: the folder with info.mat and images_srgb/")
     p.add_argument("-o", "--output", help="sidd: SubmitSrgb.csv (or .mat for the legacy format); dnd: a folder")
     _inference_args(p)
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("export", help="export to ONNX (dynamic height and width), checked with onnxruntime")
@@ -401,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"int8 everywhere is above --max-error (default {FT_STEPS}: none; 200 is a start)")
     p.add_argument("--all-int8", action="store_true",
                    help="every convolution in int8, fine-tuned once, whatever --max-error says (the fastest file)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    _quiet(p)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("models", help="list the released models atbsn can fetch by name")
