@@ -21,7 +21,7 @@ from recipe import RECIPES, WORK, baselines, point, set_pairs
 from reproduce import SHARED
 
 from atbsn.datasets import collect_sources
-from atbsn.fit import MILD_SIGMA, blind_spot_for
+from atbsn.fitting import MILD_SIGMA, blind_spot_for
 from atbsn.measure import measure_set
 
 # each part: the set, and per recipe its seeds, at every budget in minutes

@@ -36,7 +36,7 @@ from atbsn.config import SIDD_KS
 from atbsn.datasets import Pair, load_pairs
 from atbsn.demo import sample_pairs
 from atbsn.evaluate import evaluate, score_outputs
-from atbsn.fit import FitConfig, fit
+from atbsn.fitting import FitConfig, fit
 from atbsn.images import write_image
 
 # The recipes, as FitConfig fields. "old" is the default before issue 18, frozen here; "new" is the default

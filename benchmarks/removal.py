@@ -42,7 +42,7 @@ def main() -> None:
             print(name, model_path.parent.name, f"{r['mean_gain_db']:+.2f} dB, {r['median_ratio']:.2f}", flush=True)
     md = ["# removal: the fit's no-clean-image check against the PSNR gain it cannot see", "",
           "ratio: std of (noisy - student output) over `atbsn.noise.flat_noise_std(noisy)`, median over the images "
-          "(at most 10 per set); `fit` warns above 1.5 (`atbsn.fit.REMOVAL_LIMIT`).", "",
+          "(at most 10 per set); `fit` warns above 1.5 (`atbsn.fitting.REMOVAL_LIMIT`).", "",
           "| set | point | mean PSNR gain (dB) | images made worse | median ratio |", "|---|---|---|---|---|"]
     md += [f"| {r['set']} | {r['point']} | {r['mean_gain_db']:+.2f} | {r['worse_images']} / {r['images']} | "
            f"{r['median_ratio']:.2f} |" for r in rows]

@@ -23,7 +23,7 @@ from recipe import WORK, noisy_folder, set_pairs
 
 from atbsn.checkpoint import load
 from atbsn.config import RunConfig
-from atbsn.fit import HEAVY, MILD, STOP_EVERY, TARGET_PHOTOS, TARGET_SIDE, FitConfig, centre_crop
+from atbsn.fitting import HEAVY, MILD, STOP_EVERY, TARGET_PHOTOS, TARGET_SIDE, FitConfig, centre_crop
 from atbsn.inference import denoise_tensor
 from atbsn.metrics import psnr
 from atbsn.noise import flat_noise_std

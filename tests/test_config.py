@@ -9,7 +9,7 @@ import pytest
 from atbsn.cli import build_parser, main
 from atbsn.config import RunConfig
 from atbsn.errors import AtbsnError
-from atbsn.fit import FitConfig
+from atbsn.fitting import FitConfig
 from atbsn.inference import InferenceOptions
 
 

@@ -6,6 +6,7 @@ import torch
 
 from atbsn.checkpoint import load
 from atbsn.cli import main
+from atbsn.fitting import FitConfig
 from atbsn.images import read_image, write_image
 from atbsn.noise import add_camera_noise
 from atbsn.runtime import native_bf16
@@ -92,7 +93,7 @@ def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_no
     a model that removes just the noise and far above ``REMOVAL_LIMIT`` for one that removes detail too."""
     from atbsn import Student
     from atbsn.datasets import collect_sources
-    from atbsn.fit import REMOVAL_LIMIT, removal_ratio
+    from atbsn.fitting import REMOVAL_LIMIT, removal_ratio
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:96, :128]
@@ -114,12 +115,12 @@ def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_no
     assert 0.8 < removal_ratio(Fixed(lambda x: as_tensor), sources, cpu) < 1.3  # removes the noise exactly
     assert removal_ratio(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu) > REMOVAL_LIMIT
     assert removal_ratio(Fixed(lambda x: x), sources, cpu) == 0.0
-    from atbsn.fit import centre_crops, target_ratio  # the same measure on the distillation targets (the stop)
+    from atbsn.fitting import centre_crops, target_ratio  # the same measure on the distillation targets (the stop)
 
     crops = centre_crops(sources, 4, 256)
     assert 0.8 < target_ratio(Fixed(lambda x: as_tensor), [], crops, cpu) < 1.3
     assert target_ratio(Fixed(lambda x: x), [], crops, cpu) == 0.0
-    from atbsn.fit import output_check
+    from atbsn.fitting import output_check
 
     assert output_check(Fixed(lambda x: as_tensor), sources, cpu)[1][0]["safeguard"] == "keeps the output"
     flat = output_check(Fixed(lambda x: x.mean((2, 3), keepdim=True).expand_as(x)), sources, cpu)[1][0]
@@ -155,7 +156,7 @@ def test_fit_chooses_fp32_where_bf16_is_not_native_as_under_the_avx2_cap(tmp_pat
 def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins():
     """Heavy noise: the paper's k_a = 9 / k_b = 3; mild noise: a small blind spot. An option the user gave is kept;
     from a released model nothing is chosen (its own blind spot is fine-tuned)."""
-    from atbsn.fit import HEAVY, MILD, MILD_SIGMA, FitConfig, choose
+    from atbsn.fitting import HEAVY, MILD, MILD_SIGMA, FitConfig, choose
     from atbsn.measure import NoiseEstimate
 
     heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
@@ -178,7 +179,7 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
 def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_path, capsys):
     import json
 
-    from atbsn.fit import MILD
+    from atbsn.fitting import MILD
 
     root = tmp_path / "mild"
     for i in range(2):  # smooth photos: what the measure sees is the noise
@@ -214,7 +215,7 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     import importlib
     import json
 
-    fit_module = importlib.import_module("atbsn.fit")  # the module (the package's ``atbsn.fit`` is the function)
+    fit_module = importlib.import_module("atbsn.fitting.stop")  # the stop at the noise: its constants, its calls
     photos = _photos(tmp_path / "photos")
     monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
     r = fit_module.STOP_RATIO
@@ -233,7 +234,7 @@ def test_stop_at_noise_keeps_the_last_teacher_that_removed_the_noise_and_a_rerun
     work = tmp_path / "m.safetensors.fit"
     stop = json.loads((work / "fit.json").read_text())["teacher_stop"]
     assert [lk["step"] for lk in stop["looks"]] == [2, 4, 6] and stop["kept_step"] == 4 and stop["stopped_at"] == 6
-    lr = fit_module.FitConfig().lr  # the teacher's rate, decayed by the cosine schedule to step 4 of 10
+    lr = FitConfig().lr  # the teacher's rate, decayed by the cosine schedule to step 4 of 10
     cooled = {"steps": 2, "lr": pytest.approx(fit_module.cosine_lr(lr, 4, 10)),
               "removed_over_noise": pytest.approx(0.9 * r, abs=1e-3)}
     assert stop["cooled"] == cooled
@@ -251,7 +252,7 @@ def test_a_teacher_killed_between_looks_stops_fit_and_the_same_command_finishes_
     import importlib
     import json
 
-    fit_module = importlib.import_module("atbsn.fit")
+    fit_module = importlib.import_module("atbsn.fitting.stop")
     photos = _photos(tmp_path / "photos")
     monkeypatch.setattr(fit_module, "STOP_EVERY", 2)
     monkeypatch.setattr(fit_module, "target_ratio", lambda *a: 2 * fit_module.STOP_RATIO)  # never stops early

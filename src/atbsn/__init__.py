@@ -24,7 +24,7 @@ from .distill import distill
 from .engine import Method, Trainer
 from .errors import AtbsnError
 from .evaluate import evaluate, sweep
-from .fit import FitConfig, fit
+from .fitting import FitConfig, fit
 from .inference import InferenceOptions, denoise, denoise_files, denoise_tensor
 from .losses import BlindSpotL1, DistillL1, Loss, SelfL1
 from .methods import atbsn as _paper  # noqa: F401 - registered first: the paper's networks lead every listing

@@ -29,7 +29,7 @@ from .engine import saved_config
 from .errors import AtbsnError
 from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, sweep_report, write_report
 from .files import check_apart, check_writable
-from .fit import FitConfig, blind_spot_for, fit
+from .fitting import FitConfig, blind_spot_for, fit
 from .images import is_image_file
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set

@@ -25,7 +25,7 @@ from .datasets import load_pairs
 from .errors import AtbsnError
 from .evaluate import evaluate
 from .files import write_text
-from .fit import FitConfig, OtherFitError, fit
+from .fitting import FitConfig, OtherFitError, fit
 from .images import read_image, write_image
 from .metrics import scores
 from .noise import add_camera_noise

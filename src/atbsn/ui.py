@@ -53,7 +53,7 @@ from .config import K_RULES
 from .demo import PHOTOS, sample_pairs
 from .errors import AtbsnError
 from .files import OwnedFolder, disk_full, reason
-from .fit import FitConfig, fit
+from .fitting import FitConfig, fit
 from .images import photo_pixels, read_photo
 from .inference import InferenceOptions, denoise, denoise_every_k, denoise_files, resolve_k
 from .measure import measure_noise

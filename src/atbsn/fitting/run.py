@@ -1,0 +1,97 @@
+"""``fit`` itself: measure, choose, plan, train the teacher, distill the student, check, write one bundle."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+from ..checkpoint import load, save
+from ..config import RunConfig
+from ..datasets import collect_sources
+from ..distill import distill
+from ..errors import AtbsnError
+from ..files import RunLock, check_apart, write_text
+from ..losses import BlindSpotL1, DistillL1
+from ..runtime import init_distributed, log, native_bf16
+from ..train import train
+from .checks import REMOVAL_LIMIT, _better, output_check
+from .config import FitConfig
+from .plan import _phase, _plan
+from .rule import _noise, choose
+from .start import start_of
+from .stop import _teacher_until_noise
+
+
+def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None = None, progress: bool = True,
+        work_dir: str | Path | None = None) -> Path:
+    """Train (or fine-tune) a teacher, distill a student, write ``output`` (a student + teacher bundle)."""
+    cfg = config or FitConfig()
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise AtbsnError(f"{output}: the fitted model is written as a .safetensors file")
+    work = Path(work_dir) if work_dir else output.with_name(output.name + ".fit")
+    data = [str(p) for p in photos]
+    check_apart([output, work], [*data, cfg.from_model])
+    n_images = len(collect_sources(data))  # fails at once on a wrong or empty folder
+    with RunLock(work):
+        return _fit(data, n_images, output, work, cfg, progress)
+
+
+def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
+    noise, measured = _noise(data)
+    cfg, choice = choose(cfg, noise)
+    if choice["chosen"]:
+        log.info("  chose " + ", ".join(f"{f} = {v}" for f, v in choice["chosen"].items()) + f" for {choice['rule']}")
+    start = start_of(cfg)
+    _, device = init_distributed(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
+    common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": start.lr, "seed": cfg.seed,
+              "device": cfg.device, "precision": precision, "on_bad_file": cfg.on_bad_file,
+              "val_every": 10**9, "save_every": 100}
+    tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps, **start.teacher_shape,
+                     **common)
+    shares_unet = start.student_arch == "C"  # student C is the teacher's UNet made non-blind
+    scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
+                     teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
+                     loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
+    t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start)
+    log.info(f"fit: {n_images} noisy image(s) -> {output}"
+             + (f", starting from {start.source}" if start.source else ""))
+    log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
+             f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
+    log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss)"
+             + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
+    if t_step and s_step:
+        log.info(f"  about {(tcfg.steps * t_step + scfg.steps * s_step) / 60:.1f} min in all, from a probe of a few "
+                 f"steps of each" + (" (fp32: this CPU has no native bf16)" if cfg.precision == "auto" and
+                                                     precision == "fp32" and device.type == "cpu" else ""))
+
+    report: dict = {"from": start.source, "noise": measured, "choice": choice}
+    if cfg.stop_at_noise:
+        report["teacher_stop"] = _teacher_until_noise(work, tcfg, start, data, device, progress)
+    else:
+        _phase(work / "teacher", tcfg, partial(train, init=start.teacher), progress)
+    teacher = _better(report, "teacher", start.teacher, load(work / "teacher" / "last.safetensors"),
+                      lambda: BlindSpotL1(tcfg.k_train), tcfg, device, precision)
+    save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
+    _phase(work / "student", scfg, partial(distill, init=start.student), progress)
+    student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
+                      lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
+    for net in (student, teacher):  # denoise's default for this file (--safeguard / --no-safeguard still win)
+        net.config.training["safeguard"] = bool(cfg.safeguard)
+    save(student, output, teacher=teacher)
+    ratio, report["photos"] = output_check(student, collect_sources(data), device)
+    report["removed_over_noise"] = ratio
+    blended = sum(p["safeguard"] != "keeps the output" for p in report["photos"])
+    log.info(f"  --safeguard on the first {len(report['photos'])} photo(s): keeps the output of "
+             f"{len(report['photos']) - blended}, blends {blended} toward the input (fit.json)")
+    if ratio > REMOVAL_LIMIT:
+        log.warning(f"fit: the model removes {ratio:.1f}x the noise level of the photos' flattest areas, so it "
+                    "probably removes detail too" + (
+                        ": denoise's safeguard (on for this file) blends such outputs toward the input"
+                        if cfg.safeguard else " and its output may be worse than the input (usual for mild noise "
+                        "after a short fit: give it more --minutes, --safeguard, or start --from a released model)"))
+    write_text(work / "fit.json", json.dumps(report, indent=2))
+    log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
+    return output

@@ -1,0 +1,49 @@
+"""Where a fit starts, as data: from scratch, or from a released model (its teacher fine-tuned, its student the
+distillation's start)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import load_parts
+from ..errors import AtbsnError
+from .config import FitConfig
+from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY
+
+
+@dataclass
+class Start:
+    """Where a fit starts, as data: the networks it begins from (none from scratch) and the choices that follow
+    from them. Everything else in :func:`fit` is one recipe for both starts."""
+
+    source: str | None  # the released model (name or file), None from scratch
+    teacher: nn.Module | None
+    student: nn.Module | None
+    lr: float
+    ks: list[int]
+    loss: str
+    teacher_shape: dict[str, Any]  # width, k_train, k_infer of the teacher
+    student_arch: str
+
+
+def start_of(cfg: FitConfig) -> Start:
+    """The start ``cfg`` asks for: from scratch, or ``cfg.from_model`` (its teacher's shape is the released one)."""
+    if not cfg.from_model:
+        return Start(None, None, None, cfg.lr, cfg.ks or FROM_SCRATCH["ks"], cfg.loss or FROM_SCRATCH["loss"],
+                     {"width": cfg.width, "k_train": cfg.k_train, "k_infer": cfg.k_infer}, cfg.student)
+    parts = load_parts(cfg.from_model)
+    other = next((m for m in parts.values() if m.config.knob not in (None, "k")), None)
+    if other is not None:  # a blind-spot network of another method: not a teacher fit can tune
+        raise AtbsnError(f"{cfg.from_model}: its network is {other.config.arch!r}, not AT-BSN; --from takes an AT-BSN "
+                         "teacher or an AT-BSN(D) file (it can still denoise: atbsn denoise --model)")
+    if "teacher" not in parts:
+        raise AtbsnError(f"{cfg.from_model}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
+                         "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)")
+    t, student = parts["teacher"].config, parts.get("student")
+    return Start(cfg.from_model, parts["teacher"], student, cfg.finetune_lr, cfg.ks or FROM_RELEASED["ks"],
+                 cfg.loss or FROM_RELEASED["loss"],
+                 {"width": t.width, "k_train": t.k_train or cfg.k_train or HEAVY["k_train"], "k_infer": t.k_infer},
+                 student.config.arch if student is not None else cfg.student)
