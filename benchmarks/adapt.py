@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, spread, write_results
-from reproduce import SHARED
+from common import REAL, RESULTS, spread, write_results
 
 from atbsn.adapt import fuse, safeguard
 from atbsn.checkpoint import load
@@ -29,7 +28,7 @@ from atbsn.inference import denoise_ks
 from atbsn.measure import measure_noise
 from atbsn.metrics import psnr, ssim_rgb
 
-SETS = {"sidd9": SHARED / "sidd9", "polyu100": SHARED / "polyu100"}
+SETS = {"sidd9": REAL / "sidd9", "polyu100": REAL / "polyu100"}
 SEEDS = (0, 1, 2)
 KS = list(SIDD_KS)
 REACH_FACTORS = (0.0, 1.0, 2.0)  # --k auto: only k > factor x reach qualify

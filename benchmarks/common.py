@@ -20,6 +20,9 @@ from atbsn.files import write_text
 atbsn.enable_huge_pages()  # a benchmark owns its process, as the atbsn command does (read at the first allocation)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The project's test data and weights, beside the checkout (never copied into it); REAL: the real-noise sets.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REAL = SHARED / "data" / "real"
 
 
 def machine() -> dict:

@@ -45,7 +45,7 @@ import common
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import count_macs, write_results
+from common import SHARED, count_macs, write_results
 
 from atbsn import ATBSN, Student, denoise, evaluate, load, save
 from atbsn.datasets import load_pairs
@@ -53,7 +53,6 @@ from atbsn.deploy.engines import OnnxNet, as_onnx, installed
 from atbsn.deploy.quantize import quantize
 from atbsn.runtime import autocast, native_bf16
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 WORK = common.RESULTS / "work_cpu_runtime"
 PRETRAINED = SHARED / "fixtures" / "pretrained"
 SETS = {"sidd9": SHARED / "data" / "real" / "sidd9", "polyu100": SHARED / "data" / "real" / "polyu100"}

@@ -16,9 +16,8 @@ import argparse
 import json
 
 import numpy as np
-from common import spread, write_results
+from common import REAL, spread, write_results
 from recipe import RECIPES, WORK, baselines, point, set_pairs
-from reproduce import SHARED
 
 from atbsn.datasets import collect_sources
 from atbsn.fitting import MILD_SIGMA, blind_spot_for
@@ -38,7 +37,7 @@ MEASURED = ["demo", "sidd9", "polyu100-tune", "polyu100-held", "dnd33"]
 
 def measure(name: str) -> dict:
     if name == "dnd33":  # noisy only: the rule needs no clean image
-        images = [s.load() for s in collect_sources([str(SHARED / "dnd33")])]
+        images = [s.load() for s in collect_sources([str(REAL / "dnd33")])]
     else:
         images = [p.noisy for p in set_pairs(name)]
     whole, each = measure_set(images)

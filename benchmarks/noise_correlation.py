@@ -9,17 +9,14 @@ scikit-image sample photos) this reports the residual's correlation at 1, 2 and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from common import write_results
+from common import REAL, write_results
 
 from atbsn.datasets import load_pairs
 from atbsn.demo import PHOTOS
 from atbsn.metrics import psnr
 from atbsn.noise import LEVELS, add_camera_noise, neighbour_correlation
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SHIFTS = (1, 2, 3)
 
 

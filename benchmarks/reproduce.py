@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, count_macs, timeit, write_results
+from common import REAL, RESULTS, count_macs, timeit, write_results
 
 from atbsn import ATBSN, Student, classical
 from atbsn.checkpoint import load
@@ -37,8 +37,7 @@ from atbsn.ranges import from_model_range, to_model_range
 from atbsn.tiling import plan_tiles, run_tiled
 from atbsn.train import train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-SETS = {"sidd9": (SHARED / "sidd9", None), "polyu100": (SHARED / "polyu100", 20)}
+SETS = {"sidd9": (REAL / "sidd9", None), "polyu100": (REAL / "polyu100", 20)}
 CONFIG = {"width": 16, "crop": 64, "batch": 8, "teacher_steps": 2000, "student_steps": 1000, "lr": 1e-3, "seed": 0}
 KS = SIDD_KS
 

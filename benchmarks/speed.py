@@ -26,12 +26,11 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import common
 import torch
 import torch.nn.functional as F
-from common import count_macs, sync, timeit, use_device, write_results
+from common import SHARED, count_macs, sync, timeit, use_device, write_results
 
 from atbsn import ATBSN, Student, denoise_tensor
 from atbsn.config import SIDD_KS
@@ -208,7 +207,7 @@ def main() -> None:
 
     # the PSNR cost of bf16 on real noise, with the released SIDD-trained student C
     quality = {}
-    shared = Path(__file__).resolve().parents[2] / "shared"
+    shared = SHARED
     real = shared / "fixtures" / "pretrained" / "aprrd_student_c_sidd_medium.pth"
     if real.exists():
         from atbsn.checkpoint import load

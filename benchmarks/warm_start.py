@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, write_results
+from common import RESULTS, SHARED, write_results
 
 from atbsn import ATBSN, FitConfig, fit, load
 from atbsn.config import RunConfig
@@ -37,7 +37,6 @@ from atbsn.evaluate import evaluate
 from atbsn.students import init_teacher_from_student
 from atbsn.train import train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 WORK = RESULTS / "work_warm_start"
 
 

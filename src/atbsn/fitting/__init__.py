@@ -18,7 +18,16 @@ resumes an interrupted phase and skips finished ones. With ``minutes``, the numb
 from a measured step time so that both phases fit the budget.
 """
 
-from .checks import REMOVAL_LIMIT, centre_crop, centre_crops, output_check, removal_ratio, target_ratio
+from .checks import (
+    REMOVAL_LIMIT,
+    TARGET_PHOTOS,
+    TARGET_SIDE,
+    centre_crop,
+    centre_crops,
+    output_check,
+    removal_ratio,
+    target_ratio,
+)
 from .config import FitConfig
 from .plan import OtherFitError
 from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY, MILD, MILD_SIGMA, MILD_STEP_CAP, blind_spot_for, choose
@@ -26,6 +35,7 @@ from .run import fit
 from .stop import COOL_SHARE, STOP_EVERY, STOP_RATIO, cosine_lr
 
 __all__ = ["COOL_SHARE", "FROM_RELEASED", "FROM_SCRATCH", "HEAVY", "MILD", "MILD_SIGMA", "MILD_STEP_CAP",
-           "REMOVAL_LIMIT", "STOP_EVERY", "STOP_RATIO", "FitConfig", "OtherFitError", "blind_spot_for",
+           "REMOVAL_LIMIT", "STOP_EVERY", "STOP_RATIO", "TARGET_PHOTOS", "TARGET_SIDE", "FitConfig", "OtherFitError",
+           "blind_spot_for",
            "centre_crop", "centre_crops", "choose", "cosine_lr", "fit", "output_check", "removal_ratio",
            "target_ratio"]
