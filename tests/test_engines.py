@@ -79,6 +79,32 @@ def test_auto_measures_once_and_remembers(student, monkeypatch):
     assert np.abs(first.astype(int) - denoise(img, student, engine="torch").astype(int)).max() <= 1
 
 
+@pytest.mark.slow
+@needs_runtimes
+def test_threads_asking_at_once_share_one_export_and_one_choice(monkeypatch):
+    """45 row 1: the page's sessions asked for the engine of one network at once and each exported it (parallel
+    exports broke each other). Now the first export and probe serve every thread."""
+    import threading
+
+    monkeypatch.setattr(engines, "PROBE_PIXELS", 0)
+    monkeypatch.setattr(engines, "PROBE_SIDE", 64)
+    torch.manual_seed(1)
+    net = Student("C", width=4).eval()  # weights no other test exports: this test's export is real
+    exports, probes = [], []
+    export, probe = engines.export_onnx, engines.probe
+    monkeypatch.setattr(engines, "export_onnx", lambda *a, **kw: exports.append(1) or export(*a, **kw))
+    monkeypatch.setattr(engines, "probe", lambda *a, **kw: probes.append(1) or probe(*a, **kw))
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(
+        engines.runner(net, None, "auto", "fp32", torch.device("cpu"), 10**7))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and len({id(g) for g in got}) == 1  # one runner for all
+    assert exports == [1] and probes == [1]
+
+
 def test_auto_on_a_small_job_is_pytorch_without_a_probe(student, monkeypatch):
     monkeypatch.setattr(engines, "probe", lambda *a, **kw: pytest.fail("a small job probed"))
     img = _image()

@@ -573,6 +573,7 @@ def test_concurrent_sessions_each_denoising_a_large_photo_all_succeed_and_memory
         for w in workers:
             w.join()
         assert [st["error"] for st in states] == [None] * 8, states
+        assert log.read_text().count("exporting the network to ONNX once") == 1  # one export for all sessions
         after = expired()
         assert after < 1.1 * warm, (warm, after)
     finally:

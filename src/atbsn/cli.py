@@ -176,11 +176,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     check_writable(out)
 
     model = _model(a.model, k=a.k, rules=False)
-    try:
-        q = quantize(model, a.photos, out, k=a.k, max_error=a.max_error, crops=a.crops,
-                     finetune_steps=a.finetune_steps, all_int8=a.all_int8, progress=not a.quiet)
-    except AtbsnError as e:  # what is wrong with the network: named by its file
-        raise AtbsnError(f"{a.model}: {e}" if str(e).startswith("this network") else str(e)) from None
+    q = quantize(model, a.photos, out, k=a.k, max_error=a.max_error, crops=a.crops, finetune_steps=a.finetune_steps,
+                 all_int8=a.all_int8, progress=not a.quiet)
     q = q["quantization"]
     tuned = f", {q['rms_error_before_finetuning']:.3f} before fine-tuning" if q["finetune_steps"] else ""
     print(f"wrote {out}: {q['int8_convs']} of {q['convs']} convolutions in int8, RMS error against fp32 "

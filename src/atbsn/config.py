@@ -317,16 +317,11 @@ class RunConfig:
             else:
                 self.k_train = knob.train if self.k_train is None else self.k_train
                 self.k_infer = knob.infer if self.k_infer is None else self.k_infer
-                knob.check("--k-train", self.k_train, train=True)
+                knob.check("--k-train", self.k_train, train=True, crop=self.crop)
                 knob.check("--k-infer", self.k_infer)
-                why = knob.crop_refusal(self.k_train, self.crop)
-                if why:
-                    raise AtbsnError(f"--k-train: {why}")
-        else:  # the teachers' blind spots the student learns from: each must fit the crop (AT-BSN's k)
+        else:  # the teachers' blind spots must fit the crop (validated by the teacher's own family, when loaded)
             for k in self.ks:
-                why = methods.arch("atbsn").knob.crop_refusal(k, self.crop)
-                if why:
-                    raise AtbsnError(f"--ks: {why}")
+                methods.arch("atbsn").knob.check_crop("--ks", k, self.crop)
 
     @classmethod
     def from_preset(cls, task: str, preset: str | None, **overrides: Any) -> RunConfig:

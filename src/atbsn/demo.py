@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,14 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
     log.info("demo: 1. fit learns from the noisy photos (its time estimate follows, from a probe of a few steps); "
              "2. non-local means and BM3D on the same photos (BM3D about 15 s a photo); 3. scores")
     t_fit = time.perf_counter()
+    learn = partial(fit, [out / "noisy"], out / "model.safetensors", FitConfig(**budget, device=device),
+                    progress=progress)
     try:
-        model_path = fit([out / "noisy"], out / "model.safetensors", FitConfig(**budget, device=device),
-                         progress=progress)
+        model_path = learn()
     except OtherFitError:  # an earlier demo in this folder, with another recipe: the demo's own work, started anew
         log.info("demo: the fit in this folder used another recipe; starting it anew")
         shutil.rmtree(out / "model.safetensors.fit")
-        model_path = fit([out / "noisy"], out / "model.safetensors", FitConfig(**budget, device=device),
-                         progress=progress)
+        model_path = learn()
     fit_seconds = time.perf_counter() - t_fit
     baselines, baseline_outputs = _classical_rows(pairs, out)
 

@@ -49,8 +49,9 @@ from .runtime import autocast, available_memory, init_distributed, log, progress
 MethodFactory = Callable[[RunConfig, torch.device], Method]
 
 # Of the bytes every operation of a training step creates (forward and backward, counted on the meta device), the
-# share alive at once at the step's peak: measured 0.28 to 0.35 (peak RSS growth of one real fp32 step against the
-# count) for atbsn, apbsn, tmbsn, n2n and lgbpn at width 16, crops 64 to 256.
+# share alive at once at the step's peak: measured 0.26 to 0.35 over two runs (peak RSS growth of one real fp32
+# step against the count) for atbsn, apbsn, tmbsn, n2n and lgbpn at width 16, crops 64 to 256
+# (benchmarks/step_memory.py, results/step_memory.md).
 STEP_PEAK_SHARE = 0.4
 
 
@@ -89,16 +90,16 @@ def step_bytes(make: Callable[[], Method], batch: int, crop: int) -> int | None:
     return int(tally.bytes * STEP_PEAK_SHARE + 4 * weights)
 
 
-def check_step_memory(make: Callable[[], Method], config: RunConfig, device: torch.device, width: int) -> None:
+def check_step_memory(make: Callable[[], Method], config: RunConfig, device: torch.device) -> None:
     """Refuse, before anything is allocated, a run whose training step needs more memory than ``device`` has free
     (a --crop, --batch, --width or blind-spot control far too large: without this the allocation fails deep in
     PyTorch, or the system's OOM killer ends the process and others with it)."""
     need = step_bytes(make, config.batch, config.crop)
     free = available_memory(device)
     if need is not None and need > free:
-        raise AtbsnError(f"--crop {config.crop}, --batch {config.batch}, --width {width}: one training step needs "
-                         f"about {need / 2**30:.1f} GB and {device} has {free / 2**30:.1f} GB free; use a smaller "
-                         "--crop, --batch or --width")
+        raise AtbsnError(f"--crop {config.crop}, --batch {config.batch}, --width {config.width}: one training step "
+                         f"needs about {need / 2**30:.1f} GB and {device} has {free / 2**30:.1f} GB free; use a "
+                         "smaller --crop, --batch or --width")
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -251,7 +252,7 @@ class Trainer:
     def _setup(self, config: RunConfig, method: MethodFactory, resume: bool) -> None:
         saved = self._saved_state(config, resume)  # read under the lock
         remove_stale_temps(self.out, ["state.pt", "last.safetensors", "best.safetensors", "summary.json"])
-        check_step_memory(lambda: method(config, torch.device("meta")), config, self.device, config.width)
+        check_step_memory(lambda: method(config, torch.device("meta")), config, self.device)
         torch.manual_seed(config.seed)
         self.method = method(config, self.device)
         self.model = self.method.model.to(self.device, memory_format=torch.channels_last)

@@ -7,6 +7,8 @@ Nothing here knows about networks; everything above imports it. Library code rep
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import sys
@@ -115,12 +117,25 @@ def few_malloc_arenas(arenas: int = 2) -> bool:
     server's memory after the sessions expired grew 301 -> 585 -> 685 MB round after round with glibc's default,
     and stayed at 295 to 300 MB with 2 arenas (lower at its peak too). A no-op where malloc is not glibc's.
     """
-    import ctypes
+    libc = _glibc()
+    return bool(libc.mallopt(M_ARENA_MAX, arenas)) if libc is not None else False
 
+
+def return_memory() -> None:
+    """Hand memory freed by Python and PyTorch back to the system (glibc otherwise keeps it in its arenas)."""
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    """glibc, through ctypes; None where the C library is another."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", show: bool = True,

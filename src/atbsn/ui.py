@@ -22,8 +22,7 @@ never arrives times out, and the folders of a killed server are removed at the n
 
 from __future__ import annotations
 
-import ctypes
-import gc
+import errno
 import hashlib
 import io
 import json
@@ -32,6 +31,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -45,6 +45,7 @@ from typing import BinaryIO
 from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
+import torch
 from torch import nn
 
 from . import classical
@@ -59,7 +60,7 @@ from .inference import InferenceOptions, denoise, denoise_every_k, denoise_files
 from .measure import measure_noise
 from .ranges import to_model_range
 from .released import entries, table
-from .runtime import available_memory, few_malloc_arenas, log
+from .runtime import available_memory, few_malloc_arenas, log, return_memory
 
 NLM = "nlm"  # the model name of the classical comparison
 PARTS = ("auto", "student", "teacher")
@@ -191,8 +192,6 @@ class App:
         self.fit_options = fit_options or {}  # FitConfig fields for "learn from these photos"
         self.limits = limits or Limits()
         if self.limits.memory_bytes is None:
-            import torch
-
             self.limits.memory_bytes = max(512 << 20, available_memory(torch.device("cpu")) // 4)
         self.token = secrets.token_urlsafe(24) if token else None  # required on every call (None: --no-token)
         # a folder of this process's, removed on close; a killed server's are removed here, at the next start
@@ -206,6 +205,7 @@ class App:
         self._workers = threading.BoundedSemaphore(self.limits.jobs)
         self._decoding = threading.BoundedSemaphore(self.limits.decoders)
         self._fitting = threading.Lock()  # one fit per server: it uses every core for minutes
+        self._expired_at = 0.0  # when idle sessions were last looked for
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -216,8 +216,8 @@ class App:
         self.expire()
         with self._lock:
             if len(self.sessions) >= self.limits.sessions:
-                raise BusyError(f"{len(self.sessions)} sessions are open, the most this page holds; close a tab or "
-                           f"wait for one to be idle for {self.limits.idle_s / 60:g} minutes")
+                raise BusyError(f"{len(self.sessions)} sessions are open, the most this page holds; close a tab "
+                                f"or wait for one to be idle for {self.limits.idle_s / 60:g} minutes")
             sid = secrets.token_urlsafe(12)
             session = self.sessions[sid] = Session(sid, self.folder / sid)
         session.folder.mkdir(parents=True)
@@ -243,13 +243,13 @@ class App:
             shutil.rmtree(s.folder, ignore_errors=True)
             s.photos.clear()
         if idle:
-            _return_memory()
+            return_memory()
         return len(idle)
 
     def expire_now_and_then(self) -> None:
         """:meth:`expire`, at most once a minute (called on every request: a quiet server needs no timer)."""
         now = time.monotonic()
-        if now - getattr(self, "_expired_at", 0.0) >= min(60.0, self.limits.idle_s):
+        if now - self._expired_at >= min(60.0, self.limits.idle_s):
             self._expired_at = now
             self.expire(now)
 
@@ -257,10 +257,12 @@ class App:
         """Bytes of images held by every session."""
         return sum(s.held() for s in list(self.sessions.values()))
 
-    def _room(self, more: int = 0) -> None:
-        if self.held() + more > self.limits.memory_bytes:
-            raise BusyError(f"the page holds {self.held() / 2**20:.0f} MB of photos and results, its limit is "
-                       f"{self.limits.memory_bytes / 2**20:.0f} MB; close other tabs or wait for them to expire")
+    def _room(self) -> None:
+        """Refuse new work while the images held by every session are at :attr:`Limits.memory_bytes`."""
+        held = self.held()
+        if held > self.limits.memory_bytes:
+            raise BusyError(f"the page holds {held / 2**20:.0f} MB of photos and results, its limit is "
+                            f"{self.limits.memory_bytes / 2**20:.0f} MB; close other tabs or wait for them to expire")
 
     def photo(self, s: Session, pid: str | None) -> Photo:
         if not pid or pid not in s.photos:
@@ -282,8 +284,8 @@ class App:
 
     def _add_photo(self, s: Session, name: str, data: bytes | BinaryIO, size: int | None) -> dict:
         if len(s.photos) >= self.limits.photos:
-            raise BusyError(f"{name}: this session holds {len(s.photos)} photos, the most it takes; reload the page to "
-                       "start a new one")
+            raise BusyError(f"{name}: this session holds {len(s.photos)} photos, the most it takes; reload the "
+                            "page to start a new one")
         self._room()
         size = len(data) if isinstance(data, bytes) else size
         if size is None or size > self.limits.upload_bytes:
@@ -569,15 +571,6 @@ def _receive(path: Path, data: bytes | BinaryIO, size: int) -> None:
             left -= len(block)
 
 
-def _return_memory() -> None:
-    """Hand freed memory back to the system (glibc keeps freed blocks in its arenas otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _title(model: nn.Module, source: str) -> str:
     n = sum(p.numel() for p in model.parameters())
     return f"{model.config.family.title} ({n:,} parameters) from {Path(source).name}"
@@ -790,16 +783,11 @@ def make_server(app: App, host: str = "127.0.0.1", port: int = 7860) -> Threadin
 
 
 def _family(host: str) -> int:
-    import socket
-
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _listen_error(host: str, port: int, e: OSError) -> str:
     """Why the server cannot listen, with the fix that fits the cause."""
-    import errno
-    import socket
-
     if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {host}: not an address of this machine ({e.strerror or e}); check --host"
     if e.errno == errno.EADDRINUSE:

@@ -297,17 +297,13 @@ def as_onnx(model: nn.Module, k: int | None) -> OnnxNet:
     k = blind_spot(model.config, k)
     key = (digest(model), k)
     with _CHOOSING:
-        return _NETS[key] if key in _NETS else _export_once(model, k, key)
-
-
-def _export_once(model: nn.Module, k: int | None, key: tuple[str, int | None]) -> OnnxNet:
-    if key not in _NETS:
-        path = cache_dir() / "onnx" / f"{model.config.arch}-{key[0]}" f"{'' if k is None else f'-k{k}'}.onnx"
-        if not path.is_file():
-            log.info("exporting the network to ONNX once, for the CPU runtimes (%s)", path)
-            export_onnx(model, path, k=k)
-        _NETS[key] = OnnxNet(path, model.config, k, multiple=getattr(model, "multiple", 1))
-    return _NETS[key]
+        if key not in _NETS:
+            path = cache_dir() / "onnx" / f"{model.config.arch}-{key[0]}" f"{'' if k is None else f'-k{k}'}.onnx"
+            if not path.is_file():
+                log.info("exporting the network to ONNX once, for the CPU runtimes (%s)", path)
+                export_onnx(model, path, k=k)
+            _NETS[key] = OnnxNet(path, model.config, k, multiple=getattr(model, "multiple", 1))
+        return _NETS[key]
 
 
 def _runner(model: nn.Module, engine: str, k: int | None, precision: str) -> nn.Module:

@@ -219,7 +219,7 @@ def equalize(model, samples: list[np.ndarray], alpha: float = EQ_ALPHA, max_scal
     return model
 
 
-def conv_costs(model, channels: int) -> dict[str, float]:
+def conv_costs(model, channels: int, name: str = "this network") -> dict[str, float]:
     """Multiply-adds per input pixel of every convolution (its weights times its output's share of the input
     area): what keeping it in fp32 costs."""
     from onnx import numpy_helper
@@ -231,7 +231,7 @@ def conv_costs(model, channels: int) -> dict[str, float]:
     out = {}
     computed = [n.name for n in convs if n.input[1] not in weights]
     if computed:
-        raise AtbsnError(f"this network computes the weights of {len(computed)} convolution(s) in the graph "
+        raise AtbsnError(f"{name}: computes the weights of {len(computed)} convolution(s) in the graph "
                          f"({computed[0]}); int8 quantization takes networks whose weights are constants")
     for n in convs:
         w = numpy_helper.to_array(weights[n.input[1]])
@@ -336,7 +336,7 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
         onnx.save(m, str(fp32))
         ref_run = ort_runner(fp32)
         refs = [np.clip(ref_run(x), 0, 255) for x in samples]
-        cost = conv_costs(m, c)
+        cost = conv_costs(m, c, source_of(model) or "this network")
         convs = list(cost)
         cache = tmp / "ranges.json"
 

@@ -66,7 +66,4 @@ class FitConfig:
         if self.step_cap is not None and len(self.step_cap) != 2:
             raise AtbsnError(f"--step-cap takes two numbers (teacher steps, student steps), got {self.step_cap}")
         for flag, k in (g for g in given if g[1] is not None):
-            knob.check(flag, k, train=flag == "--k-train")
-            why = knob.crop_refusal(k, self.crop) if flag != "--k-infer" else None
-            if why:
-                raise AtbsnError(f"{flag}: {why}")
+            knob.check(flag, k, train=flag == "--k-train", crop=None if flag == "--k-infer" else self.crop)

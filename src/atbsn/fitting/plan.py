@@ -95,7 +95,7 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         log.info(f"  resuming the work in {work}")
         return None, None
     make = methods.method(tcfg.method).make
-    check_step_memory(lambda: make(tcfg), tcfg, device, tcfg.width)
+    check_step_memory(lambda: make(tcfg), tcfg, device)
     torch.manual_seed(cfg.seed)
     probe = make(tcfg)
     t_step = _step_seconds(probe, tcfg, device)

@@ -41,7 +41,7 @@ class Knob:
     needs on top (a k_a that hides something). ``covers(value, h, w)`` says why a value cannot run on an h x w
     image, or None. ``span(value)`` is the side of the square a value keeps from view at full resolution (a PD
     stride: the two pixels a sub-image needs at least), for the rule that a training crop must hold it
-    (:meth:`crop_refusal`).
+    (:meth:`check` with ``crop``).
     """
 
     name: str
@@ -58,23 +58,26 @@ class Knob:
         """The value a network runs with: ``value``, or when it is None the one ``recorded`` for inference."""
         return self.validate(recorded if value is None else value)
 
-    def check(self, flag: str, value: object, train: bool = False) -> int:
-        """``value`` validated (``train``: as a training value, by ``validate_train`` where the family has one),
-        refused on one line naming ``flag``."""
+    def check(self, flag: str, value: object, train: bool = False, crop: int | None = None) -> int:
+        """``value`` validated (``train``: as a training value, by ``validate_train`` where the family has one;
+        ``crop``: it must also leave something to see in crops of that side), refused on one line naming
+        ``flag``."""
         rule = (self.validate_train or self.validate) if train else self.validate
         try:
-            return rule(value)
+            value = rule(value)
         except AtbsnError as e:
             raise AtbsnError(f"{flag}: {e}") from None
+        if crop is not None:
+            self.check_crop(flag, value, crop)
+        return value
 
-    def crop_refusal(self, value: int, crop: int) -> str | None:
-        """Why ``value`` cannot train on (or be distilled from) crops of side ``crop``: it keeps a square as large
-        as the crop from view, so nothing would be left to learn from; else None."""
+    def check_crop(self, flag: str, value: int, crop: int) -> None:
+        """Refuse a ``value`` that keeps a square as large as the training crop from view (nothing left to see)."""
         side = self.span(value) if self.span is not None else 0
         if side >= crop:
-            return (f"{self.name}={value} keeps a {side} x {side} square from view, as large as the {crop}-pixel "
-                    f"training crop: nothing would be left to see; choose a smaller {self.name} or a larger --crop")
-        return None
+            raise AtbsnError(f"{flag}: {self.name}={value} keeps a {side} x {side} square from view, as large as the "
+                             f"{crop}-pixel training crop: nothing would be left to see; choose a smaller {self.name} "
+                             "or a larger --crop")
 
 
 @dataclass(frozen=True)
