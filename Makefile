@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # The CPU build of torch: pinned here, in the install path, not in the package metadata.
 TORCH ?= torch==2.13.0
 
-.PHONY: env test test-all demo lint gpu-check clean
+.PHONY: env test test-all demo docs lint gpu-check clean
 
 # What the demo needs (atbsn and BM3D); the tests add the dev tools (pytest, ruff, ONNX) on top.
 $(BIN)/atbsn: pyproject.toml
@@ -34,8 +34,13 @@ demo: $(BIN)/atbsn
 gpu-check: env
 	$(BIN)/python benchmarks/gpu_check.py
 
+# The documentation site (README + docs/) in build/site; --strict: a broken link or page fails
+docs: $(BIN)/atbsn
+	$(BIN)/pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
+
 lint: env
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs_hooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -8,7 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def documentation() -> list[tuple[str, str]]:
+    """(file, text) of the README and of each page in docs/, in the site's order (mkdocs.yml's nav)."""
+    nav = re.findall(r"^\s+- [^:]+: ([\w-]+\.md)$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    pages = [("README.md", (ROOT / "README.md").read_text())]
+    return pages + [(f"docs/{p}", (ROOT / "docs" / p).read_text()) for p in nav if p != "index.md"]
+
+
+def doc_section(title: str) -> str:
+    """The ``## title`` section of whichever documentation file holds it."""
+    for _, text in documentation():
+        if f"\n## {title}\n" in text:
+            return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    raise AssertionError(f"no documentation file has a section '## {title}'")
 # The one place tests take their device from: ATBSN_TEST_DEVICE=cuda runs the device tests on a GPU.
 DEVICE = torch.device(os.environ.get("ATBSN_TEST_DEVICE", "cpu"))
 

@@ -1,5 +1,6 @@
-"""Imports go one way: each module imports atbsn's own modules only from its floor or below (the floors are the
-README's module map), there is no import cycle, and imports of atbsn's modules sit at the top of each file.
+"""Imports go one way: each module imports atbsn's own modules only from its floor or below (the floors are
+the module map in docs/architecture.md), there is no import cycle, and imports of atbsn's modules sit at the
+top of each file.
 
 Imports only for annotations (under ``if TYPE_CHECKING:``) are not imports at run time and are left out; the
 method registry's discovery of the files in ``atbsn/methods`` (``importlib`` by name) is the one import that
@@ -12,9 +13,10 @@ import ast
 import re
 from pathlib import Path
 
+from conftest import doc_section
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "atbsn"
-README = (ROOT / "README.md").read_text()
 
 
 def _module(path: Path) -> str:
@@ -26,8 +28,8 @@ def _module(path: Path) -> str:
 
 
 def floors() -> dict[str, int]:
-    """Module -> floor, from the numbered list of the README's module map."""
-    section = README.split("## Module map", 1)[1].split("\n## ", 1)[0]
+    """Module -> floor, from the numbered list of the module map."""
+    section = doc_section("Module map")
     out = {}
     for number, line in re.findall(r"^(\d+)\. (.*)$", section, re.M):
         for name in re.findall(r"`([\w/]+\.py)`", line):

@@ -1,11 +1,11 @@
-"""The README is executed: every command of its fenced blocks runs here, and its module map is the package.
+"""The README and docs/ are executed: every command of their fenced blocks runs, the module map is the package.
 
-Each ``atbsn ...`` line of a ```bash block runs through the CLI, in README order, in one workspace that holds
-tiny stand-ins for the files the README names (photos, pairs, SIDD blocks, a DND folder, teachers); a command
-that trains gets tiny sizes and steps appended (the README's own options come first, so its presets and
-methods are what start). The AT-BSN authors' and follow-up works' files come from ``../shared`` and released
-names from a cache filled with the verified files there; what needs the network is skipped, naming the file.
-The ```python block runs too, and every ``make`` target the README names is run or checked here.
+Each ``atbsn ...`` line of a ```bash block runs through the CLI, in reading order (the README, then the site's
+pages), in one workspace that holds tiny stand-ins for the files the commands name (photos, pairs, SIDD blocks, a
+DND folder, teachers); a command that trains gets tiny sizes and steps appended (the documented options come
+first, so their presets and methods are what start). The AT-BSN authors' and follow-up works' files come from
+``../shared`` and released names from a cache filled with the verified files there; what needs the network is
+skipped, naming the file. The ```python block runs too, and every ``make`` target named is run or checked here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, fake_dnd
+from conftest import SHARED, doc_section, documentation, fake_dnd
 from scipy.io import savemat
 
 import atbsn.ui
@@ -38,11 +38,11 @@ from atbsn.noise import add_camera_noise
 from atbsn.released import cached_path, entries
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+README = "\n\n".join(text for _, text in documentation())  # the README, then each page of docs/
 
 
 def test_module_map_matches_the_package():
-    section = README.split("## Module map", 1)[1].split("\n## ", 1)[0]
+    section = doc_section("Module map")
     listed = set(re.findall(r"`([\w/]+\.(?:py|json))`", section)) - {"__init__.py", "__main__.py"}
     package = ROOT / "src" / "atbsn"
     modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")} - {"__init__.py", "__main__.py"}
@@ -245,8 +245,9 @@ MAKE_CHECKS = {
     "demo": ".venv/bin/atbsn demo",              # the demo itself: tests/test_demo.py, and CI runs make demo
     "test": ".venv/bin/python -m pytest -q",      # this suite
     "test-all": ".venv/bin/python -m pytest -q -m \"\"",
-    "lint": ".venv/bin/ruff check src tests benchmarks",  # run below
+    "lint": ".venv/bin/ruff check src tests benchmarks docs_hooks.py",  # run below
     "gpu-check": ".venv/bin/python benchmarks/gpu_check.py",  # run below
+    "docs": "NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q",  # run below
 }
 
 
@@ -263,8 +264,37 @@ def test_make_lint_passes():
     ruff = Path(sys.executable).with_name("ruff")
     if not ruff.exists():
         pytest.skip("ruff is not installed (pip install -e .[dev])")
-    out = subprocess.run([str(ruff), "check", "src", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([str(ruff), "check", "src", "tests", "benchmarks", "docs_hooks.py"], cwd=ROOT,
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_the_readme_is_a_front_page():
+    """What atbsn is, how to start, and links: the rest lives in docs/."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_make_docs_builds_the_site_strictly(tmp_path):
+    """``mkdocs build --strict``: a broken link between pages, a missing anchor or a missing repository file that
+    a page links to fails the build."""
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.exists():
+        pytest.skip("mkdocs is not installed (pip install -e .[docs])")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = [str(mkdocs), "build", "--strict", "-q", "-d", str(tmp_path / "site")]
+    out = subprocess.run(build, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "Two commands on a fresh machine" in home and 'href="results/' in home  # the README, its links made local
+    assert (tmp_path / "site" / "_repo" / "benchmarks" / "results" / "fit_rule_mild_heavy.png").is_file()
+    broken = tmp_path / "broken"  # a page that links to a result that is not there
+    shutil.copytree(ROOT / "docs", broken / "docs")
+    for name in ("mkdocs.yml", "docs_hooks.py", "README.md"):
+        shutil.copy(ROOT / name, broken / name)
+    page = broken / "docs" / "choices.md"
+    page.write_text(page.read_text() + "\nSee [gone](../benchmarks/results/gone.md).\n")
+    out = subprocess.run(build, cwd=broken, capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "gone.md" in out.stdout + out.stderr
 
 
 def test_make_gpu_check_says_plainly_when_there_is_no_gpu():

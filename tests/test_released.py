@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import documentation, shared_path
 
 import atbsn
 from atbsn import released
@@ -144,8 +144,7 @@ def test_every_sidd_benchmark_number_names_its_protocol():
     """The same model scores 0.5 to 1.4 dB higher on the Kaggle re-host than on the original SIDD server: a
     benchmark number without its protocol cannot be compared with anything."""
     root = Path(__file__).resolve().parents[1]
-    texts = {"README.md": (root / "README.md").read_text(),
-             "models.json": (root / "src" / "atbsn" / "models.json").read_text()}
+    texts = {**dict(documentation()), "models.json": (root / "src" / "atbsn" / "models.json").read_text()}
     for name, text in texts.items():
         for m in re.finditer(r"\d\d\.\d\d (?:dB )?SIDD benchmark", text):
             after = text[m.end(): m.end() + 40]
