@@ -135,3 +135,18 @@ def test_the_command_shows_the_library_info_lines_even_after_a_disabled_info_cal
     assert main(["train", str(tmp_path / "in"), "-o", str(tmp_path / "run"), "--method", "n2n", "--preset", "dnd",
                  "--steps", "1", "--batch", "1", "--crop", "20", "--width", "4", "-q"]) == 0
     assert "using its authors' SIDD recipe" in capsys.readouterr().out
+
+
+def test_every_command_is_registered_with_its_arguments_help_and_one_quiet_flag():
+    """Each sub-command is a handler registered beside the function that declares its arguments; ``--help``
+    lists every one, each with a help line, and ``-q`` is declared by one function."""
+    from atbsn import cli
+
+    assert set(cli._ORDER) == set(cli._COMMANDS) and len(cli._ORDER) == len(cli._COMMANDS)
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == list(cli._ORDER)
+    for name, p in sub.choices.items():
+        args, quiet, func = cli._COMMANDS[name]
+        assert func.__name__ == f"cmd_{name}" and (args.__doc__ or "").strip(), name
+        assert ("-q" in p._option_string_actions) == quiet, name

@@ -3,6 +3,7 @@
 The CLI owns the process: it shows the library's INFO messages on stdout, turns :class:`AtbsnError` into
 one line on stderr with exit code 2, sets the allocator (:func:`~atbsn.runtime.enable_huge_pages`) and
 tears down torchrun's process group. Option flags come from the config dataclasses (``config.option``).
+Each command is a handler registered with :func:`command` beside the function that declares its arguments.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +40,21 @@ from .runtime import cache_dir, enable_huge_pages, leave_process_group
 from .submit import sidd_protocol, submit_dnd, submit_sidd
 from .train import train
 from .ui import serve
+
+Handler = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+_COMMANDS: dict[str, tuple[Arguments, bool, Handler]] = {}
+
+
+def command(name: str, args: Arguments, quiet: bool = False) -> Callable[[Handler], Handler]:
+    """Register a handler as the sub-command ``name``. ``args`` declares its arguments (it sits just above the
+    handler, and its docstring is the command's help); ``quiet``: the command takes ``-q``."""
+
+    def register(func: Handler) -> Handler:
+        _COMMANDS[name] = (args, quiet, func)
+        return func
+
+    return register
 
 
 def _model(path: str, part: str = "auto", k: int | str | None = None, rules: bool = True):
@@ -73,6 +90,15 @@ def _report(msg: str) -> None:
     tqdm.write(f"error: {msg}", file=sys.stderr)
 
 
+def _denoise_args(p: argparse.ArgumentParser) -> None:
+    """Denoise image files, folders or globs."""
+    p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="output folder (never the input's own folder)")
+    _inference_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+@command("denoise", _denoise_args, quiet=True)
 def cmd_denoise(a: argparse.Namespace) -> int:
 
     check_apart([a.output], [a.model])  # the photos: denoise_files checks them, for Python callers too
@@ -99,6 +125,17 @@ def _group_args(p: argparse.ArgumentParser) -> None:
                    help="texture measure splitting the groups (default: median)")
 
 
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    """PSNR/SSIM against clean references."""
+    p.add_argument("data", help="folder of pairs (pairs.csv or noisy/ + clean/) or SIDD validation .mat")
+    _inference_args(p)
+    p.add_argument("-o", "--output", help="folder for per_image.csv and summary.json")
+    p.add_argument("--save-images", help="folder to write the denoised images to")
+    p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
+    _group_args(p)
+
+
+@command("evaluate", _evaluate_args, quiet=True)
 def cmd_evaluate(a: argparse.Namespace) -> int:
 
     check_apart([a.output, a.save_images], [a.data, a.model])
@@ -121,6 +158,24 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    """Score blind-spot networks at several inference blind spots (AT-BSN's k_b, AP-BSN's PD stride)."""
+    p.add_argument("data", help="folder of pairs or SIDD validation .mat")
+    p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
+    p.add_argument("--k", *methods.knob_flags(), type=number(int, 0), nargs="+",
+                   help="values of the networks' blind-spot control (default: their own sweep; "
+                        + "; ".join(f"{a.title}: {a.knob.name} {' '.join(map(str, a.knob.sweep))}"
+                                    for a in methods.archs().values() if a.knob) + ")")
+    add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
+    p.add_argument("--k-train", type=number(int, 1), help="label for teachers whose checkpoint does not record k_a")
+    p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")
+    p.add_argument("--crops", action="store_true", help="also write the same crop at each k (crops.png)")
+    p.add_argument("--crop-size", type=number(int, 8), default=96, help="side of the crops (--crops)")
+    p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
+    _group_args(p)
+
+
+@command("sweep", _sweep_args)
 def cmd_sweep(a: argparse.Namespace) -> int:
 
     check_apart([a.output], [a.data, *a.model])
@@ -139,6 +194,15 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    """Write a SIDD or DND benchmark submission."""
+    p.add_argument("benchmark", choices=["sidd", "dnd"])
+    p.add_argument("data", help="sidd: BenchmarkNoisyBlocksSrgb.mat; dnd: the folder with info.mat and images_srgb/")
+    p.add_argument("-o", "--output", help="sidd: SubmitSrgb.csv (or .mat for the legacy format); dnd: a folder")
+    _inference_args(p)
+
+
+@command("submit", _submit_args, quiet=True)
 def cmd_submit(a: argparse.Namespace) -> int:
 
     check_apart([a.output or ("SubmitSrgb.csv" if a.benchmark == "sidd" else None)], [a.data, a.model])
@@ -158,6 +222,13 @@ def cmd_submit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    """Export to ONNX (dynamic height and width), checked with onnxruntime."""
+    _inference_args(p, ["k"])
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+
+
+@command("export", _export_args)
 def cmd_export(a: argparse.Namespace) -> int:
 
     check_apart([a.output], [a.model])
@@ -169,6 +240,23 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    """An int8 model for the CPU, calibrated on noisy photos (no clean image)."""
+    p.add_argument("photos", nargs="+", help="noisy photos like the ones to denoise (files, folders, globs)")
+    _inference_args(p, ["k"])
+    p.add_argument("-o", "--output", required=True, help="the int8 model to write (.onnx is added if missing)")
+    p.add_argument("--max-error", type=number(float, 0.001), default=MAX_ERROR,
+                   help="largest RMS difference from the fp32 network on the photos, on 0..255; the most sensitive "
+                        f"convolutions stay in fp32 until it holds (default {MAX_ERROR}: about 0.05 dB at 38 dB)")
+    p.add_argument("--crops", type=number(int, 1), default=CROPS, help=f"calibration crops of 256^2 (default {CROPS})")
+    p.add_argument("--finetune-steps", type=number(int, 0), default=FT_STEPS,
+                   help="steps of quantization-aware fine-tuning against the fp32 network on the photos, where "
+                        f"int8 everywhere is above --max-error (default {FT_STEPS}: none; 200 is a start)")
+    p.add_argument("--all-int8", action="store_true",
+                   help="every convolution in int8, fine-tuned once, whatever --max-error says (the fastest file)")
+
+
+@command("quantize", _quantize_args, quiet=True)
 def cmd_quantize(a: argparse.Namespace) -> int:
 
     out = Path(a.output if a.output.lower().endswith(".onnx") else a.output + ".onnx")
@@ -202,11 +290,25 @@ def _run_config(a: argparse.Namespace, task: str) -> RunConfig:
     return RunConfig(**values)
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """Train the AT-BSN teacher (or a rival method) on noisy images, self-supervised."""
+    _training_args(p, ["method", "width", "k_train", "k_infer"])
+
+
+@command("train", _train_args, quiet=True)
 def cmd_train(a: argparse.Namespace) -> int:
 
     return _exit_code(train(_run_config(a, "train"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet))
 
 
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    """Distill a non-blind student from a trained teacher."""
+    _training_args(p, ["student", "ks", "loss", "texture_threshold", "init_from_teacher"])
+    p.add_argument("--teacher", help="teacher checkpoint (ours or the authors') or a released name; on --resume, "
+                                     "the run's own (give it again if the file moved)")
+
+
+@command("distill", _distill_args, quiet=True)
 def cmd_distill(a: argparse.Namespace) -> int:
 
     return _exit_code(distill(_run_config(a, "distill"), resume=a.resume, stop_after=a.stop_after,
@@ -228,9 +330,15 @@ def _training_args(p: argparse.ArgumentParser, task_options: list[str]) -> None:
     add_options(p, RunConfig, _SHARED_RUN_OPTIONS + task_options)
     p.add_argument("--resume", action="store_true", help="continue the run in -o exactly where it stopped")
     p.add_argument("--stop-after", type=number(int, 1), help="stop (resumably) after N more steps")
-    _quiet(p)
 
 
+def _prepare_args(p: argparse.ArgumentParser) -> None:
+    """Decode training photos once into a memory-mapped store (fast data loading)."""
+    p.add_argument("data", nargs="+", help="folders of noisy photos, SIDD Medium, DND, or image files")
+    p.add_argument("-o", "--output", required=True, help="the store folder (give it to train/distill as data)")
+
+
+@command("prepare", _prepare_args, quiet=True)
 def cmd_prepare(a: argparse.Namespace) -> int:
 
     check_apart([a.output], a.data)
@@ -240,6 +348,14 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    """Train a teacher and distill a student from a folder of noisy photos."""
+    p.add_argument("photos", nargs="+", help="folders or files of noisy photos (no clean images needed)")
+    p.add_argument("-o", "--output", required=True, help="the model file to write (.safetensors)")
+    add_options(p, FitConfig)
+
+
+@command("fit", _fit_args, quiet=True)
 def cmd_fit(a: argparse.Namespace) -> int:
 
     check_writable(a.output)
@@ -248,6 +364,17 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    """The whole method on bundled sample photos with simulated camera noise."""
+    p.add_argument("-o", "--output", default="demo", help="folder for images, model, table and picture")
+    p.add_argument("--minutes", type=number(float, 0.1, MINUTES_MAX), default=None,
+                   help="train for a time budget instead of the demo's fixed recipe in steps (the result then "
+                        "depends on the CPU's speed)")
+    p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
+    p.add_argument("--device", default="auto")
+
+
+@command("demo", _demo_args, quiet=True)
 def cmd_demo(a: argparse.Namespace) -> int:
 
     budget = {"minutes": a.minutes} if a.minutes is not None else {}
@@ -255,6 +382,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0 if summary["student_gain_db"] > 0 else 1
 
 
+def _info_args(p: argparse.ArgumentParser) -> None:
+    """Print a checkpoint's configuration, or the noise measured in photos."""
+    p.add_argument("model", nargs="+", metavar="MODEL_OR_PHOTOS",
+                   help="a checkpoint or released name; or photos and folders: their noise level and how far it "
+                        "reaches in pixels (measured in their flattest areas, no clean image needed)")
+    p.add_argument("--part", default="auto", choices=["auto", "student", "teacher"])
+
+
+@command("info", _info_args)
 def cmd_info(a: argparse.Namespace) -> int:
 
     if len(a.model) == 1 and not _photos(a.model[0]):
@@ -281,6 +417,12 @@ def _photos(path: str) -> bool:
     return p.is_dir() or (p.is_file() and is_image_file(p))
 
 
+def _models_args(p: argparse.ArgumentParser) -> None:
+    """List the released models atbsn can fetch by name."""
+    p.add_argument("-v", "--verbose", action="store_true", help="also the download address and licence")
+
+
+@command("models", _models_args)
 def cmd_models(a: argparse.Namespace) -> int:
 
     rows = table()
@@ -294,123 +436,8 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(a: argparse.Namespace) -> int:
-
-    try:
-        serve(a.model, a.host, a.port, open_browser=a.open, options=_options(a), token=not a.no_token)
-    except KeyboardInterrupt:
-        print("atbsn ui: stopped")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-
-    parser = _Parser(prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024).")
-    parser.add_argument("--version", action="version", version=f"atbsn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("denoise", help="denoise image files, folders or globs")
-    p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("-o", "--output", required=True, help="output folder (never the input's own folder)")
-    _inference_args(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    _quiet(p)
-    p.set_defaults(func=cmd_denoise)
-
-    p = sub.add_parser("evaluate", help="PSNR/SSIM against clean references")
-    p.add_argument("data", help="folder of pairs (pairs.csv or noisy/ + clean/) or SIDD validation .mat")
-    _inference_args(p)
-    p.add_argument("-o", "--output", help="folder for per_image.csv and summary.json")
-    p.add_argument("--save-images", help="folder to write the denoised images to")
-    p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
-    _group_args(p)
-    _quiet(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("train", help="train the AT-BSN teacher (or a rival method) on noisy images, self-supervised")
-    _training_args(p, ["method", "width", "k_train", "k_infer"])
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("distill", help="distill a non-blind student from a trained teacher")
-    _training_args(p, ["student", "ks", "loss", "texture_threshold", "init_from_teacher"])
-    p.add_argument("--teacher", help="teacher checkpoint (ours or the authors') or a released name; on --resume, "
-                                     "the run's own (give it again if the file moved)")
-    p.set_defaults(func=cmd_distill)
-
-    p = sub.add_parser("prepare", help="decode training photos once into a memory-mapped store (fast data loading)")
-    p.add_argument("data", nargs="+", help="folders of noisy photos, SIDD Medium, DND, or image files")
-    p.add_argument("-o", "--output", required=True, help="the store folder (give it to train/distill as data)")
-    _quiet(p)
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("fit", help="train a teacher and distill a student from a folder of noisy photos")
-    p.add_argument("photos", nargs="+", help="folders or files of noisy photos (no clean images needed)")
-    p.add_argument("-o", "--output", required=True, help="the model file to write (.safetensors)")
-    add_options(p, FitConfig)
-    _quiet(p)
-    p.set_defaults(func=cmd_fit)
-
-    p = sub.add_parser("demo", help="the whole method on bundled sample photos with simulated camera noise")
-    p.add_argument("-o", "--output", default="demo", help="folder for images, model, table and picture")
-    p.add_argument("--minutes", type=number(float, 0.1, MINUTES_MAX), default=None,
-                   help="train for a time budget instead of the demo's fixed recipe in steps (the result then "
-                        "depends on the CPU's speed)")
-    p.add_argument("--noise", default="phone-night", help="simulated noise level (see atbsn.noise.LEVELS)")
-    p.add_argument("--device", default="auto")
-    _quiet(p)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("sweep", help="score blind-spot networks at several inference blind spots (AT-BSN's k_b, "
-                                      "AP-BSN's PD stride)")
-    p.add_argument("data", help="folder of pairs or SIDD validation .mat")
-    p.add_argument("--model", "-m", nargs="+", required=True, help="one or more teachers (several: k_a x k_b heatmap)")
-    p.add_argument("--k", *methods.knob_flags(), type=number(int, 0), nargs="+",
-                   help="values of the networks' blind-spot control (default: their own sweep; "
-                        + "; ".join(f"{a.title}: {a.knob.name} {' '.join(map(str, a.knob.sweep))}"
-                                    for a in methods.archs().values() if a.knob) + ")")
-    add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
-    p.add_argument("--k-train", type=number(int, 1), help="label for teachers whose checkpoint does not record k_a")
-    p.add_argument("-o", "--output", default="sweep", help="folder for sweep.json and the plots")
-    p.add_argument("--crops", action="store_true", help="also write the same crop at each k (crops.png)")
-    p.add_argument("--crop-size", type=number(int, 8), default=96, help="side of the crops (--crops)")
-    p.add_argument("--limit", type=number(int, 1), help="only the first N pairs")
-    _group_args(p)
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("submit", help="write a SIDD or DND benchmark submission")
-    p.add_argument("benchmark", choices=["sidd", "dnd"])
-    p.add_argument("data", help="sidd: BenchmarkNoisyBlocksSrgb.mat; dnd: the folder with info.mat and images_srgb/")
-    p.add_argument("-o", "--output", help="sidd: SubmitSrgb.csv (or .mat for the legacy format); dnd: a folder")
-    _inference_args(p)
-    _quiet(p)
-    p.set_defaults(func=cmd_submit)
-
-    p = sub.add_parser("export", help="export to ONNX (dynamic height and width), checked with onnxruntime")
-    _inference_args(p, ["k"])
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("quantize", help="an int8 model for the CPU, calibrated on noisy photos (no clean image)")
-    p.add_argument("photos", nargs="+", help="noisy photos like the ones to denoise (files, folders, globs)")
-    _inference_args(p, ["k"])
-    p.add_argument("-o", "--output", required=True, help="the int8 model to write (.onnx is added if missing)")
-    p.add_argument("--max-error", type=number(float, 0.001), default=MAX_ERROR,
-                   help="largest RMS difference from the fp32 network on the photos, on 0..255; the most sensitive "
-                        f"convolutions stay in fp32 until it holds (default {MAX_ERROR}: about 0.05 dB at 38 dB)")
-    p.add_argument("--crops", type=number(int, 1), default=CROPS, help=f"calibration crops of 256^2 (default {CROPS})")
-    p.add_argument("--finetune-steps", type=number(int, 0), default=FT_STEPS,
-                   help="steps of quantization-aware fine-tuning against the fp32 network on the photos, where "
-                        f"int8 everywhere is above --max-error (default {FT_STEPS}: none; 200 is a start)")
-    p.add_argument("--all-int8", action="store_true",
-                   help="every convolution in int8, fine-tuned once, whatever --max-error says (the fastest file)")
-    _quiet(p)
-    p.set_defaults(func=cmd_quantize)
-
-    p = sub.add_parser("models", help="list the released models atbsn can fetch by name")
-    p.add_argument("-v", "--verbose", action="store_true", help="also the download address and licence")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("ui", help="a local web page: upload photos, compare input and output, move the blind spot")
+def _ui_args(p: argparse.ArgumentParser) -> None:
+    """A local web page: upload photos, compare input and output, move the blind spot."""
     p.add_argument("--model", "-m", help="model chosen when the page opens (a released name or a checkpoint)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
@@ -420,14 +447,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "can then use the page)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
-    p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("info", help="print a checkpoint's configuration, or the noise measured in photos")
-    p.add_argument("model", nargs="+", metavar="MODEL_OR_PHOTOS",
-                   help="a checkpoint or released name; or photos and folders: their noise level and how far it "
-                        "reaches in pixels (measured in their flattest areas, no clean image needed)")
-    p.add_argument("--part", default="auto", choices=["auto", "student", "teacher"])
-    p.set_defaults(func=cmd_info)
+
+@command("ui", _ui_args)
+def cmd_ui(a: argparse.Namespace) -> int:
+
+    try:
+        serve(a.model, a.host, a.port, open_browser=a.open, options=_options(a), token=not a.no_token)
+    except KeyboardInterrupt:
+        print("atbsn ui: stopped")
+    return 0
+
+
+_ORDER = ("fit", "denoise", "info", "models", "ui", "demo", "train", "distill", "prepare", "evaluate", "sweep",
+          "submit", "export", "quantize")  # as --help lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: one sub-command per :func:`command`, in the order of ``_ORDER``."""
+
+    parser = _Parser(prog="atbsn", description="Self-supervised real-world sRGB denoising with AT-BSN (CVPR 2024).")
+    parser.add_argument("--version", action="version", version=f"atbsn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _ORDER:
+        add_args, quiet, func = _COMMANDS[name]
+        p = sub.add_parser(name, help=(add_args.__doc__ or "").strip().rstrip("."))
+        add_args(p)
+        if quiet:
+            _quiet(p)
+        p.set_defaults(func=func)
     return parser
 
 
