@@ -27,8 +27,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import DEVICE, RESULTS, paired_verdict, spread, write_results
-from reproduce import SETS, _run, open_set
+from common import DEVICE, RESULTS, SETS, open_set, paired_verdict, run_to_end, spread, write_results
 
 from atbsn.checkpoint import load
 from atbsn.config import SIDD_KS, RunConfig
@@ -90,7 +89,7 @@ def run_row(name: str, spec: dict, work: Path, data: list[str], pairs, split: Te
     def teacher(ka: int) -> Path:
         """Train (or resume, or find done) the k_a teacher; its checkpoint of lowest held-out loss."""
         out = teacher_run(work, ka, spec["seed"])
-        _run(train, RunConfig(task="train", out=str(out), steps=b["teacher_steps"], width=b["width"], k_train=ka,
+        run_to_end(train, RunConfig(task="train", out=str(out), steps=b["teacher_steps"], width=b["width"], k_train=ka,
                               k_infer=min(ka, 3), val_every=max(b["teacher_steps"] // 8, 1), **common))
         return out / "best.safetensors"
 
@@ -110,7 +109,7 @@ def run_row(name: str, spec: dict, work: Path, data: list[str], pairs, split: Te
     cfg = RunConfig(task="distill", out=str(work / "runs" / run), steps=b["student_steps"], teacher=str(best),
                     student=student, ks=list(ks), loss=loss, init_from_teacher=student == "C" and not scratch,
                     val_every=10**9, **common)
-    model = load(_run(distill, cfg))
+    model = load(run_to_end(distill, cfg))
     _, s = evaluate(model, pairs, split=split)
     return {m: s[m] for m in METRICS} | {"groups": s["groups"], "ks": list(ks)}
 

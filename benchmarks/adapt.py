@@ -18,21 +18,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import REAL, RESULTS, spread, write_results
+from common import ADAPT_KS, FUSIONS, REAL, RESULTS, auto_k, every_k_row, guard, spread, write_results
 
-from atbsn.adapt import fuse, safeguard
 from atbsn.checkpoint import load
-from atbsn.config import SIDD_KS
 from atbsn.datasets import load_pairs
-from atbsn.inference import denoise_ks
-from atbsn.measure import measure_noise
-from atbsn.metrics import psnr, ssim_rgb
 
 SETS = {"sidd9": REAL / "sidd9", "polyu100": REAL / "polyu100"}
 SEEDS = (0, 1, 2)
-KS = list(SIDD_KS)
 REACH_FACTORS = (0.0, 1.0, 2.0)  # --k auto: only k > factor x reach qualify
-FUSIONS = [(f, t, s) for f, t in ((3, 0), (3, 1), (5, 1)) for s in (0.5, 1.0)]  # (flat k, textured k, scale)
 KEEPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # the safeguard keeps an output whole from this blend weight (1: never)
 WORK = RESULTS / "work_adapt"
 
@@ -40,30 +33,6 @@ WORK = RESULTS / "work_adapt"
 def _teacher(set_name: str, seed: int) -> Path:
     run = RESULTS / f"work_rivals_{set_name}" / ("atbsn" if seed == 0 else f"atbsn_s{seed}")
     return run / "last.safetensors"
-
-
-def scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM (RGB), the package's conventions (SSIM on luma is left out: it doubles the time)."""
-    return {"psnr": psnr(out, clean), "ssim_rgb": ssim_rgb(out, clean)}
-
-
-def _u8(a: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(a), 0, 255).astype(np.uint8)
-
-
-def _measure(teacher, pair) -> dict:
-    noisy, clean = pair.noisy, pair.clean
-    x = noisy.astype(np.float64)
-    outs = {k: v.astype(np.float64) for k, v in denoise_ks(noisy, teacher, KS).items()}  # uint8 outputs
-    noise = measure_noise(noisy)
-    row = {"noise": noise.as_dict(), "input": scores(noisy, clean), "k": {}, "fused": {}}
-    for k, y in outs.items():
-        row["k"][k] = {**scores(_u8(y), clean), "loss": float(np.mean((x - y) ** 2))}
-        guarded, a = safeguard(x, y, noise, keep=1.0)  # always the blend: any other keep is read off it
-        row["k"][k]["guarded 1 1"] = {**scores(_u8(guarded), clean), "blend": a}
-    for f, t, s in FUSIONS:
-        row["fused"][f"{f},{t},{s}"] = scores(_u8(fuse(outs, noise, f, t, s)), clean)
-    return row
 
 
 def _rows(set_name: str, seed: int, pairs) -> list[dict]:
@@ -74,7 +43,7 @@ def _rows(set_name: str, seed: int, pairs) -> list[dict]:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with open(cache, "a") as f:
             for i in range(len(done), len(pairs)):
-                row = {"image": i, **_measure(teacher, pairs[i])}
+                row = {"image": i, **every_k_row(teacher, pairs[i])}
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 done.append(row)
@@ -84,23 +53,11 @@ def _rows(set_name: str, seed: int, pairs) -> list[dict]:
     return done
 
 
-def _auto_k(row: dict, factor: float) -> int:
-    reach = row["noise"]["reach"]
-    safe = [k for k in KS if k > factor * reach] or KS
-    return min(safe, key=lambda k: (row["k"][k]["loss"], k))
-
-
-def _guard(scored: dict, keep: float) -> dict:
-    """An output's scores after the safeguard that keeps it whole from blend weight ``keep``."""
-    g = scored["guarded 1 1"]
-    return scored if g["blend"] >= keep else g
-
-
 def _policies(tune: list[dict], held: list[dict]) -> tuple[dict[str, callable], dict[str, str]]:
     """Each policy maps an image's row to its scores; parameters are chosen on ``tune`` by mean PSNR (the
     oracle's on ``held``). Returns the policies and what each chose."""
     def fixed(rows: list[dict]) -> int:
-        return max(KS, key=lambda k: np.mean([r["k"][k]["psnr"] for r in rows]))
+        return max(ADAPT_KS, key=lambda k: np.mean([r["k"][k]["psnr"] for r in rows]))
 
     k_tune, k_held = fixed(tune), fixed(held)
     chosen = {"best fixed k_b on the tuning half": f"k_b = {k_tune}",
@@ -109,12 +66,12 @@ def _policies(tune: list[dict], held: list[dict]) -> tuple[dict[str, callable], 
            "best fixed k_b on the tuning half": lambda r: r["k"][k_tune],
            "oracle: best fixed k_b on the held-out half": lambda r: r["k"][k_held]}
     for factor in REACH_FACTORS:
-        pol[f"auto, k > {factor:g} x reach"] = lambda r, f=factor: r["k"][_auto_k(r, f)]
+        pol[f"auto, k > {factor:g} x reach"] = lambda r, f=factor: r["k"][auto_k(r, f)]
     for keep in KEEPS:
-        pol[f"k_b = 3 + safeguard (keeps from {keep:g})"] = lambda r, t=keep: _guard(r["k"][3], t)
+        pol[f"k_b = 3 + safeguard (keeps from {keep:g})"] = lambda r, t=keep: guard(r["k"][3], t)
         for factor in REACH_FACTORS:
             pol[f"auto, k > {factor:g} x reach + safeguard (keeps from {keep:g})"] = \
-                lambda r, f=factor, t=keep: _guard(r["k"][_auto_k(r, f)], t)
+                lambda r, f=factor, t=keep: guard(r["k"][auto_k(r, f)], t)
     key = max(FUSIONS_KEYS, key=lambda n: np.mean([r["fused"][n]["psnr"] for r in tune]))
     pol["adaptive (chosen on the tuning half)"] = lambda r, n=key: r["fused"][n]
     chosen["adaptive (chosen on the tuning half)"] = "flat k {}, textured k {}, scale {}".format(*key.split(","))
@@ -151,7 +108,7 @@ def main() -> None:
             per_seed[seed]["_chosen"] = chosen
             per_seed[seed]["_tune_gain"] = {
                 name: float(np.mean([fn(r)["psnr"] - r["input"]["psnr"] for r in tune])) for name, fn in pol.items()}
-            per_seed[seed]["_auto_ks"] = {f"{f:g}": [_auto_k(r, f) for r in held] for f in REACH_FACTORS}
+            per_seed[seed]["_auto_ks"] = {f"{f:g}": [auto_k(r, f) for r in held] for f in REACH_FACTORS}
             per_seed[seed]["_n_held"] = len(held)
         if not per_seed:
             continue
@@ -185,7 +142,7 @@ def main() -> None:
             held = [spread([v[s][n]["psnr"] for s in v]) for v in report.values()]
             md.append(f"| {n} | {regret[n]:.2f} | " + " | ".join(held) + " |")
         md.append("")
-    write_results(a.name, {"sets": report, "ks": KS, "fusions": FUSIONS_KEYS}, "\n".join(md))
+    write_results(a.name, {"sets": report, "ks": ADAPT_KS, "fusions": FUSIONS_KEYS}, "\n".join(md))
 
 
 if __name__ == "__main__":

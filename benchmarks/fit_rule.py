@@ -16,8 +16,7 @@ import argparse
 import json
 
 import numpy as np
-from common import REAL, spread, write_results
-from recipe import RECIPES, WORK, baselines, point, set_pairs
+from common import REAL, RECIPES, WORK, auto_k, baselines, every_k_row, guard, point, set_pairs, spread, write_results
 
 from atbsn.datasets import collect_sources
 from atbsn.fitting import MILD_SIGMA, blind_spot_for
@@ -132,8 +131,6 @@ def compare(name: str, point_name: str) -> dict | None:
     """A fit's own teacher under the fixed k_b, ``--k auto`` and ``--k adaptive`` (with and without the safeguard),
     the oracle (the best fixed k for the set, chosen with the clean images) and the fit's student, on the set's
     images (per-image work cached in the point's folder, ``compare.jsonl``)."""
-    from adapt import _auto_k, _guard, _measure
-
     from atbsn.adapt import ADAPTIVE, KEEP, SAFE_REACH
     from atbsn.checkpoint import load
 
@@ -147,7 +144,7 @@ def compare(name: str, point_name: str) -> dict | None:
         teacher = load(run / "model.safetensors", part="teacher")
         with open(cache, "a") as f:
             for pair in pairs[len(done):]:
-                done.append(_measure(teacher, pair))
+                done.append(every_k_row(teacher, pair))
                 f.write(json.dumps(done[-1]) + "\n")
     for r in done:
         r["k"] = {int(k): v for k, v in r["k"].items()}
@@ -157,8 +154,8 @@ def compare(name: str, point_name: str) -> dict | None:
     fusion = ",".join(f"{v:g}" for v in ADAPTIVE)
     policies = {"teacher at its own k_b": lambda r: r["k"][k_b],
                 "teacher at the oracle k_b": lambda r: r["k"][oracle],
-                "teacher, --k auto": lambda r: r["k"][_auto_k(r, SAFE_REACH)],
-                "teacher, --k auto --safeguard": lambda r: _guard(r["k"][_auto_k(r, SAFE_REACH)], KEEP),
+                "teacher, --k auto": lambda r: r["k"][auto_k(r, SAFE_REACH)],
+                "teacher, --k auto --safeguard": lambda r: guard(r["k"][auto_k(r, SAFE_REACH)], KEEP),
                 "teacher, --k adaptive": lambda r: r["fused"][fusion]}
     out = {"set": name, "point": point_name, "k_b": k_b, "oracle_k_b": oracle,
            "input": float(np.mean([r["input"]["psnr"] for r in done]))}

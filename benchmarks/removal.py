@@ -12,8 +12,7 @@ import argparse
 import statistics
 
 import numpy as np
-from common import write_results
-from recipe import WORK, set_pairs
+from common import WORK, set_pairs, write_results
 
 from atbsn.checkpoint import load
 from atbsn.evaluate import score_outputs

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REAL, RESULTS, count_macs, timeit, write_results
+from common import RESULTS, SETS, count_macs, run_to_end, timeit, train_set, write_results
 
 from atbsn import ATBSN, Student, classical
 from atbsn.checkpoint import load
@@ -37,44 +37,8 @@ from atbsn.ranges import from_model_range, to_model_range
 from atbsn.tiling import plan_tiles, run_tiled
 from atbsn.train import train
 
-SETS = {"sidd9": (REAL / "sidd9", None), "polyu100": (REAL / "polyu100", 20)}
 CONFIG = {"width": 16, "crop": 64, "batch": 8, "teacher_steps": 2000, "student_steps": 1000, "lr": 1e-3, "seed": 0}
 KS = SIDD_KS
-
-
-def _train_set(pairs, folder: Path) -> list[str]:
-    """The noisy images of the set, written as PNG files to train on (no clean image is ever used)."""
-    from atbsn.images import write_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for p in pairs:
-        path = folder / f"{p.name}.png"
-        if not path.exists():
-            write_image(path, p.noisy)
-        paths.append(str(path))
-    return paths
-
-
-def open_set(name: str, prefix: str, smoke: bool = False) -> tuple[list, str, Path, list[str]]:
-    """A real set for a benchmark: its pairs, the results tag, the work folder ``work_<prefix>_<tag>`` and
-    the noisy images to train on (shared by every benchmark of the set); exits with one line if absent."""
-    root, limit = SETS[name]
-    if not root.exists():
-        sys.exit(f"{root} not found: this benchmark needs the project's test data beside the repository")
-    pairs = load_pairs(root, limit)
-    tag = name + ("_smoke" if smoke else "")
-    return pairs, tag, RESULTS / f"work_{prefix}_{tag}", _train_set(pairs, RESULTS / f"work_{name}" / "noisy")
-
-
-def _run(fn, config: RunConfig) -> Path:
-    out = Path(config.out)
-    done = out / "summary.json"
-    if not (done.exists() and json.loads(done.read_text()).get("finished")):
-        summary = fn(config, resume=(out / "state.pt").exists(), progress=False)
-        if not summary["finished"]:  # stopped by a signal: resumable, but nothing later may use it
-            sys.exit(f"{out}: stopped at step {summary['step']}; run the same command again to resume")
-    return out / "last.safetensors"
 
 
 def _mean_scores(outputs, pairs) -> dict:
@@ -126,7 +90,7 @@ def main() -> None:
     torch.manual_seed(0)
     pairs = load_pairs(root, limit)
     work = Path(a.work) if a.work else RESULTS / f"work_{a.set}"
-    data = _train_set(pairs, work / "noisy")
+    data = train_set(pairs, work / "noisy")
     c = {**CONFIG, "teacher_steps": 2, "student_steps": 2} if a.smoke else CONFIG
     tag = f"{a.set}_smoke" if a.smoke else a.set
     if a.smoke:
@@ -138,7 +102,7 @@ def main() -> None:
 
     def timed(name, fn, cfg):
         t = time.perf_counter()
-        path = _run(fn, cfg)
+        path = run_to_end(fn, cfg)
         timings[name] = time.perf_counter() - t
         print(f"{name}: {timings[name]:.0f} s", flush=True)
         return path

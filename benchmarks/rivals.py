@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import count_macs, spread, write_results
-from reproduce import SETS, _run, open_set
+from common import SETS, count_macs, open_set, run_to_end, spread, write_results
 
 from atbsn import ATBSN
 from atbsn.checkpoint import build, load
@@ -107,7 +106,7 @@ def main() -> None:
             cfg = RunConfig.from_preset("train", "cpu", method=method, data=data,
                                         out=str(_run_dir(work, method, seed)), width=WIDTHS[method],
                                         val_every=10**9, save_every=250, **{**budget, "seed": seed})
-            _run(train, cfg)
+            run_to_end(train, cfg)
             print(f"{method} seed {seed}: trained", flush=True)
 
     finished = {(m, seed): _run_dir(work, m, seed) for m in METHODS for seed in range(SEED_DIRS)

@@ -18,8 +18,7 @@ import json
 
 import numpy as np
 import torch
-from common import write_results
-from recipe import WORK, noisy_folder, set_pairs
+from common import WORK, noisy_folder, set_pairs, write_results
 
 from atbsn.checkpoint import load
 from atbsn.config import RunConfig

@@ -90,3 +90,16 @@ def test_rows_of_another_budget_are_named_and_refused():
     assert ablations.mixed_budget({"teacher_ka9_s0": rows["teacher_ka9_s0"]}, b) is None
     problem = ablations.mixed_budget(rows, b)
     assert problem.startswith("teacher_ka9_s1.json: ") and "precision fp32 (this run: bf16)" in problem
+
+
+def test_no_benchmark_script_imports_another():
+    """What two scripts share lives in ``common.py``: a script is run, never imported by another script."""
+    import ast
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    scripts = {p.stem for p in folder.glob("*.py")} - {"common"}
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert not {n.split(".")[0] for n in names} & scripts, f"{path.name} imports {names}"
