@@ -68,3 +68,15 @@ def test_model_config_survives_a_run(tmp_path, photos):
     assert main(["train", str(photos), "-o", str(tmp_path / "t"), "--steps", "1", *TINY]) == 0
     cfg = ModelConfig.from_json(read_metadata(tmp_path / "t" / "last.safetensors")["config"])
     assert cfg.train_crop == 32 and cfg.training["steps"] == 1
+
+
+def test_the_schedule_fit_reads_is_the_one_the_trainer_runs():
+    """``engine.cosine_lr`` (what ``fit``'s cool-down starts from) equals the Trainer's scheduler at every step."""
+    from atbsn.engine import cosine_lr
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=37, eta_min=0.0)
+    for step in range(1, 38):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(cosine_lr(2e-3, step, 37), rel=1e-9, abs=1e-15)

@@ -221,6 +221,12 @@ class MetricLog:
 
 
 # ------------------------------------------------------------------------------------------- the loop
+def cosine_lr(lr: float, step: int, steps: int) -> float:
+    """The learning rate of the engine's default schedule after ``step`` of ``steps``: cosine decay from ``lr`` to
+    0 (what ``CosineAnnealingLR(T_max=steps)`` computes step by step; ``fit``'s cool-down starts from it)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
 class Trainer:
     """Runs a method to ``config.steps``; ``stop_after`` halts early (as a kill would) leaving resumable state.
 

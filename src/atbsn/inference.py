@@ -166,11 +166,17 @@ def _denoise_batch(x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
             return _denoise_batch(x.reshape(n * c, 1, *x.shape[2:]), model, opts, progress).reshape(x.shape)
         raise AtbsnError(f"the model takes {cin} channels, the image has {c}")
     _check_k_fits(model, opts.k, x.shape[2], x.shape[3])
+    net = engines.runner(model, opts.k, opts.engine, opts.precision, opts.device,
+                         x.shape[0] * x.shape[2] * x.shape[3], opts.r3)
+    return _tiled(model_fn(prepare(net, opts.device), opts.k, opts.r3, opts.ensemble), x, model, opts, progress)
+
+
+def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, model: nn.Module, opts: InferenceOptions,
+           progress: Callable[[int, int], None] | None) -> torch.Tensor:
+    """``fn`` over ``x`` in the tiles planned for ``model``, each channels-last in float under the run's
+    precision: the one way every inference path runs a network."""
     dev = opts.device
     ctx = autocast(dev, opts.precision)
-    net = engines.runner(model, opts.k, opts.engine, opts.precision, dev, x.shape[0] * x.shape[2] * x.shape[3],
-                         opts.r3)
-    fn = model_fn(prepare(net, dev), opts.k, opts.r3, opts.ensemble)
     tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
 
     def run(t: torch.Tensor) -> torch.Tensor:
@@ -295,15 +301,8 @@ def _ks_batch(t: torch.Tensor, model: nn.Module, ks: list[int], opts: InferenceO
     ks = [resolve_k(model, k) for k in ks]
     for k in ks:
         _check_k_fits(model, k, t.shape[2], t.shape[3])
-    dev = opts.device
-    net = prepare(model, dev)
-    tile, margin = plan_tiles(model, dev, opts.tile, opts.margin)
-
-    def run(w: torch.Tensor) -> torch.Tensor:
-        with autocast(dev, opts.precision):
-            return torch.cat(net.teachers(w.float().contiguous(memory_format=torch.channels_last), ks), 1)
-
-    y = _hwc(run_tiled(run, t, tile, margin, device=dev, progress=progress), model)
+    net = prepare(model, opts.device)
+    y = _hwc(_tiled(lambda w: torch.cat(net.teachers(w, ks), 1), t, model, opts, progress), model)
     c = t.shape[1]
     return {k: y[:, :, i * c:(i + 1) * c] for i, k in enumerate(ks)}
 

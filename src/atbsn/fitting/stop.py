@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from dataclasses import replace
 from functools import partial
@@ -15,6 +14,7 @@ import torch
 from ..checkpoint import load
 from ..config import RunConfig
 from ..datasets import collect_sources
+from ..engine import cosine_lr
 from ..files import write_text
 from ..runtime import log
 from ..train import train
@@ -69,11 +69,6 @@ def _teacher_until_noise(work: Path, tcfg: RunConfig, start: Start, data: list[s
 
 
 COOL_SHARE = 0.25  # the cool-down after an early stop: this share of the kept steps (at least STOP_EVERY)
-
-
-def cosine_lr(lr: float, step: int, steps: int) -> float:
-    """The engine's learning rate after ``step`` of ``steps`` (cosine decay from ``lr`` to 0)."""
-    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def _cool_down(work: Path, tcfg: RunConfig, state: dict, ks: list[int], crops: list | None, data: list[str],
