@@ -73,7 +73,7 @@ def test_alpha_and_its_texture_measure_are_theirs(authors):
 @torch.no_grad()
 def test_each_stage_s_loss_is_theirs(authors):
     model, ref = authors
-    loss, mask = ThreeStageL1(), torch.ones(1, 1, 64, 64)
+    loss, mask = ThreeStageL1(), torch.ones_like(ref["input"][:, :1])
     for stage, name in enumerate(("bnn", "lan", "unet")):
         loss.at(stage * 400_000, 1_200_000)  # iterations 1, 400001, 800001 of their 1.2M
         assert loss.stage == stage

@@ -307,12 +307,14 @@ class LGBPN(nn.Module):
         y = self.bsn(x, *infer)
         return self._refine(x, y, refine) if r3 else y
 
-    def _refine(self, x: torch.Tensor, y: torch.Tensor, refine) -> torch.Tensor:
-        """R3: the mean of T re-denoisings of y with a random p of its values put back to the noisy x."""
-        g = torch.Generator().manual_seed(self.r3_seed)
+    def _refine(self, x: torch.Tensor, y: torch.Tensor, refine, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """R3: the mean of T re-denoisings of y with a random p of its values put back to the noisy x (``masks``:
+        the T draws, T x N x C x H x W bool, else drawn from ``r3_seed``)."""
+        if masks is None:
+            g = torch.Generator().manual_seed(self.r3_seed)
+            masks = torch.stack([torch.rand(x.shape, generator=g) < R3_P for _ in range(R3_T)])
         total = torch.zeros_like(y)
-        for _ in range(R3_T):
-            keep = (torch.rand(x.shape, generator=g) < R3_P).to(x.device)
+        for keep in masks.to(x.device):
             z = _reflect(torch.where(keep, x, y), (2,) * 4)
             total += self.bsn(z, *refine)[..., 2:-2, 2:-2]
         return total / R3_T

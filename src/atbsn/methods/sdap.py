@@ -106,11 +106,15 @@ class RSGL1(Loss):
     def at(self, step: int, steps: int) -> None:
         self.rng = np.random.RandomState((self.seed * 1_000_003 + step) % 2**32)  # a function of (seed, step)
 
+    def draw(self, n: int, rows: int, cols: int) -> torch.Tensor:
+        """This step's random sub-sampling: each cell's positions in a random order (``draw_cells``)."""
+        return draw_cells(n, rows, cols, self.rng, self.p)
+
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         p = self.p
         h, w = y.shape[-2] // p * p, y.shape[-1] // p * p  # whole cells only
         y, mask = y[..., :h, :w], mask[..., :h, :w].expand(-1, 1, -1, -1).to(y.dtype)
-        index = draw_cells(y.shape[0], h // p, w // p, self.rng, p)
+        index = self.draw(y.shape[0], h // p, w // p)
         subs, masks = subimages(y, index, p), subimages(mask, index, p)
         j, n = p * p, y.shape[0]
         # the 25 sub-images in one batch (the network mixes no images: the same as the authors' 25 passes)
