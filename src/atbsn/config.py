@@ -294,7 +294,8 @@ class RunConfig:
     save_every: int = option(500, "steps between resume checkpoints", low=1, high=STEPS_MAX)
     log: str = option("csv", "training log format", choices=("csv", "tensorboard"))
     device: str = option("auto", "auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
-    precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=("fp32", "bf16", "fp16"))
+    precision: str = option("fp32", "autocast precision (auto: bf16 where the device computes it natively, else "
+                                    "fp32; fp16: CUDA only)", choices=("auto", "fp32", "bf16", "fp16"))
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     cache_gb: float = option(2.0, "memory for decoded training images (per process)", low=0.0, high=1e6)
     workers: int = option(0, "data-loading processes (0: one background thread); each draws whole batches, "

@@ -44,7 +44,7 @@ from .evaluate import evaluate
 from .files import RunLock, atomic_write, check_apart, check_writable, reason, remove_stale_temps, write_text
 from .losses import Loss
 from .methods import Method
-from .runtime import autocast, available_memory, init_distributed, log, progress_bar
+from .runtime import autocast, available_memory, init_distributed, log, progress_bar, resolve_precision
 
 MethodFactory = Callable[[RunConfig, torch.device], Method]
 
@@ -275,7 +275,8 @@ class Trainer:
         else:
             schedule, steps = self.method.schedule, config.steps
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: schedule(step, steps))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.precision = resolve_precision(config.precision, self.device)  # auto: bf16 only where it is native
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step, self.best, self.elapsed = 0, None, 0.0
         if saved is not None:
             self._restore(saved)
@@ -361,7 +362,7 @@ class Trainer:
         if self.val_pairs:
             _, s = evaluate(model, self.val_pairs, device=self.device)
             return {"val_psnr": s["psnr"], "val_ssim_rgb": s["ssim_rgb"], "val_ssim_y": s["ssim_y"]}
-        return {"val_loss": heldout_loss(model, self.loss, self.val_batch, self.device, self.config.precision)}
+        return {"val_loss": heldout_loss(model, self.loss, self.val_batch, self.device, self.precision)}
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
         score = metrics.get("val_psnr", -metrics.get("val_loss", math.inf))
@@ -379,7 +380,7 @@ class Trainer:
         x = torch.as_tensor(xb).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         m = torch.as_tensor(mb).to(self.device, non_blocking=True)
         self.loss.at(self.step, self.config.steps)
-        with autocast(self.device, self.config.precision):
+        with autocast(self.device, self.precision):
             loss = self.loss(self.net, x, m)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -397,7 +398,8 @@ class Trainer:
         cfg, procs = self.config, f" x {self.dist.world} processes" if self.dist.world > 1 else ""
         log.info(self.method.description)
         log.info(f"data: {self.n_sources} image(s); {cfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches on "
-                 f"{self.device}{procs}{f', resuming at step {self.step}' if self.step else ''}; writing to {self.out}")
+                 f"{self.device} ({self.precision}){procs}{f', resuming at step {self.step}' if self.step else ''}; "
+                 f"writing to {self.out}")
 
     def run(self, stop_after: int | None = None, progress: bool = True) -> dict:
         try:

@@ -23,7 +23,7 @@ from .files import check_apart, check_writable
 from .images import read_photo, write_photo
 from .measure import measure_noise
 from .ranges import as_batch, from_model_range
-from .runtime import PRECISIONS, autocast, check_precision, log, progress_bar, resolve_device
+from .runtime import AUTO, PRECISIONS, autocast, log, progress_bar, resolve_device, resolve_precision
 from .tiling import plan_tiles, run_tiled
 
 
@@ -44,7 +44,8 @@ class InferenceOptions:
     tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=32)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = option("fp32", "autocast precision (fp16: CUDA only)", choices=PRECISIONS)
+    precision: str = option("fp32", "autocast precision (auto: bf16 where the device computes it natively, else "
+                                    "fp32; fp16: CUDA only)", choices=(AUTO, *PRECISIONS))
     r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
     ensemble: bool = option(False, "average over the 8 flips and rotations of the input (8x the cost; "
                             "Spatially-Adaptive SSL's SIDD submission)")
@@ -76,10 +77,11 @@ class InferenceOptions:
                              f"{methods.titles(lambda a: 'r3' in a.refinements)}, not to {model.config.arch}")
         onnx_file = isinstance(model, engines.OnnxNet)
         device = torch.device("cpu") if onnx_file and self.device in (None, "auto") else resolve_device(self.device)
-        check_precision(self.precision, device)  # fp16 on a CPU: one line before any work
+        precision = resolve_precision(self.precision, device)  # fp16 on a CPU: one line before any work
         engines.check(model, self.engine, device, self.r3)
         safeguard = bool(model.config.training.get("safeguard")) if self.safeguard is None else self.safeguard
-        return replace(self, k=resolve_k(model, self.k, rules=True), device=device, safeguard=safeguard)
+        return replace(self, k=resolve_k(model, self.k, rules=True), device=device, precision=precision,
+                       safeguard=safeguard)
 
 
 def _check_k_fits(model: nn.Module, k: int | str | None, h: int, w: int) -> None:

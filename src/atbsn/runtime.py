@@ -23,6 +23,7 @@ from .errors import AtbsnError
 log = logging.getLogger("atbsn")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO = "auto"  # a precision option's value that asks for bf16 where the device computes it natively
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -39,29 +40,81 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def check_precision(precision: str, device: torch.device | None = None) -> str:
-    """``precision`` if it is known and runs on ``device`` (fp16 needs CUDA)."""
+    """``precision`` if it is known and runs on ``device`` (fp16 needs CUDA); ``auto`` is resolved by
+    :func:`resolve_precision` once ``device`` is known."""
+    if precision == AUTO:
+        return resolve_precision(precision, device) if device is not None else precision
     if precision not in PRECISIONS:
-        raise AtbsnError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+        raise AtbsnError(f"unknown precision {precision!r} (use {', '.join((AUTO, *PRECISIONS))})")
     if precision == "fp16" and device is not None and device.type != "cuda":
         raise AtbsnError("fp16 needs a CUDA device; use bf16 on the CPU")
     return precision
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports it):
-    there bf16 autocast about halves a training step (measured on 2 AVX512-BF16 cores: 0.12 s vs 0.24 s for
-    the fit teacher); elsewhere it is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where ``device`` computes it natively (:func:`native_bf16`), else fp32; others checked."""
+    return ("bf16" if native_bf16(device) else "fp32") if precision == AUTO else check_precision(precision, device)
+
+
+# oneDNN's ISA levels in order (ONEDNN_MAX_CPU_ISA caps the kernels it may use); bf16 arithmetic starts at
+# AVX512_CORE_BF16. Below it oneDNN still runs bf16, by converting to fp32: slower than fp32 itself.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # the CPU flags (Linux's names) of native bf16 dot products
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux names them (``/proc/cpuinfo``), or None where they cannot be read."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 natively, and why. On a CPU: the hardware (AVX512-BF16 or AMX, read from
+    its flags) and the kernels allowed (an ``ONEDNN_MAX_CPU_ISA`` cap below AVX512_CORE_BF16, or
+    ``ATEN_CPU_CAPABILITY`` at avx2 or below, rules it out). oneDNN itself reports bf16 as supported on every
+    AVX-512 CPU, where it emulates it: 1.5x to 1.8x slower than fp32 for fit's teacher (issue 41)."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "the GPU " + ("computes bf16" if ok else "has no bf16")
+    if device.type != "cpu":
+        return False, f"bf16 on {device.type} is not measured by atbsn"
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap in ONEDNN_ISAS and ONEDNN_ISAS.index(cap) < ONEDNN_ISAS.index("AVX512_CORE_BF16"):
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} allows no native bf16 kernels"
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if aten in ("default", "avx2"):
+        return False, f"ATEN_CPU_CAPABILITY={aten} allows no native bf16 kernels"
+    flags = cpu_flags()
+    if flags is None:  # not Linux: oneDNN's word, and fit's probe times both precisions before it chooses
+        try:
+            ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            ok = False
+        return ok, "oneDNN " + ("runs bf16" if ok else "has no bf16") + " (the CPU's flags are not readable here)"
+    native = sorted(BF16_FLAGS & flags)
+    if native:
+        return True, f"the CPU has {' and '.join(native)}"
+    return False, "the CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated, slower than fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (:func:`bf16_support`): there bf16 autocast about halves a
+    training step (2 AVX512-BF16 cores: 0.12 s vs 0.24 s for the fit teacher); elsewhere it is emulated."""
+    return bf16_support(device)[0]
 
 
 def autocast(device: torch.device, precision: str = "fp32"):
-    """A context that runs the forward in the requested precision (fp32: no-op)."""
-    if check_precision(precision, device) == "fp32":
+    """A context that runs the forward in the requested precision (fp32: no-op; auto: :func:`resolve_precision`)."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 

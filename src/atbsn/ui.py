@@ -816,22 +816,25 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, o
     except BaseException:
         app.close()
         raise
-    url = page_url(app, server, host)
-    local = host in ("127.0.0.1", "localhost", "::1")
-    log.info(f"atbsn ui: {url}" + (" (this machine only; --host 0.0.0.0 to share it on the network)" if local else
-                                  f" (listening on {host}: anyone who can reach this machine and has the address "
-                                  "with its token can use it)"))
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(url)
-    if threading.current_thread() is threading.main_thread():  # SIGTERM ends the server as Ctrl-C does: cleaned up
-        signal.signal(signal.SIGTERM, _interrupt)
+    before = None  # SIGTERM ends the server as Ctrl-C does (cleaned up), from before the address is printed
+    if threading.current_thread() is threading.main_thread():
+        before = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        url = page_url(app, server, host)
+        local = host in ("127.0.0.1", "localhost", "::1")
+        log.info(f"atbsn ui: {url}" + (" (this machine only; --host 0.0.0.0 to share it on the network)" if local
+                                      else f" (listening on {host}: anyone who can reach this machine and has the "
+                                      "address with its token can use it)"))
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
         server.serve_forever()
     finally:
         server.server_close()
         app.close()
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature

@@ -78,9 +78,10 @@ def _shown(value: Any) -> str:
     return "default" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device,
-          start: Start) -> tuple[float | None, float | None]:
-    """Step counts: those chosen when the work began (resume), else from the budget and measured step times."""
+def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device, start: Start,
+          candidates: tuple[str, ...], why: str) -> tuple[float | None, float | None]:
+    """Step counts and precision: those chosen when the work began (resume), else from the budget and the step
+    times measured in each of ``candidates`` (the faster precision is taken; ``why``: why these candidates)."""
     plan_path = work / "plan.json"
     options = _computing_options(cfg)
     if plan_path.exists():
@@ -92,15 +93,32 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
             raise OtherFitError(f"{work}: holds a fit made with other options ({', '.join(changed)}); run the same "
                                 "command to resume or keep it, or give another -o (or delete that folder) to fit anew")
         tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
-        log.info(f"  resuming the work in {work}")
+        tcfg.precision = scfg.precision = plan.get("precision", tcfg.precision)  # the run's own, on any machine
+        log.info(f"  resuming the work in {work} ({tcfg.precision})")
         return None, None
     make = methods.method(tcfg.method).make
     check_step_memory(lambda: make(tcfg), tcfg, device)
     torch.manual_seed(cfg.seed)
     probe = make(tcfg)
-    t_step = _step_seconds(probe, tcfg, device)
+    weights = ((1 - cfg.student_share, cfg.student_share) if cfg.minutes is not None
+               else (tcfg.steps, scfg.steps))  # what a step of each costs the run
+    teacher_s = {}
+    for precision in candidates:  # each precision the run may take, timed on the run's own steps
+        tcfg.precision = precision
+        teacher_s[precision] = _step_seconds(probe, tcfg, device)
     # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
-    s_step = _step_seconds(distill_method(scfg, device, teacher=probe.model, init=start.student), scfg, device)
+    student = distill_method(scfg, device, teacher=probe.model, init=start.student)  # freezes the probe teacher
+    timed = {}
+    for precision in candidates:
+        scfg.precision = precision
+        timed[precision] = (teacher_s[precision], _step_seconds(student, scfg, device))
+    best = min(timed, key=lambda p: weights[0] * timed[p][0] + weights[1] * timed[p][1])
+    tcfg.precision = scfg.precision = best
+    t_step, s_step = timed[best]
+    if len(timed) > 1:
+        why = f"{why}; the faster in a probe of this run's steps: " + "; ".join(
+            f"{p} {t:.3f} s a teacher step, {s:.3f} s a student step" for p, (t, s) in timed.items())
+    log.info(f"  precision {best}: {why}")
     if cfg.minutes is not None:
         budget = cfg.minutes * 60
         tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / t_step)))
@@ -111,5 +129,7 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         tcfg.steps, scfg.steps = min(tcfg.steps, cfg.step_cap[0]), min(scfg.steps, cfg.step_cap[1])
     write_text(plan_path, json.dumps({"options": options, "teacher_steps": tcfg.steps, "student_steps": scfg.steps,
                                       "teacher_step_seconds": t_step, "student_step_seconds": s_step,
-                                      "precision": tcfg.precision}))
+                                      "precision": best, "precision_why": why,
+                                      "step_seconds": {p: {"teacher": t, "student": s}
+                                                       for p, (t, s) in timed.items()}}))
     return t_step, s_step

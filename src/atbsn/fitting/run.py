@@ -13,7 +13,7 @@ from ..distill import distill
 from ..errors import AtbsnError
 from ..files import RunLock, check_apart, write_text
 from ..losses import BlindSpotL1, DistillL1
-from ..runtime import init_distributed, log, native_bf16
+from ..runtime import AUTO, bf16_support, check_precision, init_distributed, log
 from ..train import train
 from .checks import REMOVAL_LIMIT, _better, output_check
 from .config import FitConfig
@@ -38,6 +38,15 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
         return _fit(data, n_images, output, work, cfg, progress)
 
 
+def _precisions(precision: str, device) -> tuple[tuple[str, ...], str]:
+    """The precisions the probe times (it keeps the faster), and why: ``auto`` tries bf16 beside fp32 only where
+    the device computes bf16 natively; a precision given is the only one."""
+    if precision != AUTO:
+        return (check_precision(precision, device),), "as given (--precision)"
+    native, why = bf16_support(device)
+    return (("bf16", "fp32"), why) if native else (("fp32",), why)
+
+
 def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
     noise, measured = _noise(data)
     cfg, choice = choose(cfg, noise)
@@ -45,9 +54,9 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
         log.info("  chose " + ", ".join(f"{f} = {v}" for f, v in choice["chosen"].items()) + f" for {choice['rule']}")
     start = start_of(cfg)
     _, device = init_distributed(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
+    candidates, why = _precisions(cfg.precision, device)
     common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": start.lr, "seed": cfg.seed,
-              "device": cfg.device, "precision": precision, "on_bad_file": cfg.on_bad_file,
+              "device": cfg.device, "precision": candidates[0], "on_bad_file": cfg.on_bad_file,
               "val_every": 10**9, "save_every": 100}
     tcfg = RunConfig(task="train", out=str(work / "teacher"), steps=cfg.teacher_steps, **start.teacher_shape,
                      **common)
@@ -55,7 +64,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
                      loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
-    t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start)
+    t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start, candidates, why)
+    precision = tcfg.precision
     log.info(f"fit: {n_images} noisy image(s) -> {output}"
              + (f", starting from {start.source}" if start.source else ""))
     log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
@@ -64,8 +74,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
     if t_step and s_step:
         log.info(f"  about {(tcfg.steps * t_step + scfg.steps * s_step) / 60:.1f} min in all, from a probe of a few "
-                 f"steps of each" + (" (fp32: this CPU has no native bf16)" if cfg.precision == "auto" and
-                                                     precision == "fp32" and device.type == "cpu" else ""))
+                 "steps of each")
 
     report: dict = {"from": start.source, "noise": measured, "choice": choice}
     if cfg.stop_at_noise:
