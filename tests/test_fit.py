@@ -9,6 +9,7 @@ import torch
 from atbsn.checkpoint import load
 from atbsn.cli import main
 from atbsn.fitting import FitConfig
+from atbsn.fitting.plan import BF16_GAIN
 from atbsn.images import read_image, write_image
 from atbsn.noise import add_camera_noise
 from atbsn.runtime import bf16_support
@@ -39,9 +40,14 @@ def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
     assert set(plan["step_seconds"]) == ({"bf16", "fp32"} if native else {"fp32"})  # both timed where bf16 is native
     if native:  # the faster of the two for this run's steps (the teacher's dominate)
         cost = {p: 3 * s["teacher"] + 2 * s["student"] for p, s in plan["step_seconds"].items()}
-        assert plan["precision"] == min(cost, key=cost.get)
+        assert plan["precision"] == ("bf16" if cost["bf16"] * BF16_GAIN < cost["fp32"] else "fp32")
     else:
         assert plan["precision"] == "fp32"
+    # the estimate printed at the start covers the whole run, and the end prints the actual time beside it
+    seconds = json.loads((tmp_path / "model.safetensors.fit" / "fit.json").read_text())["seconds"]
+    assert 0 < seconds["estimated"] == pytest.approx(plan["estimate_seconds"], abs=0.1) and seconds["wall"] > 0
+    assert "min in all" in out and f"(estimated {seconds['estimated'] / 60:.1f})" in out
+    assert set(plan["other_seconds"]) == {"output_check"}  # heavy noise: no stop, so no looks
     student, teacher = load(model), load(model, part="teacher")
     assert student.config.arch == "C" and teacher.config.arch == "atbsn" and teacher.config.k_train == 9
     assert main(["denoise", str(photos), "-o", str(tmp_path / "den"), "--model", str(model), "-q"]) == 0

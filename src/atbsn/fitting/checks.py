@@ -87,7 +87,10 @@ def removal_ratio(model: torch.nn.Module, sources: list, device: torch.device, l
     return output_check(model, sources, device, limit, side)[0]
 
 
-def output_check(model: torch.nn.Module, sources: list, device: torch.device, limit: int = 8,
+CHECKED = 8  # the photos whose output fit checks at the end
+
+
+def output_check(model: torch.nn.Module, sources: list, device: torch.device, limit: int = CHECKED,
                  side: int = 512) -> tuple[float, list[dict]]:
     """:func:`removal_ratio`, and per photo its ratio and what ``--safeguard`` would do to the output
     (:func:`atbsn.adapt.safeguard`: keep it, or blend it toward the input)."""

@@ -21,14 +21,21 @@ from ..errors import AtbsnError
 from ..files import write_text
 from ..methods import Method
 from ..runtime import autocast, log
+from .checks import CHECKED, TARGET_PHOTOS, TARGET_SIDE, centre_crops, output_check, target_ratio
 from .config import FitConfig
 from .start import Start
 
+# bf16 is taken only where the probe measures it at least this much faster than fp32: it rounds activations to
+# 8 bits of mantissa, and two runs whose timings straddle a tie would otherwise train in different precisions
+BF16_GAIN = 1.15
+
 
 def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
-    """Seconds per optimisation step of a method as the run will make it (precision, channels, layout): the
-    median of six steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core machine and the
-    first ones are slower still; a three-step median once planned half the steps the budget allowed."""
+    """Seconds per optimisation step of a method as the run will make it (its batch drawn, precision, channels,
+    layout): the median of six steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core
+    machine and the first ones are slower still; a three-step median once planned half the steps the budget
+    allowed. The batch is drawn inside the timed step: on two cores the trainer's background draw takes its
+    time from the step."""
     channels = method.model.config.in_channels
     sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed,
                            on_bad_file=config.on_bad_file)
@@ -36,8 +43,8 @@ def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> fl
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     times = []
     for step in range(9):
-        x, m = (torch.from_numpy(a).to(device) for a in sampler.batch(step, config.batch))
         t0 = time.perf_counter()
+        x, m = (torch.from_numpy(a).to(device) for a in sampler.batch(step, config.batch))
         with autocast(device, config.precision):
             loss = method.loss(model, x.contiguous(memory_format=torch.channels_last), m)
         opt.zero_grad()
@@ -45,6 +52,34 @@ def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> fl
         opt.step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[3:])
+
+
+def _seconds(fn) -> float:
+    """The faster of two calls of ``fn`` (the first also pays for set-up the run pays once)."""
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _other_seconds(probe: Method, student: Method, data: list[str], device: torch.device, start: Start,
+                   looks: bool) -> tuple[float, float]:
+    """What the run does besides its steps, timed on the probe networks: one look of the stop at the noise (the
+    teacher on the photos' centre crops, :func:`target_ratio`; 0 when ``looks`` is off) and the check of the
+    student's output on the first photos at the end (:func:`output_check`)."""
+    sources = collect_sources(data)
+    look = 0.0
+    with torch.no_grad():
+        if looks:
+            crops = centre_crops(sources, TARGET_PHOTOS, TARGET_SIDE)
+            look = _seconds(lambda: target_ratio(probe.model.eval(), start.ks, crops, device))
+            probe.model.train()
+        net = student.model.eval()
+        check = _seconds(lambda: output_check(net, sources[:1], device)) * min(len(sources), CHECKED)
+        student.model.train()
+    return look, check
 
 
 def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
@@ -79,9 +114,13 @@ def _shown(value: Any) -> str:
 
 
 def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device, start: Start,
-          candidates: tuple[str, ...], why: str) -> tuple[float | None, float | None]:
+          candidates: tuple[str, ...], why: str, began: float, look_every: int | None = None
+          ) -> tuple[float | None, float | None, float | None]:
     """Step counts and precision: those chosen when the work began (resume), else from the budget and the step
-    times measured in each of ``candidates`` (the faster precision is taken; ``why``: why these candidates)."""
+    times measured in each of ``candidates`` (the faster precision is taken; ``why``: why these candidates).
+    Returns the step times and the seconds the rest of the run will take (None on resume); ``began``: when fit
+    began (``time.perf_counter``), so that a budget in minutes covers the measuring and probing as well;
+    ``look_every``: the teacher steps between two looks of the stop at the noise (None: no stop)."""
     plan_path = work / "plan.json"
     options = _computing_options(cfg)
     if plan_path.exists():
@@ -95,7 +134,7 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         tcfg.steps, scfg.steps = plan["teacher_steps"], plan["student_steps"]
         tcfg.precision = scfg.precision = plan.get("precision", tcfg.precision)  # the run's own, on any machine
         log.info(f"  resuming the work in {work} ({tcfg.precision})")
-        return None, None
+        return None, None, None
     make = methods.method(tcfg.method).make
     check_step_memory(lambda: make(tcfg), tcfg, device)
     torch.manual_seed(cfg.seed)
@@ -112,24 +151,30 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
     for precision in candidates:
         scfg.precision = precision
         timed[precision] = (teacher_s[precision], _step_seconds(student, scfg, device))
-    best = min(timed, key=lambda p: weights[0] * timed[p][0] + weights[1] * timed[p][1])
+    cost = {p: (weights[0] * t + weights[1] * s) * (1 if p == "fp32" else BF16_GAIN) for p, (t, s) in timed.items()}
+    best = min(cost, key=cost.get)
     tcfg.precision = scfg.precision = best
     t_step, s_step = timed[best]
+    look, check = _other_seconds(probe, student, tcfg.data, device, start, bool(look_every))
     if len(timed) > 1:
         why = f"{why}; the faster in a probe of this run's steps: " + "; ".join(
             f"{p} {t:.3f} s a teacher step, {s:.3f} s a student step" for p, (t, s) in timed.items())
     log.info(f"  precision {best}: {why}")
-    if cfg.minutes is not None:
-        budget = cfg.minutes * 60
-        tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / t_step)))
+    if cfg.minutes is not None:  # the steps get what measuring, probing and the final check leave of the budget
+        budget = max(0.0, cfg.minutes * 60 - (time.perf_counter() - began) - check)
+        per_teacher_step = t_step + (look / look_every if look_every else 0.0)
+        tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / per_teacher_step)))
         scfg.steps = min(STEPS_MAX, max(25, int(budget * cfg.student_share / s_step)))
     if cfg.step_cap and (tcfg.steps > cfg.step_cap[0] or scfg.steps > cfg.step_cap[1]):
         log.info(f"  at most {cfg.step_cap[0]} teacher and {cfg.step_cap[1]} student steps (--step-cap; "
                  f"{tcfg.steps} and {scfg.steps} otherwise)")
         tcfg.steps, scfg.steps = min(tcfg.steps, cfg.step_cap[0]), min(scfg.steps, cfg.step_cap[1])
+    others = {"output_check": check, **({"stop_looks": -(-tcfg.steps // look_every) * look} if look_every else {})}
+    remaining = tcfg.steps * t_step + scfg.steps * s_step + sum(others.values())
     write_text(plan_path, json.dumps({"options": options, "teacher_steps": tcfg.steps, "student_steps": scfg.steps,
                                       "teacher_step_seconds": t_step, "student_step_seconds": s_step,
                                       "precision": best, "precision_why": why,
                                       "step_seconds": {p: {"teacher": t, "student": s}
-                                                       for p, (t, s) in timed.items()}}))
-    return t_step, s_step
+                                                       for p, (t, s) in timed.items()}, "other_seconds": others,
+                                      "estimate_seconds": time.perf_counter() - began + remaining}))
+    return t_step, s_step, remaining

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .config import FitConfig
 from .plan import _phase, _plan
 from .rule import _noise, choose
 from .start import start_of
-from .stop import _teacher_until_noise
+from .stop import STOP_EVERY, _teacher_until_noise
 
 
 def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None = None, progress: bool = True,
@@ -48,6 +49,7 @@ def _precisions(precision: str, device) -> tuple[tuple[str, ...], str]:
 
 
 def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
+    began = time.perf_counter()
     noise, measured = _noise(data)
     cfg, choice = choose(cfg, noise)
     if choice["chosen"]:
@@ -64,7 +66,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
                      loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
-    t_step, s_step = _plan(work, cfg, tcfg, scfg, device, start, candidates, why)
+    t_step, s_step, remaining = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
+                                      STOP_EVERY if cfg.stop_at_noise else None)
     precision = tcfg.precision
     log.info(f"fit: {n_images} noisy image(s) -> {output}"
              + (f", starting from {start.source}" if start.source else ""))
@@ -72,9 +75,10 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
     log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss)"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
-    if t_step and s_step:
-        log.info(f"  about {(tcfg.steps * t_step + scfg.steps * s_step) / 60:.1f} min in all, from a probe of a few "
-                 "steps of each")
+    estimate = None if remaining is None else time.perf_counter() - began + remaining
+    if estimate is not None:
+        log.info(f"  about {estimate / 60:.1f} min in all: the steps from a probe of a few of each, the noise "
+                 f"measurement and the probe ({time.perf_counter() - began:.0f} s so far), the checks and writing")
 
     report: dict = {"from": start.source, "noise": measured, "choice": choice}
     if cfg.stop_at_noise:
@@ -101,6 +105,9 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
                         ": denoise's safeguard (on for this file) blends such outputs toward the input"
                         if cfg.safeguard else " and its output may be worse than the input (usual for mild noise "
                         "after a short fit: give it more --minutes, --safeguard, or start --from a released model)"))
+    wall = time.perf_counter() - began
+    report["seconds"] = {"wall": round(wall, 1), "estimated": None if estimate is None else round(estimate, 1)}
     write_text(work / "fit.json", json.dumps(report, indent=2))
-    log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher'))")
+    log.info(f"wrote {output} (student {student.config.arch}; its teacher inside, load(..., part='teacher')) in "
+             f"{wall / 60:.1f} min" + ("" if estimate is None else f" (estimated {estimate / 60:.1f})"))
     return output
