@@ -7,12 +7,12 @@ TORCH ?= torch==2.13.0
 
 .PHONY: env test test-all demo docs lint gpu-check clean
 
-# What the demo needs (atbsn and BM3D); the tests add the dev tools (pytest, ruff, ONNX) on top.
+# What the demo needs (atbsn, BM3D, the RAW / HEIC / video readers); the tests add the dev tools on top.
 $(BIN)/atbsn: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[baselines]"
+	$(BIN)/pip install -q -e ".[baselines,formats]"
 	touch $(BIN)/atbsn
 
 $(VENV)/.dev: $(BIN)/atbsn

@@ -147,6 +147,9 @@ def test_every_command_is_registered_with_its_arguments_help_and_one_quiet_flag(
     sub = next(a for a in parser._actions if a.dest == "command")
     assert list(sub.choices) == list(cli._ORDER)
     for name, p in sub.choices.items():
-        args, quiet, func = cli._COMMANDS[name]
+        args, quiet, raw, func = cli._COMMANDS[name]
         assert func.__name__ == f"cmd_{name}" and (args.__doc__ or "").strip(), name
         assert ("-q" in p._option_string_actions) == quiet, name
+        assert ("--raw-wb" in p._option_string_actions) == raw, name
+    reading = {n for n, (_, _, raw, _) in cli._COMMANDS.items() if raw}
+    assert {"denoise", "fit", "train", "info", "ui", "evaluate", "quantize"} <= reading

@@ -32,7 +32,7 @@ from .errors import AtbsnError
 from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, sweep_report, write_report
 from .files import check_apart, check_writable
 from .fitting import FitConfig, blind_spot_for, fit
-from .images import is_image_file
+from .images import RawDevelopment, is_image_file, raw_development, set_raw_development
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
 from .released import table
@@ -43,15 +43,16 @@ from .ui import serve
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
-_COMMANDS: dict[str, tuple[Arguments, bool, Handler]] = {}
+_COMMANDS: dict[str, tuple[Arguments, bool, bool, Handler]] = {}
 
 
-def command(name: str, args: Arguments, quiet: bool = False) -> Callable[[Handler], Handler]:
+def command(name: str, args: Arguments, quiet: bool = False, raw: bool = False) -> Callable[[Handler], Handler]:
     """Register a handler as the sub-command ``name``. ``args`` declares its arguments (it sits just above the
-    handler, and its docstring is the command's help); ``quiet``: the command takes ``-q``."""
+    handler, and its docstring is the command's help); ``quiet``: the command takes ``-q``; ``raw``: it reads
+    photos, so it takes the RAW development flags."""
 
     def register(func: Handler) -> Handler:
-        _COMMANDS[name] = (args, quiet, func)
+        _COMMANDS[name] = (args, quiet, raw, func)
         return func
 
     return register
@@ -79,6 +80,17 @@ def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) 
     add_options(p, InferenceOptions, names)
 
 
+def _raw_args(p: argparse.ArgumentParser) -> None:
+    """How camera RAW files are developed before anything else (the one definition of these flags)."""
+    d = RawDevelopment()
+    p.add_argument("--raw-wb", choices=["camera", "auto"], default=d.wb,
+                   help="RAW files: the camera's white balance (default) or LibRaw's automatic one")
+    p.add_argument("--raw-bright", type=number(float, 0.05, 20), default=d.bright,
+                   help="RAW files: scale the developed photo's brightness (default 1: no automatic brightening)")
+    p.add_argument("--raw-half", action="store_true",
+                   help="RAW files: half size (one pixel per 2 x 2 sensor cell; 4x fewer pixels, no demosaicing)")
+
+
 def _quiet(p: argparse.ArgumentParser) -> None:
     """``-q``: no progress bars (the one definition of the flag)."""
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -98,7 +110,7 @@ def _denoise_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-@command("denoise", _denoise_args, quiet=True)
+@command("denoise", _denoise_args, quiet=True, raw=True)
 def cmd_denoise(a: argparse.Namespace) -> int:
 
     check_apart([a.output], [a.model])  # the photos: denoise_files checks them, for Python callers too
@@ -135,7 +147,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     _group_args(p)
 
 
-@command("evaluate", _evaluate_args, quiet=True)
+@command("evaluate", _evaluate_args, quiet=True, raw=True)
 def cmd_evaluate(a: argparse.Namespace) -> int:
 
     check_apart([a.output, a.save_images], [a.data, a.model])
@@ -256,7 +268,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
                    help="every convolution in int8, fine-tuned once, whatever --max-error says (the fastest file)")
 
 
-@command("quantize", _quantize_args, quiet=True)
+@command("quantize", _quantize_args, quiet=True, raw=True)
 def cmd_quantize(a: argparse.Namespace) -> int:
 
     out = Path(a.output if a.output.lower().endswith(".onnx") else a.output + ".onnx")
@@ -295,7 +307,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _training_args(p, ["method", "width", "k_train", "k_infer"])
 
 
-@command("train", _train_args, quiet=True)
+@command("train", _train_args, quiet=True, raw=True)
 def cmd_train(a: argparse.Namespace) -> int:
 
     return _exit_code(train(_run_config(a, "train"), resume=a.resume, stop_after=a.stop_after, progress=not a.quiet))
@@ -308,7 +320,7 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
                                      "the run's own (give it again if the file moved)")
 
 
-@command("distill", _distill_args, quiet=True)
+@command("distill", _distill_args, quiet=True, raw=True)
 def cmd_distill(a: argparse.Namespace) -> int:
 
     return _exit_code(distill(_run_config(a, "distill"), resume=a.resume, stop_after=a.stop_after,
@@ -338,7 +350,7 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="the store folder (give it to train/distill as data)")
 
 
-@command("prepare", _prepare_args, quiet=True)
+@command("prepare", _prepare_args, quiet=True, raw=True)
 def cmd_prepare(a: argparse.Namespace) -> int:
 
     check_apart([a.output], a.data)
@@ -355,7 +367,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     add_options(p, FitConfig)
 
 
-@command("fit", _fit_args, quiet=True)
+@command("fit", _fit_args, quiet=True, raw=True)
 def cmd_fit(a: argparse.Namespace) -> int:
 
     check_writable(a.output)
@@ -390,7 +402,7 @@ def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part", default="auto", choices=["auto", "student", "teacher"])
 
 
-@command("info", _info_args)
+@command("info", _info_args, raw=True)
 def cmd_info(a: argparse.Namespace) -> int:
 
     if len(a.model) == 1 and not _photos(a.model[0]):
@@ -449,7 +461,7 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
     add_options(p, InferenceOptions, ["tile", "margin", "device", "precision"])
 
 
-@command("ui", _ui_args)
+@command("ui", _ui_args, raw=True)
 def cmd_ui(a: argparse.Namespace) -> int:
 
     try:
@@ -470,11 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"atbsn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _ORDER:
-        add_args, quiet, func = _COMMANDS[name]
+        add_args, quiet, raw, func = _COMMANDS[name]
         p = sub.add_parser(name, help=(add_args.__doc__ or "").strip().rstrip("."))
         add_args(p)
         if quiet:
             _quiet(p)
+        if raw:
+            _raw_args(p)
         p.set_defaults(func=func)
     return parser
 
@@ -504,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     lib_log.addHandler(handler)
     level = lib_log.level
     lib_log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's cached level checks
-    ok = False
+    ok, development = False, raw_development()
     try:
+        if hasattr(args, "raw_wb"):  # the command reads photos: RAW files are developed as its flags say
+            set_raw_development(RawDevelopment(args.raw_wb, args.raw_bright, args.raw_half))
         code = int(args.func(args) or 0)
         ok = True
         return code
@@ -516,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
+        set_raw_development(development)
         leave_process_group(ok)
         lib_log.removeHandler(handler)
         lib_log.setLevel(level)

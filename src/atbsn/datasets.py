@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import AtbsnError
 from .files import RunLock, atomic_write, check_apart, reason, remove_stale_temps, write_text
-from .images import is_image_file, read_image
+from .images import READABLE, is_image_file, read_image
 from .ranges import to_255
 from .runtime import progress_bar
 
@@ -213,7 +213,7 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
             files = sidd or [f for f, _ in expand_inputs([p])]
             found = [Source(f) for f in files]
         if not found:
-            raise AtbsnError(f"{p}: no images found (PNG, JPEG, TIFF, SIDD Medium or DND images_srgb/*.mat)")
+            raise AtbsnError(f"{p}: no images found ({READABLE}, SIDD Medium or DND images_srgb/*.mat)")
         sources += found
     if not sources:
         raise AtbsnError("no training data given")

@@ -1,18 +1,21 @@
-"""Reading and writing photos: PNG, JPEG, TIFF; 8 or 16 bit or float; gray, RGB, with alpha; EXIF
-orientation; colour profile, EXIF and every page of a TIFF kept through denoising.
+"""Reading and writing photos: PNG, JPEG, TIFF, HEIC; 8 or 16 bit or float; gray, RGB, with alpha; EXIF
+orientation; colour profile, EXIF and every page of a TIFF kept through denoising. Camera RAW files are read,
+developed once by LibRaw (:class:`RawDevelopment`), and written as 16-bit TIFF.
 
 Arrays are H x W x C numpy arrays in the file's own dtype (uint8, uint16 or float32); C is 1 to 4. Pillow
 decodes 8-bit files and applies EXIF orientation; OpenCV decodes 16-bit PNG (Pillow silently drops 16-bit
 colour PNGs to 8 bit); tifffile (with imagecodecs for LZW, Deflate, JPEG and other compressions) handles
 TIFF at any depth. Writes are atomic and never touch an input. What a format cannot carry on write (an
 ICC profile in a 16-bit PNG, EXIF in a TIFF, palette colours) is returned as one line of notes, never
-dropped silently.
+dropped silently. HEIC needs ``pillow-heif`` and RAW ``rawpy`` (the ``heic`` and ``raw`` extras): without them
+such a file is one line naming the extra.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,12 @@ from .errors import AtbsnError
 from .files import atomic_write, reason
 from .ranges import float_scale
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+HEIF = {".heic", ".heif"}  # phones' photos (pillow-heif)
+RAW = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".pef",
+       ".srw", ".rwl", ".3fr", ".iiq", ".erf", ".kdc", ".mos", ".mrw", ".x3f"}  # camera RAW (LibRaw via rawpy)
+WRITABLE = {".png", ".jpg", ".jpeg", ".tif", ".tiff"} | HEIF
+EXTENSIONS = WRITABLE | RAW
+READABLE = "PNG, JPEG, TIFF, HEIC, camera RAW"  # what EXTENSIONS are, in words
 _EXIF_ORIENTATION = 274
 _TIFF_ICC = 34675  # InterColorProfile
 _TIFF_EXIF_IFD = 34665
@@ -35,6 +43,62 @@ class PhotoInfo:
     exif: bytes | None = None
     converted: str | None = None  # the stored mode when it was converted on read (palette, CMYK, 1-bit, ...)
     notes: list[str] = field(default_factory=list)  # what reading already changed
+    description: str | None = None  # a TIFF's ImageDescription: how a RAW file was developed, and its camera
+    camera: dict[int, str] = field(default_factory=dict)  # TIFF baseline tags from a RAW (Make, Model, DateTime)
+
+
+@dataclass(frozen=True)
+class RawDevelopment:
+    """How a camera RAW file becomes the sRGB photo atbsn denoises (LibRaw through rawpy): the camera's white
+    balance (``wb="auto"``: LibRaw's grey world), sRGB primaries and gamma, 16 bits, no automatic brightening
+    (``bright`` scales linearly), no noise reduction by LibRaw (the network's job), full size (``half_size``:
+    one pixel per 2 x 2 sensor cell, 4x fewer pixels and no demosaicing). Recorded in every output."""
+
+    wb: str = "camera"
+    bright: float = 1.0
+    half_size: bool = False
+
+    def __post_init__(self) -> None:
+        if self.wb not in ("camera", "auto"):
+            raise AtbsnError(f"--raw-wb {self.wb}: use camera or auto")
+        if not 0.05 <= self.bright <= 20:
+            raise AtbsnError(f"--raw-bright {self.bright}: use a scale between 0.05 and 20")
+
+
+_DEVELOPMENT = [RawDevelopment()]  # what read_photo develops RAW files with (the CLI sets it per command)
+
+
+def set_raw_development(development: RawDevelopment) -> None:
+    """How RAW files are developed from now on, wherever they are read (denoise, fit, train, info, the page)."""
+    _DEVELOPMENT[0] = development
+
+
+def raw_development() -> RawDevelopment:
+    return _DEVELOPMENT[0]
+
+
+def output_suffix(path: Path) -> str:
+    """The output format for an input file: its own, except a RAW file's (never written): 16-bit TIFF."""
+    return ".tif" if path.suffix.lower() in RAW else path.suffix
+
+
+def _need(module: str, extra: str, what: str, path: Path):
+    """The optional package ``module``, or one line naming the extra that installs it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise AtbsnError(f"{path}: {what} need the '{extra}' extra: pip install 'atbsn[{extra}]'") from None
+
+
+_HEIF_OPENER: list[bool] = []  # pillow-heif registered with Pillow (once per process)
+
+
+def _heif(path: Path) -> None:
+    """Pillow reads and writes HEIC once pillow-heif registers itself with it."""
+    heif = _need("pillow_heif", "heic", "HEIC files", path)
+    if not _HEIF_OPENER:
+        heif.register_heif_opener()
+        _HEIF_OPENER.append(True)
 
 
 def is_image_file(path: Path) -> bool:
@@ -93,8 +157,15 @@ def photo_pixels(path: str | Path) -> int:
     """The pixels an image file decodes to, all pages together, read from its header alone (nothing decoded): what
     a server checks before it decodes an upload (a small file can hold a huge image)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in HEIF:
+        _heif(path)
+    rawpy = _need("rawpy", "raw", "camera RAW files", path) if suffix in RAW else None
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if rawpy is not None:
+            with rawpy.imread(str(path)) as raw:
+                return raw.sizes.iheight * raw.sizes.iwidth
+        if suffix in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
@@ -119,6 +190,10 @@ def read_photo(path: str | Path) -> tuple[list[np.ndarray], PhotoInfo]:
     if not path.is_file():
         raise AtbsnError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix in RAW:
+        return _read_raw(path)
+    if suffix in HEIF:
+        _heif(path)
     try:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path)
@@ -156,6 +231,56 @@ def _read_tiff(path: Path) -> tuple[list[np.ndarray], PhotoInfo]:
         info.icc = None
         info.notes.append("its CMYK colour profile is not carried to the RGB output")
     return pages, info
+
+
+def _read_raw(path: Path) -> tuple[list[np.ndarray], PhotoInfo]:
+    """A camera RAW file developed by LibRaw as :func:`raw_development` says: H x W x 3 uint16, upright."""
+    rawpy = _need("rawpy", "raw", "camera RAW files", path)
+    dev = raw_development()
+    try:
+        with rawpy.imread(str(path)) as raw:
+            a = raw.postprocess(use_camera_wb=dev.wb == "camera", use_auto_wb=dev.wb == "auto", no_auto_bright=True,
+                                bright=dev.bright, output_bps=16, output_color=rawpy.ColorSpace.sRGB,
+                                half_size=dev.half_size, median_filter_passes=0,
+                                fbdd_noise_reduction=rawpy.FBDDNoiseReductionMode.Off)
+    except rawpy.LibRawFileUnsupportedError:
+        raise AtbsnError(f"{path}: not a RAW file LibRaw can read (an unsupported camera, or another format)") from None
+    except (rawpy.LibRawError, OSError) as e:
+        raise AtbsnError(f"{path}: unreadable RAW file, truncated or damaged ({reason(e, 120)})") from None
+    version = ".".join(map(str, rawpy.libraw_version))
+    info = PhotoInfo(description=json.dumps({"developed_from": path.name, "by": f"LibRaw {version} (rawpy)",
+                                             **asdict(dev), "colour": "sRGB", "bits": 16}))
+    info.camera, exif = _raw_camera(path)
+    if exif:
+        info.description = json.dumps({**json.loads(info.description), "exif": exif})
+    return [np.ascontiguousarray(a)], info
+
+
+_CAMERA_TAGS = {271: "Make", 272: "Model", 306: "DateTime", 315: "Artist", 33432: "Copyright"}
+_EXIF_KEPT = ("ExposureTime", "FNumber", "ISOSpeedRatings", "PhotographicSensitivity", "DateTimeOriginal",
+              "FocalLength", "LensModel", "ExposureBiasValue")
+
+
+def _raw_camera(path: Path) -> tuple[dict[int, str], dict[str, str]]:
+    """What a TIFF-based RAW (DNG, NEF, ARW, CR2, ORF, RW2, PEF...) says of its camera: IFD0's camera tags (kept as
+    the output TIFF's own) and the exposure from its EXIF (kept in the description); empty where unreadable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            camera = {code: _ascii(tags[code].value) for code in _CAMERA_TAGS if code in tags}
+            sub = tags.get(_TIFF_EXIF_IFD)
+            values = sub.value if sub is not None and isinstance(sub.value, dict) else {}
+    except Exception:  # not TIFF-based (CR3, RAF, X3F...): the development is still recorded
+        return {}, {}
+    exif = {k: _ascii(v) for k, v in values.items() if k in _EXIF_KEPT}
+    return {k: v for k, v in camera.items() if v}, exif
+
+
+def _ascii(value: object) -> str:
+    """A tag value as the ASCII text a TIFF tag holds."""
+    return str(value).strip("\x00 ").encode("ascii", "replace").decode()
 
 
 def _cmyk_to_rgb(a: np.ndarray) -> np.ndarray:
@@ -222,8 +347,10 @@ def write_photo(path: str | Path, pages: list[np.ndarray], info: PhotoInfo | Non
     them, atomically (``exclusive``: never replace an existing file). Returns what could not be kept."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise AtbsnError(f"{path}: unsupported output format (use .png, .jpg or .tif)")
+    if suffix not in WRITABLE:
+        raise AtbsnError(f"{path}: unsupported output format (use .png, .jpg, .tif or .heic)")
+    if suffix in HEIF:
+        _heif(path)
     info = info or PhotoInfo()
     notes = list(info.notes)
     if info.converted:
@@ -232,8 +359,9 @@ def write_photo(path: str | Path, pages: list[np.ndarray], info: PhotoInfo | Non
     if len(pages) > 1 and suffix not in (".tif", ".tiff"):
         raise AtbsnError(f"{path}: only TIFF holds several pages")
     a = pages[0]
-    if a.dtype == np.uint16 and suffix in (".jpg", ".jpeg"):
-        raise AtbsnError(f"{path}: JPEG cannot hold 16-bit samples; write .png or .tif instead")
+    if a.dtype != np.uint8 and suffix in (".jpg", ".jpeg", *HEIF):
+        raise AtbsnError(f"{path}: {suffix[1:].upper()} is written with 8-bit samples here; write .png or .tif "
+                         "instead")
     if a.ndim == 3 and a.shape[2] in (2, 4) and suffix in (".jpg", ".jpeg"):
         raise AtbsnError(f"{path}: JPEG cannot hold an alpha channel; write .png or .tif instead")
 
@@ -246,8 +374,8 @@ def write_photo(path: str | Path, pages: list[np.ndarray], info: PhotoInfo | Non
             from PIL import Image
 
             extra = {k: v for k, v in (("icc_profile", info.icc), ("exif", info.exif)) if v}
-            fmt = "JPEG" if suffix in (".jpg", ".jpeg") else "PNG"
-            Image.fromarray(a).save(tmp, format=fmt, **extra, **({"quality": quality} if fmt == "JPEG" else {}))
+            fmt = "JPEG" if suffix in (".jpg", ".jpeg") else "HEIF" if suffix in HEIF else "PNG"
+            Image.fromarray(a).save(tmp, format=fmt, **extra, **({"quality": quality} if fmt != "PNG" else {}))
 
     try:
         atomic_write(path, write, suffix=suffix, exclusive=exclusive)
@@ -262,11 +390,13 @@ def _write_tiff(tmp: str, pages: list[np.ndarray], info: PhotoInfo) -> None:
     import tifffile
 
     extratags = [(_TIFF_ICC, "B", len(info.icc), info.icc, True)] if info.icc else []
+    extratags += [(code, "s", 0, value, True) for code, value in info.camera.items()]
     with tifffile.TiffWriter(tmp) as tif:
         for p in pages:
             rgb = p.ndim == 3 and p.shape[2] in (3, 4)
             tif.write(p, photometric="rgb" if rgb else "minisblack", extratags=extratags,
-                      extrasamples=[2] if p.ndim == 3 and p.shape[2] in (2, 4) else None)
+                      extrasamples=[2] if p.ndim == 3 and p.shape[2] in (2, 4) else None,
+                      description=info.description, metadata=None)
 
 
 def _write_png16(tmp: str, a: np.ndarray, info: PhotoInfo, notes: list[str]) -> None:

@@ -20,7 +20,7 @@ from .datasets import expand_inputs
 from .deploy import engines
 from .errors import AtbsnError
 from .files import check_apart, check_writable
-from .images import read_photo, write_photo
+from .images import READABLE, output_suffix, read_photo, write_photo
 from .measure import measure_noise
 from .ranges import as_batch, from_model_range
 from .runtime import AUTO, PRECISIONS, autocast, log, progress_bar, resolve_device, resolve_precision
@@ -349,13 +349,13 @@ def denoise_files(
     opts = InferenceOptions.of(options, **kw).for_model(model)  # a bad k or option fails before any work
     jobs = expand_inputs(inputs)
     if not jobs:
-        raise AtbsnError(f"no image files (PNG, JPEG, TIFF) found in {', '.join(map(str, inputs))}")
+        raise AtbsnError(f"no image files ({READABLE}) found in {', '.join(map(str, inputs))}")
     check_apart([out_dir], [*inputs, *(src for src, _ in jobs)])  # never onto or inside what it reads
     out_root = check_writable(out_dir, folder=True)
     _refuse_collisions(jobs, out_root)
     written, errors = [], []
     for src, rel in progress_bar(jobs, desc="denoise", unit="img", show=progress):
-        dst = out_root / rel
+        dst = out_root / rel.with_suffix(output_suffix(rel))  # a RAW file's output: 16-bit TIFF
         try:
             if dst.exists() and not overwrite:
                 log.info("skip %s (exists; --overwrite to replace)", dst)
@@ -386,9 +386,9 @@ def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:
     refused by ``check_apart``: the output folder would hold the input)."""
     seen: dict[Path, Path] = {}
     for src, rel in jobs:
-        dst = (out_root / rel).resolve()
+        dst = (out_root / rel.with_suffix(output_suffix(rel))).resolve()
         if dst in seen:
-            raise AtbsnError(f"{seen[dst]} and {src} would both be written to {out_root / rel}; "
+            raise AtbsnError(f"{seen[dst]} and {src} would both be written to {dst}; "
                              "denoise them into separate output folders")
         seen[dst] = src
 

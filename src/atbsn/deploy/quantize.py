@@ -27,7 +27,7 @@ from torch import nn
 from ..datasets import expand_inputs
 from ..errors import AtbsnError
 from ..files import OwnedFolder, atomic_write, check_apart, reason, source_of
-from ..images import read_photo
+from ..images import READABLE, read_photo
 from ..methods import blind_spot
 from ..ranges import as_batch
 from ..runtime import log, progress_bar
@@ -52,7 +52,7 @@ def calibration_crops(photos: Iterable[str | Path], crops: int = CROPS, crop: in
     (whole photos when smaller), at positions drawn from ``seed``."""
     files = [src for src, _ in expand_inputs(list(photos))]
     if not files:
-        raise AtbsnError(f"no image files (PNG, JPEG, TIFF) found in {', '.join(map(str, photos))}")
+        raise AtbsnError(f"no image files ({READABLE}) found in {', '.join(map(str, photos))}")
     rng = np.random.default_rng(seed)
     per = max(1, math.ceil(crops / len(files)))
     out: list[np.ndarray] = []
