@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import __version__, methods
 from .checkpoint import load
+from .clips import is_clip
 from .config import MINUTES_MAX, RunConfig, add_options, given, number, preset_values
 from .datasets import collect_sources, load_pairs, prepare
 from .demo import run_demo
@@ -103,11 +104,14 @@ def _report(msg: str) -> None:
 
 
 def _denoise_args(p: argparse.ArgumentParser) -> None:
-    """Denoise image files, folders or globs."""
-    p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
+    """Denoise photos and video clips: files, folders or globs."""
+    p.add_argument("inputs", nargs="+", help="photos or clips: files, folders (recursive) or glob patterns")
     p.add_argument("-o", "--output", required=True, help="output folder (never the input's own folder)")
     _inference_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--video-codec", help="clips: the encoder (default: the input's family at a high quality: "
+                                         "libx264, libx265, libvpx-vp9, ffv1 lossless)")
+    p.add_argument("--crf", type=number(int, 0, 63), help="clips: the encoder's constant quality (lower: better)")
 
 
 @command("denoise", _denoise_args, quiet=True, raw=True)
@@ -117,9 +121,9 @@ def cmd_denoise(a: argparse.Namespace) -> int:
     model = _model(a.model, k=a.k)
     written, errors = denoise_files(
         a.inputs, a.output, model, _options(a), overwrite=a.overwrite, progress=not a.quiet,
-        on_error=_report,
+        on_error=_report, video_codec=a.video_codec, crf=a.crf,
     )
-    print(f"denoised {len(written)} image(s) into {a.output}" + (f", {len(errors)} failed" if errors else ""))
+    print(f"denoised {len(written)} file(s) into {a.output}" + (f", {len(errors)} failed" if errors else ""))
     return 1 if errors else 0
 
 
@@ -416,7 +420,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     sources = collect_sources(a.model)
     whole, each = measure_set(src.load() for src in sources)
     for src, e in zip(sources, each):
-        print(f"{src.path}: {e.describe()}")
+        print(f"{src.path}{f' (sampled frame {src.frame + 1})' if src.kind == 'video' else ''}: {e.describe()}")
     print(f"all {len(sources)} photo(s), median: {whole.describe()}")
     rule, why = blind_spot_for(whole)
     print(f"fit would train k_a = {rule['k_train']} (k_b = {rule['k_infer']}"
@@ -426,7 +430,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def _photos(path: str) -> bool:
     p = Path(path)
-    return p.is_dir() or (p.is_file() and is_image_file(p))
+    return p.is_dir() or (p.is_file() and (is_image_file(p) or is_clip(p)))
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import clips
+from .clips import is_clip
 from .errors import AtbsnError
 from .files import RunLock, atomic_write, check_apart, reason, remove_stale_temps, write_text
 from .images import READABLE, is_image_file, read_image
@@ -35,7 +37,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f) and not f.name.startswith("."))
+            files = sorted(f for f in p.rglob("*") if f.is_file() and (is_image_file(f) or is_clip(f))
+                           and not f.name.startswith("."))
             found += [(f, f.relative_to(p)) for f in files]
         elif p.is_file():
             found.append((p, Path(p.name)))
@@ -157,11 +160,13 @@ def _pairs_csv(path: Path) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------ training sources
 @dataclass(frozen=True)
 class Source:
-    """One noisy image to train on: a photo file, or a DND ``.mat`` (variable ``InoisySRGB``)."""
+    """One noisy image to train on: a photo file, a DND ``.mat`` (variable ``InoisySRGB``), or one frame of a
+    video clip (frames sampled evenly over it)."""
 
     path: Path
-    kind: str = "image"  # "image" | "dnd" | "store" (an array of a prepared store, read memory-mapped)
+    kind: str = "image"  # "image" | "dnd" | "store" (an array of a prepared store, read memory-mapped) | "video"
     scale: float | None = None  # store: the factor to 0..255, recorded when it was prepared
+    frame: int = 0  # video: which of the clip's sampled frames
 
     def load(self) -> tuple[np.ndarray, float]:
         """The pixels as stored (H x W x C, alpha dropped; uint8 / uint16 stay compact in the cache) and
@@ -175,10 +180,19 @@ class Source:
         if self.kind == "dnd":
             a = _mat_variable(self.path, ["InoisySRGB"]).astype(np.float32)
             return (a if a.ndim == 3 else a[:, :, None]), 255.0
+        if self.kind == "video":
+            return clips.sampled(self.path, CLIP_FRAMES)[self.frame], 1.0
         a = read_image(self.path)
         if a.shape[2] in (2, 4):
             a = a[:, :, :-1]
         return a, to_255(a)
+
+
+CLIP_FRAMES = 8  # frames a clip gives to training and to the noise measurement, spread evenly over it
+
+
+def _clip_sources(path: Path) -> list[Source]:
+    return [Source(path, "video", frame=i) for i in range(min(CLIP_FRAMES, clips.probe(path).frames))]
 
 
 def _sidd_noisy(folder: Path) -> list[Path]:
@@ -202,6 +216,9 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
         if p.is_dir() and (p / STORE_INDEX).is_file():
             sources += store_sources(p)
             continue
+        if p.is_file() and is_clip(p):
+            sources += _clip_sources(p)
+            continue
         if p.is_file():
             sources.append(Source(p, "dnd" if p.suffix.lower() == ".mat" else "image"))
             continue
@@ -211,7 +228,7 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
         else:
             sidd = _sidd_noisy(p)
             files = sidd or [f for f, _ in expand_inputs([p])]
-            found = [Source(f) for f in files]
+            found = [s for f in files for s in (_clip_sources(f) if is_clip(f) else [Source(f)])]
         if not found:
             raise AtbsnError(f"{p}: no images found ({READABLE}, SIDD Medium or DND images_srgb/*.mat)")
         sources += found

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapt, methods
+from . import adapt, clips, methods
+from .clips import is_clip
 from .config import K_RULES, check_options, k_value, option
 from .datasets import expand_inputs
 from .deploy import engines
@@ -336,6 +337,8 @@ def denoise_files(
     overwrite: bool = False,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    video_codec: str | None = None,
+    crf: int | None = None,
     **kw,
 ) -> tuple[list[Path], list[str]]:
     """Denoise files, folders (recursively, keeping their layout) and globs into ``out_dir``.
@@ -344,7 +347,9 @@ def denoise_files(
     format cannot hold is said on one line). Nothing is ever replaced that was not asked for: an output that
     would replace its input, or two inputs that would share an output name, are refused before any work;
     existing outputs, also ones another process writes meanwhile, are skipped unless ``overwrite``. A file
-    that fails is reported (one line naming it) and the rest go on. Returns (written files, error lines).
+    that fails is reported (one line naming it) and the rest go on. Video clips among the inputs are denoised
+    frame by frame (:func:`denoise_clip`; ``video_codec`` and ``crf`` choose their encoding). Returns (written
+    files, error lines).
     """
     opts = InferenceOptions.of(options, **kw).for_model(model)  # a bad k or option fails before any work
     jobs = expand_inputs(inputs)
@@ -359,6 +364,9 @@ def denoise_files(
         try:
             if dst.exists() and not overwrite:
                 log.info("skip %s (exists; --overwrite to replace)", dst)
+                continue
+            if is_clip(src):
+                written.append(denoise_clip(src, dst, model, opts, codec=video_codec, crf=crf, progress=progress))
                 continue
             pages, info = read_photo(src)
             reports = [{} for _ in pages]
@@ -379,6 +387,25 @@ def denoise_files(
             if on_error is not None:
                 on_error(msg)
     return written, errors
+
+
+def denoise_clip(src: str | Path, dst: str | Path, model: nn.Module, options: InferenceOptions | None = None, *,
+                 codec: str | None = None, crf: int | None = None, progress: bool = True, **kw) -> Path:
+    """Denoise a video clip frame by frame into ``dst`` (:mod:`atbsn.clips`: the input's size, frame rate,
+    timestamps and audio; its codec family at a high quality, or ``codec`` / ``crf``). Each frame goes through
+    :func:`denoise` (tiles, ``k`` rules, the safeguard), a chunk of frames at a time; an interrupted clip resumes
+    at its last whole chunk, and ``dst`` appears only when the whole clip is written."""
+    opts = InferenceOptions.of(options, **kw).for_model(model)
+    src, dst = Path(src), Path(dst)
+    check_apart([dst], [src])
+    info = clips.probe(src)
+    log.info("%s: %s", src, info.describe())
+
+    def run(batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [_finite(denoise(a, model, opts), model) for a in batch]
+
+    with progress_bar(total=info.frames, desc=src.name, unit="frame", show=progress) as bar:
+        return clips.rewrite(src, dst, run, codec=codec, crf=crf, progress=bar.update)
 
 
 def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:
