@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import h5py
@@ -150,3 +151,98 @@ def _export_once_per_session() -> None:
 
 
 _export_once_per_session()
+
+
+# ------------------------------------------------------------------ files cameras and phones write
+def make_dng(path, h: int = 64, w: int = 96, seed: int = 0, noise: float = 40.0):
+    """A DNG of a smooth colour scene with sensor noise: 12 bits, black 64, white 4095, RGGB, camera tags."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([0.3 + 0.2 * np.sin(xx / 9), 0.4 + 0.2 * np.cos(yy / 7), 0.35 + 0.1 * np.sin((xx + yy) / 11)], -1)
+    cfa = np.empty((h, w))
+    cfa[0::2, 0::2], cfa[0::2, 1::2] = rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1]
+    cfa[1::2, 0::2], cfa[1::2, 1::2] = rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2]
+    raw = np.clip(64 + cfa * 1000 + rng.normal(0, noise, cfa.shape), 0, 4095).astype(np.uint16)
+
+    def rational(values, signed=False):
+        return [x for v in values for x in (round(v * 10000), 10000)]
+
+    tags = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True), (50706, "B", 4, (1, 4, 0, 0), True),
+            (50708, "s", 0, "atbsn test camera", True), (50714, "H", 1, (64,), True), (50717, "H", 1, (4095,), True),
+            (50721, "2i", 9, rational([0.6722, -0.1356, -0.0596, -0.4419, 1.2133, 0.2555, -0.0727, 0.1571, 0.6143]),
+             True),
+            (50728, "2I", 3, rational([0.5, 1.0, 0.6]), True), (50778, "H", 1, (21,), True),
+            (271, "s", 0, "atbsn", True), (272, "s", 0, "test camera", True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, raw, photometric=32803, extratags=tags, subfiletype=0)
+    return path
+
+
+def make_heic(path, h: int = 40, w: int = 52, seed: int = 0, alpha: bool = False):
+    """An 8-bit HEIC with EXIF (camera make) and an ICC profile."""
+    import pillow_heif
+    from PIL import Image, ImageCms
+
+    pillow_heif.register_heif_opener()
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 255, (h, w, 4 if alpha else 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[271] = "phone maker"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path, format="HEIF", quality=95, exif=exif.tobytes(), icc_profile=icc)
+    return path, icc
+
+
+def make_clip(path, frames: int = 40, w: int = 64, h: int = 48, rate: int = 24, codec: str = "libx264",
+              audio: bool = True, pix_fmt: str | None = None, pts=None, seed: int = 0):
+    """A clip of a moving colour pattern with noise; ``pts``: the frames' timestamps (1/rate units)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    fmt = {".mp4": "mp4", ".mkv": "matroska"}[path.suffix]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=fmt) as out:
+        v = out.add_stream(codec, rate=rate)
+        v.width, v.height = w, h
+        v.pix_fmt = pix_fmt or ("bgr0" if codec == "ffv1" else "yuv420p")
+        v.codec_context.thread_count = 1
+        yy, xx = np.mgrid[0:h, 0:w]
+        for i in range(frames):
+            img = np.stack([120 + 60 * np.sin(xx / 7 + i / 5 + c) for c in range(3)], -1) + rng.normal(0, 15, (h, w, 3))
+            f = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+            f.pts, f.time_base = (pts[i] if pts else i), Fraction(1, rate)
+            for p in v.encode(f.reformat(format=v.pix_fmt)):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+    if audio:  # a second pass: the same video with an AAC track beside it
+        _add_audio(path, frames / rate)
+    return path
+
+
+def _add_audio(path, seconds: float):
+    import av
+
+    tmp = path.with_name("a_" + path.name)
+    with av.open(str(path)) as inp, av.open(str(tmp), "w", format={".mp4": "mp4", ".mkv": "matroska"}[path.suffix]) \
+            as out:
+        vout = out.add_stream_from_template(inp.streams.video[0])
+        aout = out.add_stream("aac", rate=16000)
+        aout.layout = "mono"
+        for p in inp.demux(inp.streams.video[0]):
+            if p.size:
+                p.stream = vout
+                out.mux(p)
+        n = int(16000 * seconds)
+        samples = (0.2 * np.sin(np.arange(n) / 10)).astype(np.float32)[None]
+        for s in range(0, n, 1024):
+            af = av.AudioFrame.from_ndarray(samples[:, s:s + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, s
+            for p in aout.encode(af):
+                out.mux(p)
+        for p in aout.encode():
+            out.mux(p)
+    tmp.replace(path)

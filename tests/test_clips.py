@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import make_clip
 
 from atbsn import Student
 from atbsn.checkpoint import load, save
@@ -20,54 +21,6 @@ from atbsn.cli import main
 from atbsn.clips import CHUNK_FRAMES, probe
 
 av = pytest.importorskip("av")
-
-
-def make_clip(path, frames: int = 40, w: int = 64, h: int = 48, rate: int = 24, codec: str = "libx264",
-              audio: bool = True, pix_fmt: str | None = None, pts=None, seed: int = 0):
-    """A clip of a moving colour pattern with noise; ``pts``: the frames' timestamps (1/rate units)."""
-    rng = np.random.default_rng(seed)
-    fmt = {".mp4": "mp4", ".mkv": "matroska"}[path.suffix]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=fmt) as out:
-        v = out.add_stream(codec, rate=rate)
-        v.width, v.height = w, h
-        v.pix_fmt = pix_fmt or ("bgr0" if codec == "ffv1" else "yuv420p")
-        v.codec_context.thread_count = 1
-        yy, xx = np.mgrid[0:h, 0:w]
-        for i in range(frames):
-            img = np.stack([120 + 60 * np.sin(xx / 7 + i / 5 + c) for c in range(3)], -1) + rng.normal(0, 15, (h, w, 3))
-            f = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
-            f.pts, f.time_base = (pts[i] if pts else i), Fraction(1, rate)
-            for p in v.encode(f.reformat(format=v.pix_fmt)):
-                out.mux(p)
-        for p in v.encode():
-            out.mux(p)
-    if audio:  # a second pass: the same video with an AAC track beside it
-        _add_audio(path, frames / rate)
-    return path
-
-
-def _add_audio(path, seconds: float):
-    tmp = path.with_name("a_" + path.name)
-    with av.open(str(path)) as inp, av.open(str(tmp), "w", format={".mp4": "mp4", ".mkv": "matroska"}[path.suffix]) \
-            as out:
-        vout = out.add_stream_from_template(inp.streams.video[0])
-        aout = out.add_stream("aac", rate=16000)
-        aout.layout = "mono"
-        for p in inp.demux(inp.streams.video[0]):
-            if p.size:
-                p.stream = vout
-                out.mux(p)
-        n = int(16000 * seconds)
-        samples = (0.2 * np.sin(np.arange(n) / 10)).astype(np.float32)[None]
-        for s in range(0, n, 1024):
-            af = av.AudioFrame.from_ndarray(samples[:, s:s + 1024], format="fltp", layout="mono")
-            af.sample_rate, af.pts = 16000, s
-            for p in aout.encode(af):
-                out.mux(p)
-        for p in aout.encode():
-            out.mux(p)
-    tmp.replace(path)
 
 
 def _frames(path) -> list[np.ndarray]:

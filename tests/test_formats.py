@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import make_dng, make_heic
 
 from atbsn import Student
 from atbsn.checkpoint import save
@@ -20,47 +21,6 @@ from atbsn.images import RawDevelopment, read_photo, set_raw_development
 
 rawpy = pytest.importorskip("rawpy")
 pillow_heif = pytest.importorskip("pillow_heif")
-
-
-def make_dng(path, h: int = 64, w: int = 96, seed: int = 0, noise: float = 40.0):
-    """A DNG of a smooth colour scene with sensor noise: 12 bits, black 64, white 4095, RGGB, camera tags."""
-    import tifffile
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    rgb = np.stack([0.3 + 0.2 * np.sin(xx / 9), 0.4 + 0.2 * np.cos(yy / 7), 0.35 + 0.1 * np.sin((xx + yy) / 11)], -1)
-    cfa = np.empty((h, w))
-    cfa[0::2, 0::2], cfa[0::2, 1::2] = rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1]
-    cfa[1::2, 0::2], cfa[1::2, 1::2] = rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2]
-    raw = np.clip(64 + cfa * 1000 + rng.normal(0, noise, cfa.shape), 0, 4095).astype(np.uint16)
-
-    def rational(values, signed=False):
-        return [x for v in values for x in (round(v * 10000), 10000)]
-
-    tags = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True), (50706, "B", 4, (1, 4, 0, 0), True),
-            (50708, "s", 0, "atbsn test camera", True), (50714, "H", 1, (64,), True), (50717, "H", 1, (4095,), True),
-            (50721, "2i", 9, rational([0.6722, -0.1356, -0.0596, -0.4419, 1.2133, 0.2555, -0.0727, 0.1571, 0.6143]),
-             True),
-            (50728, "2I", 3, rational([0.5, 1.0, 0.6]), True), (50778, "H", 1, (21,), True),
-            (271, "s", 0, "atbsn", True), (272, "s", 0, "test camera", True)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, raw, photometric=32803, extratags=tags, subfiletype=0)
-    return path
-
-
-def make_heic(path, h: int = 40, w: int = 52, seed: int = 0, alpha: bool = False):
-    """An 8-bit HEIC with EXIF (camera make) and an ICC profile."""
-    from PIL import Image, ImageCms
-
-    pillow_heif.register_heif_opener()
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 255, (h, w, 4 if alpha else 3), dtype=np.uint8)
-    exif = Image.Exif()
-    exif[271] = "phone maker"
-    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path, format="HEIF", quality=95, exif=exif.tobytes(), icc_profile=icc)
-    return path, icc
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, doc_section, documentation, fake_dnd
+from conftest import SHARED, doc_section, documentation, fake_dnd, make_clip, make_dng, make_heic
 from scipy.io import savemat
 
 import atbsn.ui
@@ -106,6 +106,9 @@ def workspace(tmp_path_factory):
             noisy, clean = _noisy(rng, 136, 140)
             write_image(ws / folder / "noisy" / f"p{i}.png", noisy)
             write_image(ws / folder / "clean" / f"p{i}.png", clean)
+    make_dng(ws / "my_raw_photos" / "IMG_0001.dng")  # what cameras and phones write
+    make_heic(ws / "my_phone_photos" / "IMG_0002.heic")
+    make_clip(ws / "my_clips" / "night.mp4", frames=12)
     scene = ws / "SIDD_Medium_Srgb" / "Data" / "0001_001_S6_00100_00060_3200_L"
     noisy, clean = _noisy(rng, 48, 64)
     write_image(scene / "0001_NOISY_SRGB_010.PNG", noisy)
