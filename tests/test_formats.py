@@ -141,3 +141,32 @@ def test_heic_with_alpha_keeps_it_and_16_bit_output_is_refused_on_one_line(tmp_p
     assert a.shape[2] == 4
     with pytest.raises(AtbsnError, match="8-bit samples"):
         write_photo(tmp_path / "deep.heic", [np.zeros((8, 8, 3), np.uint16)])
+
+
+def test_the_page_takes_raw_and_heic_uploads_and_downloads_their_results(tmp_path, student):
+    """A RAW upload is developed as denoise develops it (its preview too) and its full-resolution result is a
+    16-bit TIFF; a HEIC upload's result is a HEIC."""
+    import time
+
+    from atbsn.ui import App
+
+    dng = make_dng(tmp_path / "x.dng")
+    heic, _ = make_heic(tmp_path / "y.heic")
+    app = App()
+    try:
+        s = app.session(app.new_session()["session"])
+        names = {}
+        for path in (dng, heic):
+            photo = app.photo(s, app.add_photo(s, path.name, path.read_bytes())["id"])
+            assert np.array_equal(photo.image, read_photo(path)[0][0]) and photo.preview.startswith(b"\x89PNG")
+            jid = app.export(s, photo, student)["job"]
+            for _ in range(600):
+                state = app.job(s, jid)
+                if state["finished"]:
+                    break
+                time.sleep(0.05)
+            assert state["error"] is None, state
+            names[path.suffix] = state["result"]["name"]
+        assert names == {".dng": "x.tif", ".heic": "y.heic"}
+    finally:
+        app.close()

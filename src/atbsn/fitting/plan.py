@@ -28,21 +28,23 @@ from .start import Start
 # bf16 is taken only where the probe measures it at least this much faster than fp32: it rounds activations to
 # 8 bits of mantissa, and two runs whose timings straddle a tie would otherwise train in different precisions
 BF16_GAIN = 1.15
+PROBE_STEPS = 12  # steps timed per network and precision, the first three as warm-up
 
 
 def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
     """Seconds per optimisation step of a method as the run will make it (its batch drawn, precision, channels,
-    layout): the median of six steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core
+    layout): the median of nine steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core
     machine and the first ones are slower still; a three-step median once planned half the steps the budget
-    allowed. The batch is drawn inside the timed step: on two cores the trainer's background draw takes its
-    time from the step."""
+    allowed, and a six-step one missed the AVX2 demo's time by 23% once (benchmarks/results/fit_estimate.md).
+    The batch is drawn inside the timed step: on two cores the trainer's background draw takes its time from
+    the step."""
     channels = method.model.config.in_channels
     sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed,
                            on_bad_file=config.on_bad_file)
     model = method.model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     times = []
-    for step in range(9):
+    for step in range(PROBE_STEPS):
         t0 = time.perf_counter()
         x, m = (torch.from_numpy(a).to(device) for a in sampler.batch(step, config.batch))
         with autocast(device, config.precision):
