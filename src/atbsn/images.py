@@ -359,9 +359,10 @@ def write_photo(path: str | Path, pages: list[np.ndarray], info: PhotoInfo | Non
     if len(pages) > 1 and suffix not in (".tif", ".tiff"):
         raise AtbsnError(f"{path}: only TIFF holds several pages")
     a = pages[0]
-    if a.dtype != np.uint8 and suffix in (".jpg", ".jpeg", *HEIF):
-        raise AtbsnError(f"{path}: {suffix[1:].upper()} is written with 8-bit samples here; write .png or .tif "
-                         "instead")
+    if a.dtype == np.uint16 and suffix in (".jpg", ".jpeg"):
+        raise AtbsnError(f"{path}: JPEG cannot hold 16-bit samples; write .png or .tif instead")
+    if a.dtype != np.uint8 and suffix in HEIF:
+        raise AtbsnError(f"{path}: HEIC is written with 8-bit samples here; write .png or .tif instead")
     if a.ndim == 3 and a.shape[2] in (2, 4) and suffix in (".jpg", ".jpeg"):
         raise AtbsnError(f"{path}: JPEG cannot hold an alpha channel; write .png or .tif instead")
 
