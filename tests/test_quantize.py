@@ -124,3 +124,45 @@ def test_quantize_refusals_are_one_line(tmp_path, photos, student, capsys):
     assert len(err) == 3 and "no image files" in err[0] and all(ln.startswith("error:") for ln in err)
     with pytest.raises(AtbsnError, match="non-blind"):
         quantize(student, [photos], tmp_path / "q.onnx", k=3)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_engine_auto_runs_the_int8_file_only_where_the_cpu_has_vnni(tmp_path, photos, student, capsys, monkeypatch,
+                                                                     native):
+    """``atbsn quantize`` records its file for the network; ``--engine auto`` then runs it where the CPU computes
+    int8 natively (VNNI or AMX) and fp32 elsewhere; ``info`` and ``denoise -v`` say which and why."""
+
+    ckpt = save(student, tmp_path / "s.safetensors")
+    assert main(["quantize", str(photos), "-m", str(ckpt), "-o", str(tmp_path / "s-int8"), "--max-error", "0.5",
+                 "--crops", "3", "-q"]) == 0
+    why = "the CPU has avx512_vnni" if native else "the CPU has no VNNI or AMX: int8 gains little over fp32 there"
+    monkeypatch.setattr(engines, "int8_support", lambda: (native, why))
+    monkeypatch.setattr(engines, "_SAID", set())
+    capsys.readouterr()
+    assert main(["info", str(ckpt)]) == 0
+    said = json.loads(capsys.readouterr().out)["cpu_engine"]
+    assert ("s-int8.onnx" in said) and said.startswith("int8" if native else "fp32") and why in said
+    assert main(["denoise", str(photos / "p0.png"), "-m", str(ckpt), "-o", str(tmp_path / "out"), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("engine: int8" if native else "engine: fp32")
+    assert ("engine: int8, s-int8.onnx" in out) == native
+    got = read_image(tmp_path / "out" / "p0.png")
+    img = read_image(photos / "p0.png")
+    int8 = denoise(img, load(tmp_path / "s-int8.onnx"))
+    assert np.array_equal(got, int8) == native  # the int8 file's output exactly, or not at all
+
+
+@pytest.mark.parametrize(("flags", "cap", "native"), [({"avx512_vnni"}, None, True), ({"avx_vnni"}, None, True),
+                                                      ({"amx_int8"}, None, True), ({"avx2", "fma"}, None, False),
+                                                      ({"avx512_vnni"}, "AVX2", False),
+                                                      ({"avx512_vnni"}, "AVX512_CORE_VNNI", True)])
+def test_int8_is_native_only_with_vnni_or_amx_and_the_cap_is_honoured(monkeypatch, flags, cap, native):
+    from atbsn import runtime
+
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    ok, why = runtime.int8_support()
+    assert ok is native and why

@@ -25,6 +25,7 @@ from .clips import is_clip
 from .config import MINUTES_MAX, RunConfig, add_options, given, number, preset_values
 from .datasets import collect_sources, load_pairs, prepare
 from .demo import run_demo
+from .deploy import engines
 from .deploy.export import export_onnx
 from .deploy.quantize import CROPS, FT_STEPS, MAX_ERROR, quantize
 from .distill import distill
@@ -112,6 +113,9 @@ def _denoise_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-codec", help="clips: the encoder (default: the input's family at a high quality: "
                                          "libx264, libx265, libvpx-vp9, ffv1 lossless)")
     p.add_argument("--crf", type=number(int, 0, 63), help="clips: the encoder's constant quality (lower: better)")
+    p.add_argument("-v", "--verbose", action="store_true", help="say what --engine auto runs the network through, "
+                                                                  "and why (int8 where the CPU has VNNI and atbsn "
+                                                                  "quantize made the file)")
 
 
 @command("denoise", _denoise_args, quiet=True, raw=True)
@@ -119,6 +123,9 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 
     check_apart([a.output], [a.model])  # the photos: denoise_files checks them, for Python callers too
     model = _model(a.model, k=a.k)
+    if a.verbose:
+        engine = a.engine or InferenceOptions().engine
+        print(f"engine: {engines.explain(model, a.k) if engine == 'auto' else engine + ' (--engine)'}")
     written, errors = denoise_files(
         a.inputs, a.output, model, _options(a), overwrite=a.overwrite, progress=not a.quiet,
         on_error=_report, video_codec=a.video_codec, crf=a.crf,
@@ -412,7 +419,8 @@ def cmd_info(a: argparse.Namespace) -> int:
     if len(a.model) == 1 and not _photos(a.model[0]):
         model = _model(a.model[0], a.part)
         n = sum(p.numel() for p in model.parameters())
-        print(json.dumps({"parameters": n, **asdict(model.config)}, indent=2))
+        engine = {"cpu_engine": engines.explain(model)}  # what --engine auto runs it through here, and why
+        print(json.dumps({"parameters": n, **asdict(model.config), **engine}, indent=2))
         return 0
     not_photos = [m for m in a.model if not _photos(m)]
     if not_photos:

@@ -34,7 +34,7 @@ from ..config import ModelConfig
 from ..errors import AtbsnError
 from ..files import atomic_write, reason
 from ..methods import blind_spot
-from ..runtime import autocast, cache_dir, log, native_bf16
+from ..runtime import autocast, cache_dir, int8_support, log, native_bf16
 from .export import CONFIG_KEY, EXTRA_KEY, K_KEY, MULTIPLE_KEY, export_onnx
 from .qdq import WEIGHT_QMAX
 
@@ -361,6 +361,9 @@ def runner(model: nn.Module, k: int | None, engine: str, precision: str, device:
         return _runner(model, engine, k, precision)
     if device.type != "cpu" or r3:
         return model
+    int8 = int8_choice(model, k, precision)
+    if int8 is not None:
+        return int8
     options = candidates(model, precision)
     if options in ([], ["torch"]):
         return model
@@ -368,6 +371,57 @@ def runner(model: nn.Module, k: int | None, engine: str, precision: str, device:
     key = f"{digest(model)}|k={k}|{precision}|{machine()}"
     with _CHOOSING:
         return _runner(model, _choose(model, k, precision, pixels, options, key), k, precision)
+
+
+def _int8_key(model: nn.Module, k: int | None) -> str:
+    return f"int8|{digest(model)}|k={blind_spot(model.config, k)}"
+
+
+def remember_int8(model: nn.Module, k: int | None, path: Path) -> None:
+    """Record ``path`` as the int8 file of ``model`` at ``k`` (``atbsn quantize`` does), for ``--engine auto``."""
+    _remember(_int8_key(model, k), {"path": str(Path(path).resolve())})
+
+
+def int8_file(model: nn.Module, k: int | None) -> Path | None:
+    """The int8 file ``atbsn quantize`` made of ``model`` at ``k``, if it is still there."""
+    if isinstance(model, OnnxNet):
+        return None
+    entry = _remembered().get(_int8_key(model, k))
+    path = Path(entry["path"]) if isinstance(entry, dict) and "path" in entry else None
+    return path if path is not None and path.is_file() else None
+
+
+def int8_choice(model: nn.Module, k: int | None, precision: str) -> nn.Module | None:
+    """``--engine auto``'s int8 rule: the network's int8 file (made by ``atbsn quantize``) where this CPU computes
+    int8 natively (VNNI or AMX) and fp32 was asked for; None otherwise (the fp32 engines are chosen as before)."""
+    path = int8_file(model, k) if precision == "fp32" else None
+    if path is None:
+        return None
+    native, why = int8_support()
+    key = (str(path), native)
+    if key not in _SAID:
+        _SAID.add(key)
+        log.info("engine: %s (%s: %s)", f"int8, {path.name}" if native else "fp32, not the int8 file", why, path)
+    return load_onnx(path) if native else None
+
+
+_SAID: set = set()  # the int8 decisions already said in this process
+
+
+def explain(model: nn.Module, k: int | None = None) -> str:
+    """What ``--engine auto`` runs ``model`` through on this machine, and why (``atbsn info``)."""
+    if isinstance(model, OnnxNet):
+        return f"{model.path.name} through {' or '.join(model.runs_on)}"
+    native, why = int8_support()
+    path = int8_file(model, k)
+    if path is not None:
+        return (f"int8 ({path}), since {why}" if native else f"fp32, not its int8 file {path}: {why}")
+    entry = _remembered().get(f"{digest(model)}|k={blind_spot(model.config, k)}|fp32|{machine()}")
+    if entry:
+        return f"{entry['engine']} (measured fastest here: {entry['seconds']})"
+    return ("PyTorch for jobs under 2 MP; the fastest of " + ", ".join(candidates(model, "fp32"))
+            + " measured at the first larger job" + ("; int8 where `atbsn quantize` made its file, " + why
+                                                    if native else ""))
 
 
 def _choose(model: nn.Module, k: int | None, precision: str, pixels: int, options: list[str], key: str) -> str:

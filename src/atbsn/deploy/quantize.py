@@ -31,7 +31,7 @@ from ..images import READABLE, read_photo
 from ..methods import blind_spot
 from ..ranges import as_batch
 from ..runtime import log, progress_bar
-from .engines import OnnxNet, installed, ort_runner, ov_runner
+from .engines import OnnxNet, installed, ort_runner, ov_runner, remember_int8
 from .export import export_onnx, metadata, set_metadata
 from .qdq import QDQGraph, UnsupportedError
 
@@ -404,6 +404,7 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
         }
         set_metadata(path, metadata(model, k, provenance))
         atomic_write(output, lambda t: shutil.copyfile(path, t))
+    remember_int8(model, k, output)  # --engine auto runs it where the CPU has VNNI
     q = provenance["quantization"]
     log.info("%s: %d of %d convolutions in int8 (%.0f%% of the work; %d kept in fp32), RMS error "
              "against fp32 %.3f on 0..255 over %d calibration crops; runs on %s", output, q["int8_convs"], q["convs"],
