@@ -38,3 +38,16 @@ def test_bm3d_on_several_images_in_processes_equals_one_call_each():
     assert len(outs) == 3
     for a, s, out in zip(images, [20.0, 10.0, 5.0], outs):
         assert np.array_equal(out, classical.bm3d(a, s))
+
+
+@pytest.mark.slow
+def test_zero_shot_noise2noise_learns_from_the_one_photo_and_is_reproducible(pair):
+    """ZS-N2N trained on the noisy photo alone removes noise (a short run here), and the same seed gives the same
+    output; odd sizes are denoised whole (training uses the even part)."""
+    noisy, clean = pair
+    out = classical.zsn2n(noisy, steps=150)
+    assert out.shape == noisy.shape and out.dtype == np.uint8
+    assert psnr(out, clean) > psnr(noisy, clean) + 1.0
+    assert np.array_equal(out, classical.zsn2n(noisy, steps=150))
+    odd = classical.zsn2n(noisy[:-1, :-3], steps=2)
+    assert odd.shape == noisy[:-1, :-3].shape

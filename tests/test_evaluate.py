@@ -139,3 +139,23 @@ def test_crops_by_k_are_the_crops_of_one_denoise_per_k():
         whole = denoise(image, teacher, k=k)[5:25, 17:47]
         assert crop.shape == whole.shape and crop.dtype == whole.dtype
         assert np.abs(crop.astype(int) - whole.astype(int)).max() <= 1  # one backbone pass: float round-off only
+
+
+def test_the_colour_shift_says_how_far_an_output_moves_the_mean_colour():
+    """Noise has zero mean: a denoiser that tints its output is caught by how much further its mean colour sits from
+    the reference's than the input's did (``colour_moved``, on 0..255)."""
+    from atbsn.datasets import Pair
+    from atbsn.evaluate import score_outputs
+    from atbsn.metrics import colour_shift
+
+    rng = np.random.default_rng(0)
+    clean = np.full((16, 16, 3), 100, np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 5, clean.shape), 0, 255).astype(np.uint8)
+    assert colour_shift(clean, clean) == 0.0
+    tinted = clean.copy()
+    tinted[..., 2] += 3  # 3 of 255 bluer
+    assert colour_shift(tinted, clean) == pytest.approx(3.0)
+    _, good = score_outputs([clean], [Pair("a", noisy, clean)])
+    _, bad = score_outputs([tinted], [Pair("a", noisy, clean)])
+    assert good["colour_moved"] <= 0 < bad["colour_moved"] and bad["colour_moved"] == pytest.approx(
+        3.0 - colour_shift(noisy, clean))

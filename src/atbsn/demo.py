@@ -28,7 +28,7 @@ from .evaluate import evaluate
 from .files import write_text
 from .fitting import FitConfig, OtherFitError, fit
 from .images import read_image, write_image
-from .metrics import scores
+from .metrics import colour_shift, scores
 from .noise import add_camera_noise
 from .plots import image_strip
 from .ranges import to_model_range
@@ -97,12 +97,14 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
     per_image, s = evaluate(student, load_pairs(out), device=device, save_dir=out / "denoised" / "student")
     label = f"student {student.config.arch}"
     rows = [{"method": "noisy input", "psnr": s["noisy_psnr"], "ssim_rgb": s["noisy_ssim_rgb"],
-             "ssim_y": s["noisy_ssim_y"], "seconds_per_image": 0.0}, *baselines,
+             "ssim_y": s["noisy_ssim_y"], "colour_shift": s["noisy_colour_shift"], "seconds_per_image": 0.0},
+            *baselines,
             {"method": label, "psnr": s["psnr"], "ssim_rgb": s["ssim_rgb"], "ssim_y": s["ssim_y"],
-             "seconds_per_image": s["seconds_per_image"]}]
+             "colour_shift": s["colour_shift"], "seconds_per_image": s["seconds_per_image"]}]
 
-    table = "| method | PSNR (dB) | SSIM (RGB) | SSIM (Y) | s / image |\n|---|---|---|---|---|\n" + "".join(
-        f"| {r['method']} | {r['psnr']:.2f} | {r['ssim_rgb']:.4f} | {r['ssim_y']:.4f} | "
+    table = ("| method | PSNR (dB) | SSIM (RGB) | SSIM (Y) | colour shift (of 255) | s / image |\n"
+             "|---|---|---|---|---|---|\n") + "".join(
+        f"| {r['method']} | {r['psnr']:.2f} | {r['ssim_rgb']:.4f} | {r['ssim_y']:.4f} | {r['colour_shift']:.2f} | "
         f"{r['seconds_per_image']:.2f} |\n" for r in rows
     )
     gain = rows[-1]["psnr"] - rows[0]["psnr"]
@@ -118,6 +120,7 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
     picture = image_strip(shown, labels, out / "side_by_side.png", zoom=(side // 3, side // 3, max(8, side // 3)))
     total = time.perf_counter() - t_start
     summary = {"level": level, "images": len(pairs), "rows": rows, "student_gain_db": gain,
+               "student_colour_moved": s["colour_moved"],
                "student_minus_best_classical_db": rows[-1]["psnr"] - best_classical["psnr"] if best_classical else None,
                "student_above_all_classical": {m: all(rows[-1][m] > r[m] for r in baselines)
                                                for m in ("psnr", "ssim_rgb", "ssim_y")},
@@ -155,7 +158,8 @@ def _classical_rows(pairs, out: Path) -> tuple[list[dict], dict[str, list[np.nda
         except AtbsnError as e:  # bm3d not installed: say so, keep the demo going
             log.info(f"demo: {label} left out ({e})")
             continue
-        per = [scores(to_model_range(o)[0], to_model_range(clean)[0]) for o, (_, _, clean) in zip(outs, pairs)]
+        per = [{**scores(a, b), "colour_shift": colour_shift(a, b)}
+               for a, b in ((to_model_range(o)[0], to_model_range(clean)[0]) for o, (_, _, clean) in zip(outs, pairs))]
         rows.append({"method": label, **{m: float(np.mean([p[m] for p in per])) for m in per[0]},
                      "seconds_per_image": seconds})
         outputs[label.split(" (")[0]] = outs

@@ -17,7 +17,7 @@ from .errors import AtbsnError
 from .files import atomic_write, check_apart, source_of, write_text
 from .images import write_image
 from .inference import InferenceOptions, denoise, denoise_ks
-from .metrics import TEXTURE_WINDOW, local_std, psnr, scores
+from .metrics import TEXTURE_WINDOW, colour_shift, local_std, psnr, scores
 from .plots import image_strip, plot_heatmap, plot_sweep
 from .ranges import as_batch, to_model_range
 from .runtime import progress_bar
@@ -116,13 +116,18 @@ def score_outputs(outputs: Sequence[np.ndarray], pairs: Sequence[Pair], split: T
     for out, p in zip(outputs, pairs):
         noisy, clean, den = (to_model_range(a)[0] for a in (p.noisy, p.clean, out))
         noisy_scores = {f"noisy_{m}": v for m, v in scores(noisy, clean).items()}
-        rows.append({"name": p.name, **scores(den, clean), **noisy_scores})
+        colour = {"colour_shift": colour_shift(den, clean), "noisy_colour_shift": colour_shift(noisy, clean)}
+        rows.append({"name": p.name, **scores(den, clean), **noisy_scores, **colour})
     summary = {
         "images": len(rows),
         **{m: _mean(rows, m) for m in METRICS},
         **{f"noisy_{m}": _mean(rows, f"noisy_{m}") for m in METRICS},
+        "colour_shift": _mean(rows, "colour_shift"), "noisy_colour_shift": _mean(rows, "noisy_colour_shift"),
+        # how much further from the reference's mean colour an output sits than its input did, at worst
+        "colour_moved": max((r["colour_shift"] - r["noisy_colour_shift"] for r in rows), default=0.0),
         "conventions": "psnr: RGB 0..255 on uint8-rounded output; ssim_rgb: Gaussian sigma 1.5 on RGB; "
-        "ssim_y: the same on BT.601 luma (AT-BSN authors' convention)",
+        "ssim_y: the same on BT.601 luma (AT-BSN authors' convention); colour_shift: the largest difference of "
+        "the channels' means from the reference's, 0..255",
     }
     if split:
         summary["groups"] = split.scores(outputs, pairs)

@@ -61,6 +61,15 @@ def scores(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"psnr": psnr(x, ref), "ssim_rgb": ssim_rgb(x, ref), "ssim_y": ssim_y(x, ref)}
 
 
+def colour_shift(x: np.ndarray, ref: np.ndarray) -> float:
+    """How far an image's mean colour sits from the reference's: the largest difference of the channels' means,
+    on the images' own scale (0..255 here). A denoiser removes noise, which has zero mean: it must not move this
+    further than the noisy input sits (issue 42 bounds the move at 0.5 of 255)."""
+    c = x.shape[-1] if x.ndim == 3 else 1
+    means = [np.asarray(a, np.float64).reshape(-1, c).mean(0) for a in (x, ref)]
+    return float(np.abs(means[0] - means[1]).max())
+
+
 TEXTURE_WINDOW = 7  # the side of the window of the texture measure
 
 
