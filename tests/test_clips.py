@@ -170,3 +170,28 @@ def test_the_codec_and_quality_can_be_chosen(tmp_path, student):
         assert main(["denoise", str(clip), "-o", str(out), "--model", student, "-q", "--crf", str(crf)]) == 0
         sizes[crf] = (out / "clip.mkv").stat().st_size
     assert sizes[10] > sizes[40]  # a lower constant-quality value keeps more
+
+
+def test_chunks_of_another_network_are_never_resumed(tmp_path, student, monkeypatch):
+    """A run stopped with one network and restarted with another starts anew: every frame is the new network's."""
+    import atbsn.inference
+
+    clip = make_clip(tmp_path / "in" / "clip.mkv", frames=CHUNK_FRAMES + 4, codec="ffv1", audio=False)
+    torch.manual_seed(1)
+    other = str(save(Student("A"), tmp_path / "other.safetensors"))
+    calls, real = [], atbsn.inference.denoise
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == CHUNK_FRAMES + 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(atbsn.inference, "denoise", interrupted)
+    assert main(["denoise", str(clip), "-o", str(tmp_path / "out"), "--model", student, "-q"]) == 130
+    monkeypatch.setattr(atbsn.inference, "denoise", real)
+    assert main(["denoise", str(clip), "-o", str(tmp_path / "out"), "--model", other, "-q"]) == 0
+    from atbsn.inference import denoise
+
+    expected = [denoise(f, load(other)) for f in _frames(clip)]
+    assert all(np.array_equal(g, e) for g, e in zip(_frames(tmp_path / "out" / "clip.mkv"), expected))

@@ -26,12 +26,12 @@ from .errors import AtbsnError
 from .files import atomic_write, reason, write_text
 
 VIDEO = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
-# the input's codec -> the encoder and options that write the same family at a high quality
-# (no B-frames: each chunk's first packets then never decode before the previous chunk's last ones)
-ENCODERS = {"h264": ("libx264", {"crf": "16", "preset": "medium", "bf": "0"}),
-            "hevc": ("libx265", {"crf": "16", "preset": "medium", "bf": "0", "x265-params": "log-level=error"}),
-            "vp9": ("libvpx-vp9", {"crf": "20", "b": "0"}),
-            "ffv1": ("ffv1", {})}
+# the input's codec family -> the encoder that writes it at a high quality, and each encoder's options (no
+# B-frames: each chunk's first packets then never decode before the previous chunk's last ones)
+FAMILIES = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "ffv1": "ffv1"}
+OPTIONS = {"libx264": {"crf": "16", "preset": "medium", "bf": "0"},
+           "libx265": {"crf": "16", "preset": "medium", "bf": "0", "x265-params": "log-level=error"},
+           "libvpx-vp9": {"crf": "20", "b": "0"}, "ffv1": {}}
 CHUNK_FRAMES = 32  # frames encoded per chunk file: what an interrupted clip can lose, and what memory holds
 
 
@@ -122,10 +122,10 @@ def sampled(path: str | Path, count: int = 8) -> tuple[np.ndarray, ...]:
 
 
 def _encoder(info: ClipInfo, codec: str | None, crf: int | None) -> tuple[str, dict[str, str]]:
-    name, options = ENCODERS.get(codec or info.codec, ENCODERS["h264"])
-    if codec and codec not in ENCODERS:
-        name, options = codec, {}
-    options = dict(options)
+    """The encoder and its options: ``codec`` (a family such as h264, or an encoder such as libx264), else the
+    input's family, else H.264; ``crf`` replaces the constant quality. B-frames stay off whatever is asked."""
+    name = FAMILIES.get(codec or info.codec, codec or "libx264")
+    options = {**OPTIONS.get(name, {}), "bf": "0"}
     if crf is not None:
         options["crf"] = str(crf)
     return name, options
@@ -135,7 +135,8 @@ def _encoder(info: ClipInfo, codec: str | None, crf: int | None) -> tuple[str, d
 class Plan:
     """What a clip's work folder holds: kept in ``plan.json`` so that a resumed run writes the same chunks."""
 
-    source: str
+    source: dict  # the input's name, size and modification time: another clip of that name starts anew
+    key: str  # what else decides the frames (the network and how it runs): another one starts anew
     frames: int
     chunk: int
     encoder: str
@@ -148,10 +149,11 @@ class Plan:
 
 def rewrite(src: str | Path, dst: str | Path, denoise: Callable[[list[np.ndarray]], list[np.ndarray]],
             codec: str | None = None, crf: int | None = None, progress: Callable[[int], None] | None = None,
-            chunk: int = CHUNK_FRAMES) -> Path:
+            chunk: int = CHUNK_FRAMES, key: str = "") -> Path:
     """Write ``dst``: ``src`` with every frame through ``denoise`` (a list of frames in, as many out), chunk by
-    chunk into a work folder beside ``dst`` (resumed where a run stopped), then joined with the input's audio.
-    ``progress(frames)`` is called after each chunk with the frames it held (skipped chunks included)."""
+    chunk into a work folder beside ``dst`` (resumed where a run with the same input, ``key`` and options
+    stopped), then joined with the input's audio. ``progress(frames)`` is called after each chunk with the
+    frames it held (skipped chunks included)."""
     src, dst = Path(src), Path(dst)
     av = _av(src)
     info = probe(src)
@@ -162,7 +164,9 @@ def rewrite(src: str | Path, dst: str | Path, denoise: Callable[[list[np.ndarray
         raise AtbsnError(f"{src}: the encoder {encoder} is not in this FFmpeg build (choose another --video-codec)"
                          ) from None
     work = dst.with_name(f".{dst.name}.parts")
-    plan = Plan(src.name, info.frames, chunk, encoder, options)
+    stat = src.stat()
+    plan = Plan({"name": src.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}, key, info.frames, chunk,
+                encoder, options)
     plan_path = work / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != asdict(plan):
         shutil.rmtree(work)  # a run with other options or another input: its chunks are not this run's

@@ -6,6 +6,7 @@ size, tiles, device, precision) is one :class:`InferenceOptions`, resolved again
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -404,8 +405,10 @@ def denoise_clip(src: str | Path, dst: str | Path, model: nn.Module, options: In
     def run(batch: list[np.ndarray]) -> list[np.ndarray]:
         return [_finite(denoise(a, model, opts), model) for a in batch]
 
+    how = {f: getattr(opts, f) for f in ("k", "r3", "ensemble", "safeguard", "precision", "engine")}
+    key = f"{engines.digest(model)}|{json.dumps(how, sort_keys=True, default=str)}"  # a resume needs the same
     with progress_bar(total=info.frames, desc=src.name, unit="frame", show=progress) as bar:
-        return clips.rewrite(src, dst, run, codec=codec, crf=crf, progress=bar.update)
+        return clips.rewrite(src, dst, run, codec=codec, crf=crf, progress=bar.update, key=key)
 
 
 def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:
