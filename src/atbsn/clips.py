@@ -32,6 +32,7 @@ FAMILIES = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "ffv1": "
 OPTIONS = {"libx264": {"crf": "16", "preset": "medium", "bf": "0"},
            "libx265": {"crf": "16", "preset": "medium", "bf": "0", "x265-params": "log-level=error"},
            "libvpx-vp9": {"crf": "20", "b": "0"}, "ffv1": {}}
+BITEXACT = {"fflags": "+bitexact"}  # the muxers write nothing that varies between runs (no random IDs, no version)
 CHUNK_FRAMES = 32  # frames encoded per chunk file: what an interrupted clip can lose, and what memory holds
 
 
@@ -201,7 +202,8 @@ def _write_chunk(av, path: Path, batch: list, outputs: list[np.ndarray], encoder
     """One chunk's denoised frames, encoded with the input frames' timestamps, into its own file (atomically)."""
 
     def write(tmp: str) -> None:
-        with av.open(tmp, "w", format="nut") as out:  # NUT keeps the input's time base (Matroska rounds to ms)
+        # NUT keeps the input's time base (Matroska rounds to ms); bitexact: no varying field in the file
+        with av.open(tmp, "w", format="nut", options=BITEXACT) as out:
             stream = out.add_stream(encoder, rate=info.rate, options=options)
             stream.width, stream.height = info.width, info.height
             stream.pix_fmt = "bgr0" if encoder == "ffv1" else "yuv420p"  # FFV1: lossless RGB
@@ -223,7 +225,7 @@ def _join(av, src: Path, chunks: list[Path], tmp: str) -> None:
     """The chunks' video packets and the input's audio packets, in time order, into one file."""
     containers = [av.open(str(p)) for p in chunks]
     try:
-        with av.open(str(src)) as inp, av.open(tmp, "w", format=_muxer(Path(tmp))) as out:
+        with av.open(str(src)) as inp, av.open(tmp, "w", format=_muxer(Path(tmp)), options=BITEXACT) as out:
             vin = containers[0].streams.video[0]
             vout = out.add_stream_from_template(vin)
             vout.time_base = inp.streams.video[0].time_base  # the input's timestamps, unrounded
