@@ -207,3 +207,12 @@ def test_chunks_of_another_network_are_never_resumed(tmp_path, student, monkeypa
 
     expected = [denoise(f, load(other)) for f in _frames(clip)]
     assert all(np.array_equal(g, e) for g, e in zip(_frames(tmp_path / "out" / "clip.mkv"), expected))
+
+
+def test_quantize_calibrates_on_a_folder_that_holds_clips_too(tmp_path):
+    """A folder of photos with a clip in it: the clip's sampled frames are calibration images, not an error."""
+    from atbsn.deploy.quantize import calibration_crops
+
+    make_clip(tmp_path / "photos" / "clip.mp4", frames=10, w=96, h=64, audio=False)
+    crops = calibration_crops([tmp_path / "photos"], crops=4, crop=32)
+    assert len(crops) == 4 and all(c.shape == (1, 3, 32, 32) for c in crops)

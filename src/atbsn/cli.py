@@ -34,7 +34,7 @@ from .errors import AtbsnError
 from .evaluate import TextureSplit, evaluate, format_summary, format_sweep, sweep_report, write_report
 from .files import check_apart, check_writable
 from .fitting import FitConfig, blind_spot_for, fit
-from .images import RawDevelopment, is_image_file, raw_development, set_raw_development
+from .images import RAW_BRIGHT, RAW_WB, RawDevelopment, is_image_file, raw_development, set_raw_development
 from .inference import InferenceOptions, denoise_files, resolve_k
 from .measure import measure_set
 from .released import table
@@ -85,9 +85,9 @@ def _inference_args(p: argparse.ArgumentParser, names: list[str] | None = None) 
 def _raw_args(p: argparse.ArgumentParser) -> None:
     """How camera RAW files are developed before anything else (the one definition of these flags)."""
     d = RawDevelopment()
-    p.add_argument("--raw-wb", choices=["camera", "auto"], default=d.wb,
+    p.add_argument("--raw-wb", choices=RAW_WB, default=d.wb,
                    help="RAW files: the camera's white balance (default) or LibRaw's automatic one")
-    p.add_argument("--raw-bright", type=number(float, 0.05, 20), default=d.bright,
+    p.add_argument("--raw-bright", type=number(float, *RAW_BRIGHT), default=d.bright,
                    help="RAW files: scale the developed photo's brightness (default 1: no automatic brightening)")
     p.add_argument("--raw-half", action="store_true",
                    help="RAW files: half size (one pixel per 2 x 2 sensor cell; 4x fewer pixels, no demosaicing)")

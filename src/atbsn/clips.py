@@ -25,7 +25,8 @@ import numpy as np
 from .errors import AtbsnError
 from .files import atomic_write, reason, write_text
 
-VIDEO = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
+# a clip's suffix -> the FFmpeg muxer that writes it (the suffixes atbsn takes as clips)
+MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 # the input's codec family -> the encoder that writes it at a high quality, and each encoder's options (no
 # B-frames: each chunk's first packets then never decode before the previous chunk's last ones)
 FAMILIES = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "ffv1": "ffv1"}
@@ -37,7 +38,7 @@ CHUNK_FRAMES = 32  # frames encoded per chunk file: what an interrupted clip can
 
 
 def is_clip(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO
+    return path.suffix.lower() in MUXERS
 
 
 def _av(path: Path):
@@ -150,14 +151,14 @@ class Plan:
 
 def rewrite(src: str | Path, dst: str | Path, denoise: Callable[[list[np.ndarray]], list[np.ndarray]],
             codec: str | None = None, crf: int | None = None, progress: Callable[[int], None] | None = None,
-            chunk: int = CHUNK_FRAMES, key: str = "") -> Path:
+            chunk: int = CHUNK_FRAMES, key: str = "", info: ClipInfo | None = None) -> Path:
     """Write ``dst``: ``src`` with every frame through ``denoise`` (a list of frames in, as many out), chunk by
     chunk into a work folder beside ``dst`` (resumed where a run with the same input, ``key`` and options
     stopped), then joined with the input's audio. ``progress(frames)`` is called after each chunk with the
-    frames it held (skipped chunks included)."""
+    frames it held (skipped chunks included). ``info``: the clip's :func:`probe`, when the caller has it."""
     src, dst = Path(src), Path(dst)
     av = _av(src)
-    info = probe(src)
+    info = info or probe(src)
     encoder, options = _encoder(info, codec, crf)
     try:
         av.codec.Codec(encoder, "w")
@@ -209,7 +210,8 @@ def _write_chunk(av, path: Path, batch: list, outputs: list[np.ndarray], encoder
             stream.pix_fmt = "bgr0" if encoder == "ffv1" else "yuv420p"  # FFV1: lossless RGB
             stream.time_base = batch[0][1].time_base
             stream.codec_context.time_base = batch[0][1].time_base
-            stream.codec_context.thread_count = 1  # one thread: the same bytes on every run (a resume included)
+            # one thread: FFV1 writes the same bytes on every run, a resume included (x264 not always, under load)
+            stream.codec_context.thread_count = 1
             for (_, frame), rgb in zip(batch, outputs):
                 new = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
                 new.pts, new.time_base = frame.pts, frame.time_base
@@ -269,5 +271,4 @@ def _by_time(a: Iterator, b: Iterator) -> Iterator:
 
 
 def _muxer(path: Path) -> str:
-    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}.get(
-        path.suffix.lower(), "matroska")
+    return MUXERS.get(path.suffix.lower(), "matroska")

@@ -18,10 +18,16 @@ from typing import Any
 
 from . import methods
 from .errors import AtbsnError
-from .runtime import log
+from .runtime import AUTO, PRECISIONS, log
 
 SIDD_KS = (0, 1, 3, 5, 7, 9, 11)  # the paper's teachers for SIDD (and the default everywhere)
 DND_KS = (0, 1, 3, 5, 7, 9)  # milder noise: no k = 11
+
+
+# the precision option of every config (train, distill, fit, denoise, the page): its help and choices, once
+PRECISION_HELP = ("autocast precision (auto: bf16 where the device computes it natively, else fp32; fp16: CUDA "
+                  "only)")
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
 
 
 @dataclass
@@ -294,8 +300,7 @@ class RunConfig:
     save_every: int = option(500, "steps between resume checkpoints", low=1, high=STEPS_MAX)
     log: str = option("csv", "training log format", choices=("csv", "tensorboard"))
     device: str = option("auto", "auto, cpu, cuda (torchrun assigns cuda:LOCAL_RANK)")
-    precision: str = option("fp32", "autocast precision (auto: bf16 where the device computes it natively, else "
-                                    "fp32; fp16: CUDA only)", choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = option("fp32", PRECISION_HELP, choices=PRECISION_CHOICES)
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     cache_gb: float = option(2.0, "memory for decoded training images (per process)", low=0.0, high=1e6)
     workers: int = option(0, "data-loading processes (0: one background thread); each draws whole batches, "

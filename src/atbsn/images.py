@@ -47,6 +47,10 @@ class PhotoInfo:
     camera: dict[int, str] = field(default_factory=dict)  # TIFF baseline tags from a RAW (Make, Model, DateTime)
 
 
+RAW_WB = ("camera", "auto")  # the white balances a RAW file can be developed with
+RAW_BRIGHT = (0.05, 20.0)  # the brightness scales accepted
+
+
 @dataclass(frozen=True)
 class RawDevelopment:
     """How a camera RAW file becomes the sRGB photo atbsn denoises (LibRaw through rawpy): the camera's white
@@ -59,10 +63,10 @@ class RawDevelopment:
     half_size: bool = False
 
     def __post_init__(self) -> None:
-        if self.wb not in ("camera", "auto"):
-            raise AtbsnError(f"--raw-wb {self.wb}: use camera or auto")
-        if not 0.05 <= self.bright <= 20:
-            raise AtbsnError(f"--raw-bright {self.bright}: use a scale between 0.05 and 20")
+        if self.wb not in RAW_WB:
+            raise AtbsnError(f"--raw-wb {self.wb}: use {' or '.join(RAW_WB)}")
+        if not RAW_BRIGHT[0] <= self.bright <= RAW_BRIGHT[1]:
+            raise AtbsnError(f"--raw-bright {self.bright}: use a scale between {RAW_BRIGHT[0]:g} and {RAW_BRIGHT[1]:g}")
 
 
 _DEVELOPMENT = [RawDevelopment()]  # what read_photo develops RAW files with (the CLI sets it per command)
@@ -248,12 +252,10 @@ def _read_raw(path: Path) -> tuple[list[np.ndarray], PhotoInfo]:
     except (rawpy.LibRawError, OSError) as e:
         raise AtbsnError(f"{path}: unreadable RAW file, truncated or damaged ({reason(e, 120)})") from None
     version = ".".join(map(str, rawpy.libraw_version))
-    info = PhotoInfo(description=json.dumps({"developed_from": path.name, "by": f"LibRaw {version} (rawpy)",
-                                             **asdict(dev), "colour": "sRGB", "bits": 16}))
-    info.camera, exif = _raw_camera(path)
-    if exif:
-        info.description = json.dumps({**json.loads(info.description), "exif": exif})
-    return [np.ascontiguousarray(a)], info
+    camera, exif = _raw_camera(path)
+    developed = {"developed_from": path.name, "by": f"LibRaw {version} (rawpy)", **asdict(dev), "colour": "sRGB",
+                 "bits": 16, **({"exif": exif} if exif else {})}
+    return [np.ascontiguousarray(a)], PhotoInfo(description=json.dumps(developed), camera=camera)
 
 
 _CAMERA_TAGS = {271: "Make", 272: "Model", 306: "DateTime", 315: "Artist", 33432: "Copyright"}

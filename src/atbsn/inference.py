@@ -17,7 +17,7 @@ from torch import nn
 
 from . import adapt, clips, methods
 from .clips import is_clip
-from .config import K_RULES, check_options, k_value, option
+from .config import K_RULES, PRECISION_CHOICES, PRECISION_HELP, check_options, k_value, option
 from .datasets import expand_inputs
 from .deploy import engines
 from .errors import AtbsnError
@@ -25,7 +25,7 @@ from .files import check_apart, check_writable
 from .images import READABLE, output_suffix, read_photo, write_photo
 from .measure import measure_noise
 from .ranges import as_batch, from_model_range
-from .runtime import AUTO, PRECISIONS, autocast, log, progress_bar, resolve_device, resolve_precision
+from .runtime import autocast, log, progress_bar, resolve_device, resolve_precision
 from .tiling import plan_tiles, run_tiled
 
 
@@ -46,8 +46,7 @@ class InferenceOptions:
     tile: int | None = option(None, "tile side in pixels (default: chosen from free memory)", low=32)
     margin: int | None = option(None, "context around each tile in pixels (default per model)", low=0)
     device: str | None = option("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = option("fp32", "autocast precision (auto: bf16 where the device computes it natively, else "
-                                    "fp32; fp16: CUDA only)", choices=(AUTO, *PRECISIONS))
+    precision: str = option("fp32", PRECISION_HELP, choices=PRECISION_CHOICES)
     r3: bool = option(False, "AP-BSN: random-replacing refinement (T = 8, p = 0.16; about 9x the cost)")
     ensemble: bool = option(False, "average over the 8 flips and rotations of the input (8x the cost; "
                             "Spatially-Adaptive SSL's SIDD submission)")
@@ -408,7 +407,7 @@ def denoise_clip(src: str | Path, dst: str | Path, model: nn.Module, options: In
     how = {f: getattr(opts, f) for f in ("k", "r3", "ensemble", "safeguard", "precision", "engine")}
     key = f"{engines.digest(model)}|{json.dumps(how, sort_keys=True, default=str)}"  # a resume needs the same
     with progress_bar(total=info.frames, desc=src.name, unit="frame", show=progress) as bar:
-        return clips.rewrite(src, dst, run, codec=codec, crf=crf, progress=bar.update, key=key)
+        return clips.rewrite(src, dst, run, codec=codec, crf=crf, progress=bar.update, key=key, info=info)
 
 
 def _refuse_collisions(jobs: list[tuple[Path, Path]], out_root: Path) -> None:

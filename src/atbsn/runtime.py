@@ -64,6 +64,11 @@ ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE"
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # the CPU flags (Linux's names) of native bf16 dot products
 
 
+def onednn_cap() -> str:
+    """The ``ONEDNN_MAX_CPU_ISA`` cap (or its older name ``DNNL_MAX_CPU_ISA``), upper case; "" when none."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+
+
 def cpu_flags() -> set[str] | None:
     """The CPU's feature flags as Linux names them (``/proc/cpuinfo``), or None where they cannot be read."""
     try:
@@ -86,7 +91,7 @@ def bf16_support(device: torch.device) -> tuple[bool, str]:
         return ok, "the GPU " + ("computes bf16" if ok else "has no bf16")
     if device.type != "cpu":
         return False, f"bf16 on {device.type} is not measured by atbsn"
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    cap = onednn_cap()
     if cap in ONEDNN_ISAS and ONEDNN_ISAS.index(cap) < ONEDNN_ISAS.index("AVX512_CORE_BF16"):
         return False, f"ONEDNN_MAX_CPU_ISA={cap} allows no native bf16 kernels"
     aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
@@ -112,7 +117,7 @@ def int8_support() -> tuple[bool, str]:
     """Whether this CPU computes int8 convolutions natively (VNNI or AMX, from its flags), and why. Without VNNI
     the int8 kernels add products in 16 bits and gain at most about 2x over fp32 (AVX2); an ``ONEDNN_MAX_CPU_ISA``
     cap below the VNNI levels (AVX2_VNNI, AVX512_CORE_VNNI) rules it out for OpenVINO, which honours it."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    cap = onednn_cap()
     if cap in ("SSE41", "AVX", "AVX2", "AVX512_CORE"):
         return False, f"ONEDNN_MAX_CPU_ISA={cap} allows no VNNI kernels"
     flags = cpu_flags()

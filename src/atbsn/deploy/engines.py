@@ -368,9 +368,14 @@ def runner(model: nn.Module, k: int | None, engine: str, precision: str, device:
     if options in ([], ["torch"]):
         return model
     k = None if isinstance(model, OnnxNet) else blind_spot(model.config, k)
-    key = f"{digest(model)}|k={k}|{precision}|{machine()}"
+    key = _choice_key(model, k, precision)
     with _CHOOSING:
         return _runner(model, _choose(model, k, precision, pixels, options, key), k, precision)
+
+
+def _choice_key(model: nn.Module, k: int | None, precision: str) -> str:
+    """Where the engine chosen for ``model`` at blind spot ``k`` on this machine is remembered."""
+    return f"{digest(model)}|k={k}|{precision}|{machine()}"
 
 
 def _int8_key(model: nn.Module, k: int | None) -> str:
@@ -416,7 +421,7 @@ def explain(model: nn.Module, k: int | None = None) -> str:
     path = int8_file(model, k)
     if path is not None:
         return (f"int8 ({path}), since {why}" if native else f"fp32, not its int8 file {path}: {why}")
-    entry = _remembered().get(f"{digest(model)}|k={blind_spot(model.config, k)}|fp32|{machine()}")
+    entry = _remembered().get(_choice_key(model, blind_spot(model.config, k), "fp32"))
     if entry:
         return f"{entry['engine']} (measured fastest here: {entry['seconds']})"
     return ("PyTorch for jobs under 2 MP; the fastest of " + ", ".join(candidates(model, "fp32"))

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from .. import clips
+from ..clips import is_clip
 from ..datasets import expand_inputs
 from ..errors import AtbsnError
 from ..files import OwnedFolder, atomic_write, check_apart, reason, source_of
@@ -46,6 +48,12 @@ FT_STEPS, FT_CROP, FT_BATCH, FT_LR, FT_SCALE_LR, FT_ROUNDS = 0, 128, 4, 1e-4, 10
 EQ_ALPHA, EQ_MAX_SCALE = 1.0, 32.0  # channel equalization (equalize): C's int8 error 1.18 -> 0.87 (0.5, 16: 1.00)
 
 
+def _first_images(files: list[Path]):
+    """Each file's first image; a clip's frames sampled over it (a folder of photos may hold clips too)."""
+    for src in files:
+        yield from clips.sampled(src) if is_clip(src) else [read_photo(src)[0][0]]
+
+
 def calibration_crops(photos: Iterable[str | Path], crops: int = CROPS, crop: int = CROP, channels: int = 3,
                       seed: int = 0) -> list[np.ndarray]:
     """Up to ``crops`` windows of ``crop`` x ``crop`` (1 x C x H x W float32, 0..255) spread over the photos
@@ -56,8 +64,7 @@ def calibration_crops(photos: Iterable[str | Path], crops: int = CROPS, crop: in
     rng = np.random.default_rng(seed)
     per = max(1, math.ceil(crops / len(files)))
     out: list[np.ndarray] = []
-    for src in files[:crops]:
-        image = read_photo(src)[0][0]
+    for image in _first_images(files[:crops]):
         a = image[:, :, None] if image.ndim == 2 else image
         a = a[:, :, :-1] if a.shape[2] in (2, 4) else a  # alpha is not denoised
         t = as_batch(a)[0]

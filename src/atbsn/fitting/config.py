@@ -5,18 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import methods
-from ..config import MINUTES_MAX, SEED_MAX, STEPS_MAX, check_options, option
+from ..config import MINUTES_MAX, PRECISION_CHOICES, PRECISION_HELP, SEED_MAX, STEPS_MAX, check_options, option
 from ..errors import AtbsnError
 
 
 @dataclass
 class FitConfig:
     """Defaults: a laptop-sized recipe found by measurement (``benchmarks/recipe.py``, results in
-    ``benchmarks/results/recipe.md``): width 16, 64-pixel crops, lr 2e-3, bf16 where the device computes it
-    natively (twice the steps in the same minutes), and the student distilled from the teacher's outputs at
-    k = 0 and 1 (L1 to their mean). After minutes, not days, of training the teacher is far from converged and
-    every extra pixel of blind spot costs texture: on the demo's photos its output falls from 28.3 dB at k = 0
-    to 22.8 at k = 11, so the paper's k in 0..11 (right for a converged teacher) gave a blurred student.
+    ``benchmarks/results/recipe.md``): width 16, 64-pixel crops, lr 2e-3, the precision by measurement (bf16
+    where the device computes it natively and a probe finds it faster: twice the steps in the same minutes),
+    and the student distilled from the teacher's outputs at k = 0 and 1 (L1 to their mean). After minutes, not
+    days, of training the teacher is far from converged and every extra pixel of blind spot costs texture: on
+    the demo's photos its output falls from 28.3 dB at k = 0 to 22.8 at k = 11, so the paper's k in 0..11
+    (right for a converged teacher) gave a blurred student.
     """
 
     width: int = option(16, "channels of the teacher's UNet", low=1)
@@ -44,8 +45,8 @@ class FitConfig:
     lr: float = option(2e-3, "Adam learning rate of both phases (from a released model: --finetune-lr)", low=0.0)
     seed: int = option(0, "random seed", low=0, high=SEED_MAX)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = option("auto", "autocast precision (auto: bf16 where the device computes it natively, else "
-                            "fp32; fp16: CUDA only)", choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = option("auto", PRECISION_HELP + "; fit times both where bf16 is native and keeps the faster",
+                            choices=PRECISION_CHOICES)
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     init_from_teacher: bool = option(True, "start a student that shares the teacher's UNet (C) from it", cli=False)
     from_model: str | None = option(None, "start from a released model (name or file) with a teacher: fine-tune "

@@ -35,7 +35,7 @@ def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> fl
     """Seconds per optimisation step of a method as the run will make it (its batch drawn, precision, channels,
     layout): the median of nine steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core
     machine and the first ones are slower still; a three-step median once planned half the steps the budget
-    allowed, and a six-step one missed the AVX2 demo's time by 23% once (benchmarks/results/fit_estimate.md).
+    allowed, and a six-step one missed the AVX2 demo's time by 23% in a first run of benchmarks/fit_estimate.py.
     The batch is drawn inside the timed step: on two cores the trainer's background draw takes its time from
     the step."""
     channels = method.model.config.in_channels
@@ -120,7 +120,7 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
           ) -> tuple[float | None, float | None, float | None]:
     """Step counts and precision: those chosen when the work began (resume), else from the budget and the step
     times measured in each of ``candidates`` (the faster precision is taken; ``why``: why these candidates).
-    Returns the step times and the seconds the rest of the run will take (None on resume); ``began``: when fit
+    Returns the step times and the seconds the whole run will take (None on resume); ``began``: when fit
     began (``time.perf_counter``), so that a budget in minutes covers the measuring and probing as well;
     ``look_every``: the teacher steps between two looks of the stop at the noise (None: no stop)."""
     plan_path = work / "plan.json"
@@ -172,11 +172,11 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
                  f"{tcfg.steps} and {scfg.steps} otherwise)")
         tcfg.steps, scfg.steps = min(tcfg.steps, cfg.step_cap[0]), min(scfg.steps, cfg.step_cap[1])
     others = {"output_check": check, **({"stop_looks": -(-tcfg.steps // look_every) * look} if look_every else {})}
-    remaining = tcfg.steps * t_step + scfg.steps * s_step + sum(others.values())
+    estimate = time.perf_counter() - began + tcfg.steps * t_step + scfg.steps * s_step + sum(others.values())
     write_text(plan_path, json.dumps({"options": options, "teacher_steps": tcfg.steps, "student_steps": scfg.steps,
                                       "teacher_step_seconds": t_step, "student_step_seconds": s_step,
                                       "precision": best, "precision_why": why,
                                       "step_seconds": {p: {"teacher": t, "student": s}
                                                        for p, (t, s) in timed.items()}, "other_seconds": others,
-                                      "estimate_seconds": time.perf_counter() - began + remaining}))
-    return t_step, s_step, remaining
+                                      "estimate_seconds": estimate}))
+    return t_step, s_step, estimate

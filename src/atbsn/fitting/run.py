@@ -66,7 +66,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
                      loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
-    t_step, s_step, remaining = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
+    t_step, s_step, estimate = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
                                       STOP_EVERY if cfg.stop_at_noise else None)
     precision = tcfg.precision
     log.info(f"fit: {n_images} noisy image(s) -> {output}"
@@ -75,7 +75,6 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
     log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss)"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
-    estimate = None if remaining is None else time.perf_counter() - began + remaining
     if estimate is not None:
         log.info(f"  about {estimate / 60:.1f} min in all: the steps from a probe of a few of each, the noise "
                  f"measurement and the probe ({time.perf_counter() - began:.0f} s so far), the checks and writing")
