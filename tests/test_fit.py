@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
 from atbsn.checkpoint import load
 from atbsn.cli import main
@@ -96,13 +97,52 @@ def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, cap
     assert same == kept_start
 
 
-def test_fit_from_a_student_only_file_says_what_it_needs(tmp_path, capsys):
+def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_two(tmp_path, capsys):
+    """``--from`` a file with a student and no teacher: the teacher is trained from scratch (nothing to fine-tune)
+    and the file's student is scored beside the fitted one on the photos (no clean image); the output holds the
+    one with the least estimated error, and fit.json says each one's estimate and which was chosen."""
     from atbsn import Student, save
 
     photos = _photos(tmp_path / "photos")
-    only = save(Student("A"), tmp_path / "a.safetensors")
-    assert main(["fit", str(photos), "-o", str(tmp_path / "m.safetensors"), "--from", str(only)]) == 2
-    assert "holds no teacher to fine-tune" in capsys.readouterr().err
+    torch.manual_seed(0)
+    only = save(Student("A", width=8), tmp_path / "a.safetensors")
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(photos), "-o", str(model), "--from", str(only), *TINY]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
+    rows = {r["name"]: r for r in report["candidates"]}
+    assert set(rows) == {"fitted", str(only)} and sum(r["chosen"] for r in rows.values()) == 1
+    assert report["choice"]["chosen"]["k_train"] == 9  # from scratch: the rule chooses the blind spot
+    best = min(rows.values(), key=lambda r: r["estimated_mse"])
+    assert best["chosen"] and "<- chosen" in out and "estimated" in out
+    assert load(model).config.arch == ("A" if best["name"] == str(only) else "C")
+    assert load(model, part="teacher").config.k_train == 9  # the teacher trained on the photos, either way
+
+
+def test_fit_ends_with_a_released_student_in_the_cache_where_it_is_clearly_better(tmp_path, monkeypatch, capsys):
+    """A released SIDD student in the cache and a few SIDD photos: a fit of seconds cannot match it, and the
+    estimate on the photos (no clean image) says so: the file holds the released student with the fitted teacher;
+    its output on the photos is then that student's. Without a cache the fitted one is written (today's path)."""
+    import shutil
+
+    from atbsn.datasets import load_pairs
+    from atbsn.released import cached_path
+
+    pairs = load_pairs(shared_path("data", "real", "sidd9"), 3)
+    for p in pairs:
+        write_image(tmp_path / "photos" / f"{p.name}.png", p.noisy[:96, :128])
+    monkeypatch.setenv("ATBSN_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    shutil.copyfile(shared_path("fixtures", "pretrained", "tmbsn_nbsn102_sidd.pth"), cached_path("tmbsn-c102-sidd"))
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(tmp_path / "photos"), "-o", str(model), *TINY]) == 0
+    report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
+    chosen = [r for r in report["candidates"] if r["chosen"]]
+    assert [r["name"] for r in chosen] == ["tmbsn-c102-sidd"], report["candidates"]
+    student = load(model)
+    assert student.config.arch == "C102" and load(model, part="teacher").config.arch == "atbsn"
+    released = load("tmbsn-c102-sidd")
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), released.state_dict().values()))
 
 
 def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_noise(tmp_path):

@@ -81,8 +81,9 @@ def run_demo(out_dir: str | Path = "demo", minutes: float | None = None, level: 
     log.info("demo: 1. fit learns from the noisy photos (its time estimate follows, from a probe of a few steps); "
              "2. non-local means and BM3D on the same photos (BM3D about 15 s a photo); 3. scores")
     t_fit = time.perf_counter()
-    learn = partial(fit, [out / "noisy"], out / "model.safetensors", FitConfig(**budget, device=device),
-                    progress=progress)
+    # the demo shows what fit learns from the noisy photos alone: released students in the cache are not weighed
+    cfg = FitConfig(**budget, device=device, fitted_only=True)
+    learn = partial(fit, [out / "noisy"], out / "model.safetensors", cfg, progress=progress)
     try:
         model_path = learn()
     except OtherFitError:  # an earlier demo in this folder, with another recipe: the demo's own work, started anew

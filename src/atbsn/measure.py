@@ -39,10 +39,12 @@ class NoiseEstimate:
     reach: int
     blocks: int
     levels: tuple[tuple[float, float], ...] = ()  # (brightness, sigma) from dark to bright, :func:`noise_variance`
+    channels: float = 0.0  # the mean correlation between the colour channels' noise (0 for gray)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "correlation": [round(c, 4) for c in self.correlation],
-                "sigma": round(self.sigma, 3), "levels": [list(v) for v in self.levels]}
+                "sigma": round(self.sigma, 3), "levels": [list(v) for v in self.levels],
+                "channels": round(self.channels, 4)}
 
     @property
     def measured(self) -> bool:
@@ -135,7 +137,18 @@ def measure_noise(image: np.ndarray, factor: float | None = None, block: int = B
     corr, keeps = _unbiased(seen, block)
     levels = _levels(blocks.mean(axis=(1, 2, 3))[usable], var[usable] / keeps, flatness[usable], flat_share)
     return NoiseEstimate(float(np.sqrt(var[keep].mean() / keeps)), tuple(float(c) for c in corr), reach_of(corr),
-                         int(n), levels)
+                         int(n), levels, _between_channels(r))
+
+
+def _between_channels(r: np.ndarray) -> float:
+    """The mean correlation between every two channels of the residuals ``r`` (N x B x B x C); 0 for one channel.
+    Demosaicing and the colour matrix mix a sensor's noise across an sRGB photo's channels."""
+    c = r.shape[-1]
+    if c < 2:
+        return 0.0
+    flat = r.reshape(-1, c)
+    corr = np.corrcoef(flat, rowvar=False)
+    return float(np.nan_to_num(corr[np.triu_indices(c, 1)]).mean())
 
 
 def _levels(brightness: np.ndarray, var: np.ndarray, flatness: np.ndarray,

@@ -49,8 +49,12 @@ class FitConfig:
                             choices=PRECISION_CHOICES)
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     init_from_teacher: bool = option(True, "start a student that shares the teacher's UNet (C) from it", cli=False)
-    from_model: str | None = option(None, "start from a released model (name or file) with a teacher: fine-tune "
-                                    "it on the photos instead of training from scratch", flag="--from")
+    from_model: str | None = option(None, "a released model (name or file): one with a teacher is fine-tuned on the "
+                                    "photos instead of training from scratch; a student alone is weighed against "
+                                    "the fitted one; 'best' downloads every released student to weigh (released "
+                                    "students already in the cache are always weighed)", flag="--from")
+    fitted_only: bool = option(False, "write the fitted student, without weighing the released students in the cache "
+                               "(or --from's student alone) against it on the photos")
     finetune_lr: float = option(1e-4, "learning rate of both phases when starting from a released model",
                                 low=0.0)
     minutes: float | None = option(None, "time budget for both phases (sets the step counts)", low=0.1,

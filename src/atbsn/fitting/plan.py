@@ -21,6 +21,7 @@ from ..errors import AtbsnError
 from ..files import write_text
 from ..methods import Method
 from ..runtime import autocast, log
+from .candidates import FITTED, SCORED_PHOTOS, Candidate, score, scored_crops
 from .checks import CHECKED, TARGET_PHOTOS, TARGET_SIDE, centre_crops, output_check, target_ratio
 from .config import FitConfig
 from .start import Start
@@ -67,10 +68,11 @@ def _seconds(fn) -> float:
 
 
 def _other_seconds(probe: Method, student: Method, data: list[str], device: torch.device, start: Start,
-                   looks: bool) -> tuple[float, float]:
+                   looks: bool, rivals: list[Candidate]) -> tuple[float, float, float]:
     """What the run does besides its steps, timed on the probe networks: one look of the stop at the noise (the
-    teacher on the photos' centre crops, :func:`target_ratio`; 0 when ``looks`` is off) and the check of the
-    student's output on the first photos at the end (:func:`output_check`)."""
+    teacher on the photos' centre crops, :func:`target_ratio`; 0 when ``looks`` is off), the check of the
+    student's output on the first photos at the end (:func:`output_check`) and the scoring of the fitted student
+    beside the released ``rivals`` (:func:`choose_best`; 0 without rivals)."""
     sources = collect_sources(data)
     look = 0.0
     with torch.no_grad():
@@ -80,8 +82,13 @@ def _other_seconds(probe: Method, student: Method, data: list[str], device: torc
             probe.model.train()
         net = student.model.eval()
         check = _seconds(lambda: output_check(net, sources[:1], device)) * min(len(sources), CHECKED)
+        scoring = 0.0
+        if rivals:
+            crops = scored_crops(sources, 1)
+            scoring = sum(_seconds(lambda c=c: score(c, crops, device)) for c in [Candidate(FITTED, net), *rivals])
+            scoring *= min(len(sources), SCORED_PHOTOS)
         student.model.train()
-    return look, check
+    return look, check, scoring
 
 
 def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
@@ -116,13 +123,14 @@ def _shown(value: Any) -> str:
 
 
 def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: torch.device, start: Start,
-          candidates: tuple[str, ...], why: str, began: float, look_every: int | None = None
-          ) -> tuple[float | None, float | None, float | None]:
+          candidates: tuple[str, ...], why: str, began: float, look_every: int | None = None,
+          rivals: list[Candidate] | None = None) -> tuple[float | None, float | None, float | None]:
     """Step counts and precision: those chosen when the work began (resume), else from the budget and the step
     times measured in each of ``candidates`` (the faster precision is taken; ``why``: why these candidates).
     Returns the step times and the seconds the whole run will take (None on resume); ``began``: when fit
     began (``time.perf_counter``), so that a budget in minutes covers the measuring and probing as well;
-    ``look_every``: the teacher steps between two looks of the stop at the noise (None: no stop)."""
+    ``look_every``: the teacher steps between two looks of the stop at the noise (None: no stop); ``rivals``: the
+    released students the fitted one is scored beside at the end."""
     plan_path = work / "plan.json"
     options = _computing_options(cfg)
     if plan_path.exists():
@@ -157,13 +165,13 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
     best = min(cost, key=cost.get)
     tcfg.precision = scfg.precision = best
     t_step, s_step = timed[best]
-    look, check = _other_seconds(probe, student, tcfg.data, device, start, bool(look_every))
+    look, check, scoring = _other_seconds(probe, student, tcfg.data, device, start, bool(look_every), rivals or [])
     if len(timed) > 1:
         why = f"{why}; the faster in a probe of this run's steps: " + "; ".join(
             f"{p} {t:.3f} s a teacher step, {s:.3f} s a student step" for p, (t, s) in timed.items())
     log.info(f"  precision {best}: {why}")
     if cfg.minutes is not None:  # the steps get what measuring, probing and the final check leave of the budget
-        budget = max(0.0, cfg.minutes * 60 - (time.perf_counter() - began) - check)
+        budget = max(0.0, cfg.minutes * 60 - (time.perf_counter() - began) - check - scoring)
         per_teacher_step = t_step + (look / look_every if look_every else 0.0)
         tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / per_teacher_step)))
         scfg.steps = min(STEPS_MAX, max(25, int(budget * cfg.student_share / s_step)))
@@ -171,7 +179,8 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         log.info(f"  at most {cfg.step_cap[0]} teacher and {cfg.step_cap[1]} student steps (--step-cap; "
                  f"{tcfg.steps} and {scfg.steps} otherwise)")
         tcfg.steps, scfg.steps = min(tcfg.steps, cfg.step_cap[0]), min(scfg.steps, cfg.step_cap[1])
-    others = {"output_check": check, **({"stop_looks": -(-tcfg.steps // look_every) * look} if look_every else {})}
+    others = {"output_check": check, **({"stop_looks": -(-tcfg.steps // look_every) * look} if look_every else {}),
+              **({"candidates": scoring} if rivals else {})}
     estimate = time.perf_counter() - began + tcfg.steps * t_step + scfg.steps * s_step + sum(others.values())
     write_text(plan_path, json.dumps({"options": options, "teacher_steps": tcfg.steps, "student_steps": scfg.steps,
                                       "teacher_step_seconds": t_step, "student_step_seconds": s_step,

@@ -58,12 +58,12 @@ def blind_spot_for(noise: NoiseEstimate) -> tuple[dict[str, Any], str]:
     return dict(HEAVY), f"heavy noise (sigma {noise.sigma:.1f} >= {MILD_SIGMA:g}): the paper's large blind spot"
 
 
-def choose(cfg: FitConfig, noise: NoiseEstimate) -> tuple[FitConfig, dict[str, Any]]:
+def choose(cfg: FitConfig, noise: NoiseEstimate, fine_tune: bool = False) -> tuple[FitConfig, dict[str, Any]]:
     """``cfg`` with what it leaves open (k_a, k_b, the k set, the loss, the safeguard) chosen from the photos'
-    noise by :func:`blind_spot_for`; what the user gave wins. From a released model only the safeguard is
-    chosen: the released teacher keeps its own blind spot (a fine-tune)."""
+    noise by :func:`blind_spot_for`; what the user gave wins. Fine-tuning a released teacher (``fine_tune``),
+    only the safeguard is chosen: the released teacher keeps its own blind spot."""
     rule, why = blind_spot_for(noise)
-    if cfg.from_model:
+    if fine_tune:
         rule, why = {"safeguard": rule["safeguard"]}, f"{why}; from a released model: its own blind spot"
     given = {f: getattr(cfg, f) for f in CHOSEN if getattr(cfg, f) is not None}
     chosen = {f: v for f, v in rule.items() if f not in given and v is not None}

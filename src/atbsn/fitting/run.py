@@ -7,6 +7,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from ..checkpoint import load, save
 from ..config import RunConfig
 from ..datasets import collect_sources
@@ -16,11 +19,12 @@ from ..files import RunLock, check_apart, write_text
 from ..losses import BlindSpotL1, DistillL1
 from ..runtime import AUTO, bf16_support, check_precision, init_distributed, log
 from ..train import train
+from .candidates import BEST, FITTED, Candidate, choose_best, gather
 from .checks import REMOVAL_LIMIT, _better, output_check
 from .config import FitConfig
 from .plan import _phase, _plan
 from .rule import _noise, choose
-from .start import start_of
+from .start import start_of, start_parts
 from .stop import STOP_EVERY, _teacher_until_noise
 
 
@@ -33,10 +37,21 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
         raise AtbsnError(f"{output}: the fitted model is written as a .safetensors file")
     work = Path(work_dir) if work_dir else output.with_name(output.name + ".fit")
     data = [str(p) for p in photos]
-    check_apart([output, work], [*data, cfg.from_model])
+    check_apart([output, work], [*data, cfg.from_model if cfg.from_model != BEST else None])
     n_images = len(collect_sources(data))  # fails at once on a wrong or empty folder
     with RunLock(work):
         return _fit(data, n_images, output, work, cfg, progress)
+
+
+def _final(report: dict, student: nn.Module, rivals: list[Candidate], data: list[str],
+           device: torch.device) -> nn.Module:
+    """The student the file holds: the fitted one, or one of the released ``rivals`` that the recorrupted-pair
+    estimate finds better on the photos (every score recorded)."""
+    if not rivals:
+        return student
+    log.info(f"  scoring the fitted student beside {len(rivals)} released one(s) on the photos (no clean image)")
+    chosen, report["candidates"] = choose_best([Candidate(FITTED, student), *rivals], collect_sources(data), device)
+    return chosen.model
 
 
 def _precisions(precision: str, device) -> tuple[tuple[str, ...], str]:
@@ -51,10 +66,12 @@ def _precisions(precision: str, device) -> tuple[tuple[str, ...], str]:
 def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
     began = time.perf_counter()
     noise, measured = _noise(data)
-    cfg, choice = choose(cfg, noise)
+    parts = start_parts(cfg)
+    cfg, choice = choose(cfg, noise, fine_tune="teacher" in parts)
     if choice["chosen"]:
         log.info("  chose " + ", ".join(f"{f} = {v}" for f, v in choice["chosen"].items()) + f" for {choice['rule']}")
-    start = start_of(cfg)
+    start = start_of(cfg, parts)
+    rivals = [] if cfg.fitted_only else gather(cfg.from_model, parts)  # before training: a failed download says so
     _, device = init_distributed(cfg.device)
     candidates, why = _precisions(cfg.precision, device)
     common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": start.lr, "seed": cfg.seed,
@@ -67,7 +84,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
                      loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
     t_step, s_step, estimate = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
-                                      STOP_EVERY if cfg.stop_at_noise else None)
+                                      STOP_EVERY if cfg.stop_at_noise else None, rivals)
     precision = tcfg.precision
     log.info(f"fit: {n_images} noisy image(s) -> {output}"
              + (f", starting from {start.source}" if start.source else ""))
@@ -92,6 +109,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
                       lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
     for net in (student, teacher):  # denoise's default for this file (--safeguard / --no-safeguard still win)
         net.config.training["safeguard"] = bool(cfg.safeguard)
+    student = _final(report, student, rivals, data, device)
     save(student, output, teacher=teacher)
     ratio, report["photos"] = output_check(student, collect_sources(data), device)
     report["removed_over_noise"] = ratio

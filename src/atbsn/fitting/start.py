@@ -10,6 +10,7 @@ from torch import nn
 
 from ..checkpoint import load_parts
 from ..errors import AtbsnError
+from .candidates import BEST
 from .config import FitConfig
 from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY
 
@@ -29,19 +30,25 @@ class Start:
     student_arch: str
 
 
-def start_of(cfg: FitConfig) -> Start:
-    """The start ``cfg`` asks for: from scratch, or ``cfg.from_model`` (its teacher's shape is the released one)."""
-    if not cfg.from_model:
-        return Start(None, None, None, cfg.lr, cfg.ks or FROM_SCRATCH["ks"], cfg.loss or FROM_SCRATCH["loss"],
-                     {"width": cfg.width, "k_train": cfg.k_train, "k_infer": cfg.k_infer}, cfg.student)
+def start_parts(cfg: FitConfig) -> dict[str, nn.Module]:
+    """The networks of ``--from`` (none from scratch or for ``--from best``), read once, checked: an AT-BSN teacher
+    or AT-BSN(D) bundle to fine-tune, or a student alone (one more candidate for the end, :mod:`.candidates`)."""
+    if not cfg.from_model or cfg.from_model == BEST:
+        return {}
     parts = load_parts(cfg.from_model)
     other = next((m for m in parts.values() if m.config.knob not in (None, "k")), None)
     if other is not None:  # a blind-spot network of another method: not a teacher fit can tune
         raise AtbsnError(f"{cfg.from_model}: its network is {other.config.arch!r}, not AT-BSN; --from takes an AT-BSN "
                          "teacher or an AT-BSN(D) file (it can still denoise: atbsn denoise --model)")
+    return parts
+
+
+def start_of(cfg: FitConfig, parts: dict[str, nn.Module]) -> Start:
+    """The start ``cfg`` asks for, from :func:`start_parts`: from scratch (also beside a student alone), or the
+    released teacher fine-tuned (its shape the released one) and its student, if any, the distillation's start."""
     if "teacher" not in parts:
-        raise AtbsnError(f"{cfg.from_model}: holds no teacher to fine-tune (--from takes an AT-BSN teacher or an "
-                         "AT-BSN(D) file; a student alone can still denoise: atbsn denoise --model)")
+        return Start(None, None, None, cfg.lr, cfg.ks or FROM_SCRATCH["ks"], cfg.loss or FROM_SCRATCH["loss"],
+                     {"width": cfg.width, "k_train": cfg.k_train, "k_infer": cfg.k_infer}, cfg.student)
     t, student = parts["teacher"].config, parts.get("student")
     return Start(cfg.from_model, parts["teacher"], student, cfg.finetune_lr, cfg.ks or FROM_RELEASED["ks"],
                  cfg.loss or FROM_RELEASED["loss"],

@@ -1,0 +1,153 @@
+"""Which network ``fit`` should end with, judged without clean images: does the recorrupted-pair estimate
+(atbsn.noref) rank denoisers as their true PSNR does, on real sets with clean references?
+
+Candidates per set: the noisy input, OpenCV NLM (h = 10), the released SIDD students (the project's test copies
+of their files, in a cache made for this run), and fit's own student (``fit --minutes 5`` with its defaults, the
+points of benchmarks/common.py: the run is shared with fit_rule.py). For each image: the true PSNR and SSIM-Y
+(whole image) and the estimate on the centre crop fit scores (fit's own function). Per set: the candidate fit
+would choose (its first 8 photos, as fit does) against the truly best one, and the regret (dB lost).
+
+    python benchmarks/fit_start.py [--sets sidd9 polyu100-tune polyu100-held demo] [--seeds 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, WORK, point, set_pairs, spread, write_results  # noqa: E402
+
+from atbsn import classical  # noqa: E402
+from atbsn.checkpoint import load  # noqa: E402
+from atbsn.fitting.candidates import FITTED, Candidate, as_denoiser, released_students  # noqa: E402
+from atbsn.fitting.checks import centre_crop  # noqa: E402
+from atbsn.measure import measure_noise  # noqa: E402
+from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
+from atbsn.noref import mse_to_psnr, recorrupted_mse  # noqa: E402
+from atbsn.released import cached_path  # noqa: E402
+
+RELEASED = {"tmbsn-c102-sidd": "tmbsn_nbsn102_sidd.pth", "aprrd-c-sidd": "aprrd_student_c_sidd_medium.pth",
+            "aprrd-c102-sidd": "aprrd_student_c102_sidd_medium.pth"}
+FIT_PHOTOS, SIDE = 8, 256  # as fit scores (atbsn.fitting.candidates)
+CPU = torch.device("cpu")
+
+
+def _cache() -> Path:
+    """A cache holding the project's copies of the released students, for this process."""
+    home = Path(tempfile.mkdtemp(prefix="atbsn-fit-start-"))
+    os.environ["ATBSN_HOME"] = str(home)
+    for name, file in RELEASED.items():
+        src = SHARED / "fixtures" / "pretrained" / file
+        if src.exists():
+            shutil.copyfile(src, cached_path(name))
+    return home
+
+
+def _u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def _nlm(a: np.ndarray) -> np.ndarray:
+    return classical.nlm(_u8(a)).astype(np.float64)
+
+
+def denoisers(name: str, seed: int) -> dict:
+    """Each candidate as a function of an H x W x 3 float array on 0..255."""
+    out = {"noisy": lambda a: np.clip(a, 0, 255), "NLM": _nlm}
+    for c in released_students():
+        out[c.name] = as_denoiser(c.model, CPU, c.safeguard)
+    point(name, set_pairs(name), "new", 5, seed)  # the fit (cached)
+    model = load(WORK / name / f"new_m5_s{seed}" / "model.safetensors")
+    fitted = Candidate(FITTED, model)
+    out[FITTED] = as_denoiser(model, CPU, fitted.safeguard)
+    if fitted.safeguard:
+        out[FITTED + " (network alone)"] = as_denoiser(model, CPU, False)
+    return out
+
+
+def rows_for(name: str, seed: int) -> dict:
+    cache = WORK / name / f"fit_start_s{seed}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    pairs = set_pairs(name)
+    fns = denoisers(name, seed)
+    per = {label: [] for label in fns}
+    for i, p in enumerate(pairs):
+        noisy = p.noisy.astype(np.float64)
+        crop = centre_crop(noisy, SIDE).astype(np.float64)
+        noise = measure_noise(crop, factor=1.0)
+        for label, fn in fns.items():
+            out = _u8(fn(noisy))
+            est = recorrupted_mse(fn, crop, noise, seed=i)
+            per[label].append({"psnr": psnr(out, p.clean), "ssim_y": ssim_y(out, p.clean), "estimated_mse": est,
+                               "colour_excess": colour_shift(out, p.clean) - colour_shift(p.noisy, p.clean)})
+        print(f"{name} {p.name}: " + ", ".join(f"{k} {v[-1]['psnr']:.2f}/{mse_to_psnr(v[-1]['estimated_mse']):.2f}"
+                                            for k, v in per.items()), flush=True)
+    data = {"set": name, "seed": seed, "images": [p.name for p in pairs], "per": per}
+    cache.write_text(json.dumps(data))
+    return data
+
+
+def summary(data: dict) -> dict:
+    per = data["per"]
+    truth = {k: float(np.mean([r["psnr"] for r in v])) for k, v in per.items()}
+    ssim = {k: float(np.mean([r["ssim_y"] for r in v])) for k, v in per.items()}
+    colour = {k: float(np.max([r["colour_excess"] for r in v])) for k, v in per.items()}
+    first = {k: float(np.mean([r["estimated_mse"] for r in v[:FIT_PHOTOS]])) for k, v in per.items()}
+    every = {k: float(np.mean([r["estimated_mse"] for r in v])) for k, v in per.items()}
+    choosable = [k for k in per if k not in ("noisy", "NLM") and "alone" not in k]  # what fit may write
+    best = max(choosable, key=truth.get)
+    pick = min(choosable, key=first.get)
+    images = len(per["noisy"])
+    agree = sum(min(choosable, key=lambda k: per[k][i]["estimated_mse"])
+                == max(choosable, key=lambda k: per[k][i]["psnr"]) for i in range(images))
+    return {"truth": truth, "ssim_y": ssim, "colour_excess": colour, "estimated_first": first,
+            "estimated_all": every, "best": best,
+            "chosen": pick, "regret_db": truth[best] - truth[pick], "per_image_agreement": [agree, images],
+            "chosen_all": min(choosable, key=every.get)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", nargs="+", default=["sidd9", "polyu100-tune", "polyu100-held", "demo"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    args = ap.parse_args()
+    home = _cache()
+    try:
+        results = {f"{s}/{seed}": summary(rows_for(s, seed)) for s in args.sets for seed in args.seeds}
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    md = ["# fit_start: ranking denoisers on noisy photos alone (the recorrupted-pair estimate)", "",
+          "Per set and fit seed: each candidate's true PSNR / SSIM-Y over every image, and the estimate fit computes "
+          "without clean images (mean over the first 8 photos' centre 256 crops; as PSNR, at 1.25x the noise "
+          "variance, so lower than the truth). **chosen** is what fit would write (the least estimated error among "
+          "the fitted and released students), **best** the truly best of those; regret = dB lost by the choice. "
+          "Per image: how often the estimate on the image's crop names the image's truly best candidate. Colour moved: "
+          "the largest, over the set's images, of how much further the output's per-channel mean sits from the clean "
+          "reference than the noisy input's does (of 255; issue 42 bounds it at 0.5).", ""]
+    for key, s in results.items():
+        md += [f"## {key}", "",
+               "| candidate | PSNR | SSIM-Y | colour moved (largest) | estimated (first 8) | estimated (all) |",
+               "|---|---|---|---|---|---|"]
+        for k in s["truth"]:
+            md.append(f"| {k} | {s['truth'][k]:.2f} | {s['ssim_y'][k]:.4f} | {s['colour_excess'][k]:+.2f} | "
+                      f"{mse_to_psnr(s['estimated_first'][k]):.2f} | {mse_to_psnr(s['estimated_all'][k]):.2f} |")
+        agree, n = s["per_image_agreement"]
+        md += ["", f"chosen **{s['chosen']}** (with every image: {s['chosen_all']}), best **{s['best']}**, "
+               f"regret {s['regret_db']:.2f} dB; per image the estimate names the best in {agree} of {n}.", ""]
+    regrets = [s["regret_db"] for s in results.values()]
+    md += [f"Regret over all sets and seeds: {spread(regrets)} dB (largest {max(regrets):.2f})."]
+    write_results("fit_start", {"sets": results}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
