@@ -210,7 +210,7 @@ def test_fit_chooses_fp32_where_bf16_is_not_native_under_either_cap(tmp_path, ca
 
 def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins():
     """Heavy noise: the paper's k_a = 9 / k_b = 3; mild noise: a small blind spot. An option the user gave is kept;
-    from a released model nothing is chosen (its own blind spot is fine-tuned)."""
+    fine-tuning a released teacher only the safeguard is chosen (its own blind spot is kept)."""
     from atbsn.fitting import HEAVY, MILD, MILD_SIGMA, FitConfig, choose
     from atbsn.measure import NoiseEstimate
 
@@ -223,7 +223,7 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
     cfg, choice = choose(FitConfig(k_train=5, loss="multi"), mild)
     assert (cfg.k_train, cfg.loss, cfg.k_infer) == (5, "multi", MILD["k_infer"])
     assert choice["given"] == {"k_train": 5, "loss": "multi"} and "k_train" not in choice["chosen"]
-    cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild)
+    cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild, fine_tune=True)
     assert cfg.k_train is None and choice["chosen"] == {"safeguard": True}  # the released blind spot is kept
     from atbsn.errors import AtbsnError
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import AtbsnError
+from .methods import zsn2n as zsn2n_method
 
 NLM_PARAMS = {"h": 10, "hColor": 10, "templateWindowSize": 7, "searchWindowSize": 21}  # OpenCV's usual setting
 
@@ -55,9 +56,7 @@ def bm3d_many(images: list[np.ndarray], sigmas: list[float], workers: int | None
 def zsn2n(noisy: np.ndarray, steps: int | None = None, seed: int = 0, device: str = "cpu") -> np.ndarray:
     """Zero-Shot Noise2Noise as its authors run it: a tiny network trained on this photo alone, then applied
     (:func:`atbsn.methods.zsn2n.zero_shot`; ``steps`` defaults to their 2,000)."""
-    from .methods import zsn2n as method
-
-    return method.zero_shot(noisy, method.STEPS if steps is None else steps, seed, device)
+    return zsn2n_method.zero_shot(noisy, zsn2n_method.STEPS if steps is None else steps, seed, device)
 
 
 def _bm3d_package():
