@@ -49,6 +49,7 @@ def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
     assert 0 < seconds["estimated"] == pytest.approx(plan["estimate_seconds"], abs=0.1) and seconds["wall"] > 0
     assert "min in all" in out and f"(estimated {seconds['estimated'] / 60:.1f})" in out
     assert set(plan["other_seconds"]) == {"output_check"}  # heavy noise: no stop, so no looks
+    assert "candidates" not in json.loads((tmp_path / "model.safetensors.fit" / "fit.json").read_text())  # no cache
     student, teacher = load(model), load(model, part="teacher")
     assert student.config.arch == "C" and teacher.config.arch == "atbsn" and teacher.config.k_train == 9
     assert main(["denoise", str(photos), "-o", str(tmp_path / "den"), "--model", str(model), "-q"]) == 0
@@ -107,7 +108,7 @@ def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_tw
     torch.manual_seed(0)
     only = save(Student("A", width=8), tmp_path / "a.safetensors")
     model = tmp_path / "m.safetensors"
-    assert main(["fit", str(photos), "-o", str(model), "--from", str(only), *TINY]) == 0
+    assert main(["fit", str(photos), "-o", str(model), "--from", str(only), *TINY, "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
     rows = {r["name"]: r for r in report["candidates"]}
@@ -122,7 +123,7 @@ def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_tw
 def test_fit_ends_with_a_released_student_in_the_cache_where_it_is_clearly_better(tmp_path, monkeypatch, capsys):
     """A released SIDD student in the cache and a few SIDD photos: a fit of seconds cannot match it, and the
     estimate on the photos (no clean image) says so: the file holds the released student with the fitted teacher;
-    its output on the photos is then that student's. Without a cache the fitted one is written (today's path)."""
+    ``--fitted-only`` writes the fitted one (as a fit without a cache does: today's path)."""
     import shutil
 
     from atbsn.datasets import load_pairs
@@ -135,7 +136,7 @@ def test_fit_ends_with_a_released_student_in_the_cache_where_it_is_clearly_bette
     (tmp_path / "cache").mkdir()
     shutil.copyfile(shared_path("fixtures", "pretrained", "tmbsn_nbsn102_sidd.pth"), cached_path("tmbsn-c102-sidd"))
     model = tmp_path / "m.safetensors"
-    assert main(["fit", str(tmp_path / "photos"), "-o", str(model), *TINY]) == 0
+    assert main(["fit", str(tmp_path / "photos"), "-o", str(model), *TINY, "--precision", "fp32"]) == 0
     report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
     chosen = [r for r in report["candidates"] if r["chosen"]]
     assert [r["name"] for r in chosen] == ["tmbsn-c102-sidd"], report["candidates"]
@@ -143,6 +144,11 @@ def test_fit_ends_with_a_released_student_in_the_cache_where_it_is_clearly_bette
     assert student.config.arch == "C102" and load(model, part="teacher").config.arch == "atbsn"
     released = load("tmbsn-c102-sidd")
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), released.state_dict().values()))
+    assert "candidates" in json.loads((tmp_path / "m.safetensors.fit" / "plan.json").read_text())["other_seconds"]
+    own = tmp_path / "own.safetensors"  # --fitted-only: the fitted student, nothing weighed
+    assert main(["fit", str(tmp_path / "photos"), "-o", str(own), *TINY, "--precision", "fp32", "--fitted-only"]) == 0
+    assert load(own).config.arch == "C"
+    assert "candidates" not in json.loads((tmp_path / "own.safetensors.fit" / "fit.json").read_text())
 
 
 def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_noise(tmp_path):
