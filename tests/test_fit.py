@@ -330,3 +330,18 @@ def test_a_teacher_killed_between_looks_stops_fit_and_the_same_command_finishes_
     assert main(["fit", str(photos), "-o", str(model), *steps]) == 0
     stop = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())["teacher_stop"]
     assert [lk["step"] for lk in stop["looks"]] == [2, 5, 7] and stop["stopped_at"] == 7 == stop["kept_step"]
+
+
+def test_from_best_without_a_network_weighs_what_the_cache_has_and_never_fails(tmp_path, monkeypatch, caplog):
+    """``--from best`` fetches every released student to weigh; where none can be fetched (no network), each is
+    left out with a line saying why and the fit goes on with what the cache holds (here nothing: today's path)."""
+    from atbsn.fitting.candidates import BEST, gather
+    from atbsn.released import entries
+
+    monkeypatch.setenv("ATBSN_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATBSN_REGISTRY_URL", "http://127.0.0.1:9")  # nothing listens there
+    with caplog.at_level("WARNING", logger="atbsn"):
+        assert gather(BEST, {}) == []
+    students = [n for n, e in entries().items() if e.kind in ("student", "bundle")]
+    assert all(any(n in r.message and "left out" in r.message for r in caplog.records) for n in students)
+    assert gather(None, {}) == []  # the cache is empty: nothing to weigh
