@@ -225,6 +225,9 @@ RECIPES: dict[str, dict] = {
     "fp32-ka5-b4": {"precision": "fp32", "k_train": 5, "batch": 4},
     "fp32-ka3": {"precision": "fp32", "k_train": 3},
     "bf16-ka5-b4": {"precision": "bf16", "k_train": 5, "batch": 4},  # the demo's recipe where bf16 is native
+    # issue 42: the demo's recipe for detail (SSIM on luma), the student's targets
+    "bf16-ka5-b4-ks0": {"precision": "bf16", "k_train": 5, "batch": 4, "ks": [0]},
+    "bf16-ka5-b4-multi": {"precision": "bf16", "k_train": 5, "batch": 4, "loss": "multi"},
     # issue 27: the blind spot for mild noise (benchmarks/fit_rule.py), on polyu100's tuning half
     # (fixed variants: no teacher stop; the safeguard recorded as the rule chooses it, every row scores both)
     "ka9": {"k_train": 9, "k_infer": 3, "stop_at_noise": False},  # the default before: the rule may choose it
