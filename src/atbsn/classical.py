@@ -53,10 +53,11 @@ def bm3d_many(images: list[np.ndarray], sigmas: list[float], workers: int | None
         return list(pool.map(bm3d, images, sigmas))
 
 
-def zsn2n(noisy: np.ndarray, steps: int | None = None, seed: int = 0, device: str = "cpu") -> np.ndarray:
+def zsn2n(noisy: np.ndarray, steps: int | None = None, seed: int = 0, device: str = "cpu",
+          precision: str = "fp32") -> np.ndarray:
     """Zero-Shot Noise2Noise as its authors run it: a tiny network trained on this photo alone, then applied
     (:func:`atbsn.methods.zsn2n.zero_shot`; ``steps`` defaults to their 2,000)."""
-    return zsn2n_method.zero_shot(noisy, zsn2n_method.STEPS if steps is None else steps, seed, device)
+    return zsn2n_method.zero_shot(noisy, zsn2n_method.STEPS if steps is None else steps, seed, device, precision)
 
 
 def _bm3d_package():

@@ -22,6 +22,7 @@ from torch import nn
 from ..config import ModelConfig, RunConfig
 from ..losses import Loss
 from ..ranges import into_weights, out_of_weights
+from ..runtime import autocast
 from . import Arch, Method, MethodSpec, conv_weight, parameters, register, start
 
 WIDTH, STEPS, LR, HALVE_EVERY, SLOPE = 48, 2000, 1e-3, 1000, 0.2
@@ -63,23 +64,31 @@ class ZSN2NLoss(Loss):
         return residual + 0.5 * (F.mse_loss(fa, ga) + F.mse_loss(fb, gb))
 
 
-def zero_shot(noisy: np.ndarray, steps: int = STEPS, seed: int = 0, device: str | torch.device = "cpu") -> np.ndarray:
+def zero_shot(noisy: np.ndarray, steps: int = STEPS, seed: int = 0, device: str | torch.device = "cpu",
+              precision: str = "fp32") -> np.ndarray:
     """The authors' rule: a fresh network (its initial weights from ``seed``) trained ``steps`` steps on this
-    photo alone (H x W x C uint8), then applied to it; uint8 back. Minutes per megapixel on a CPU."""
+    photo alone (H x W x C uint8), then applied to it; uint8 back. Channels-last (2x faster on a CPU); ``precision``
+    ``bf16`` or ``auto`` (bf16 where native) is about 3x faster again where the CPU computes bf16 natively. Still
+    minutes per megapixel on a CPU: 2,000 steps over the whole photo."""
+    device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the caller's generator untouched
         torch.manual_seed(seed)
-        net = ZSN2N(ModelConfig("zsn2n", width=WIDTH, in_channels=noisy.shape[2], value_range=1.0)).to(device)
+        net = ZSN2N(ModelConfig("zsn2n", width=WIDTH, in_channels=noisy.shape[2], value_range=1.0))
+    net = net.to(device, memory_format=torch.channels_last)
     y = torch.from_numpy(np.ascontiguousarray(noisy.transpose(2, 0, 1))).float()[None].to(device)
-    loss = ZSN2NLoss()
+    y = y.contiguous(memory_format=torch.channels_last)
+    loss, ctx = ZSN2NLoss(), autocast(device, precision)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=HALVE_EVERY, gamma=0.5)
     for _ in range(steps):
         opt.zero_grad()
-        loss(net, y, torch.ones_like(y[:, :1])).backward()
+        with ctx:
+            value = loss(net, y, torch.ones_like(y[:, :1]))
+        value.backward()
         opt.step()
         sched.step()
     with torch.no_grad():
-        out = net(y).clamp(0, 255)
+        out = net(y).float().clamp(0, 255)
     return np.round(out[0].permute(1, 2, 0).cpu().numpy()).astype(np.uint8)
 
 
