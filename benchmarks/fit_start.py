@@ -5,7 +5,7 @@ Candidates per set: the noisy input, OpenCV NLM (h = 10), the released SIDD stud
 of their files, in a cache made for this run), and fit's own student (``fit --minutes 5`` with its defaults, the
 points of benchmarks/common.py: the run is shared with fit_rule.py). For each image: the true PSNR and SSIM-Y
 (whole image) and the estimate on the centre crop fit scores (fit's own function). Per set: the candidate fit
-would choose (its first 8 photos, as fit does) against the truly best one, and the regret (dB lost).
+would choose (its first 16 photos, as fit does) against the truly best one, and the regret (dB lost).
 
     python benchmarks/fit_start.py [--sets sidd9 polyu100-tune polyu100-held demo] [--seeds 0]
 """
@@ -28,7 +28,7 @@ from common import SHARED, WORK, point, set_pairs, spread, write_results  # noqa
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
-from atbsn.fitting.candidates import FITTED, Candidate, as_denoiser, released_students  # noqa: E402
+from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS, SCORED_SIDE, Candidate, as_denoiser, released_students  # noqa: E402
 from atbsn.fitting.checks import centre_crop  # noqa: E402
 from atbsn.measure import measure_noise  # noqa: E402
 from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
@@ -37,7 +37,7 @@ from atbsn.released import cached_path  # noqa: E402
 
 RELEASED = {"tmbsn-c102-sidd": "tmbsn_nbsn102_sidd.pth", "aprrd-c-sidd": "aprrd_student_c_sidd_medium.pth",
             "aprrd-c102-sidd": "aprrd_student_c102_sidd_medium.pth"}
-FIT_PHOTOS, SIDE = 8, 256  # as fit scores (atbsn.fitting.candidates)
+FIT_PHOTOS, SIDE = SCORED_PHOTOS, SCORED_SIDE  # as fit scores
 CPU = torch.device("cpu")
 
 
@@ -128,7 +128,7 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
     md = ["# fit_start: ranking denoisers on noisy photos alone (the recorrupted-pair estimate)", "",
           "Per set and fit seed: each candidate's true PSNR / SSIM-Y over every image, and the estimate fit computes "
-          "without clean images (mean over the first 8 photos' centre 256 crops; as PSNR, at 1.25x the noise "
+          "without clean images (mean over the first 16 photos' centre 256 crops; as PSNR, at 1.25x the noise "
           "variance, so lower than the truth). **chosen** is what fit would write (the least estimated error among "
           "the fitted and released students), **best** the truly best of those; regret = dB lost by the choice. "
           "Per image: how often the estimate on the image's crop names the image's truly best candidate. Colour moved: "
@@ -136,7 +136,7 @@ def main() -> None:
           "reference than the noisy input's does (of 255; issue 42 bounds it at 0.5).", ""]
     for key, s in results.items():
         md += [f"## {key}", "",
-               "| candidate | PSNR | SSIM-Y | colour moved (largest) | estimated (first 8) | estimated (all) |",
+               "| candidate | PSNR | SSIM-Y | colour moved (largest) | estimated (first 16) | estimated (all) |",
                "|---|---|---|---|---|---|"]
         for k in s["truth"]:
             md.append(f"| {k} | {s['truth'][k]:.2f} | {s['ssim_y'][k]:.4f} | {s['colour_excess'][k]:+.2f} | "

@@ -25,6 +25,7 @@ from common import WORK, point, set_pairs, write_results  # noqa: E402
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
+from atbsn.fitting.candidates import SCORED_PHOTOS  # noqa: E402
 from atbsn.inference import denoise  # noqa: E402
 from atbsn.measure import measure_noise  # noqa: E402
 from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
@@ -57,7 +58,7 @@ def _extra(name: str, pairs) -> dict[str, list[dict]]:
 
 def rows_for(name: str, limit: int | None) -> dict[str, list[dict]]:
     """Every row on the set's first ``limit`` images (all without a limit); what fit writes is decided as fit
-    decides, on its first 8 photos of the whole set."""
+    decides, on the first photos of the whole set."""
     pairs = set_pairs(name)[:limit]
     start = WORK / name / "fit_start_s0.json"
     if not start.exists():
@@ -69,9 +70,9 @@ def rows_for(name: str, limit: int | None) -> dict[str, list[dict]]:
     released = [k for k in per if k not in ("noisy", "NLM") and not k.startswith("fitted")]
     rows.update({k: per[k] for k in released})
     rows["fit 5 min (own student)"] = per["fitted"]
-    # what fit writes with the three released students cached: the least estimated error on its first 8 photos
+    # what fit writes with the three released students cached: the least estimated error on its first photos
     choosable = ["fitted", *released]
-    first = {k: np.mean([r["estimated_mse"] for r in full[k][:8]]) for k in choosable}
+    first = {k: np.mean([r["estimated_mse"] for r in full[k][:SCORED_PHOTOS]]) for k in choosable}
     chosen = min(choosable, key=first.get)
     rows[f"fit 5 min, released cached (writes {chosen})"] = per[chosen]
     return rows
