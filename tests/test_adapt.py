@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from atbsn import ATBSN, Student, denoise, denoise_tensor, save
-from atbsn.adapt import blend_weight, choose_k, fuse, nearest, safeguard, texture
+from atbsn.adapt import blend_weight, choose_k, fuse, keep_colour, nearest, safeguard, texture
 from atbsn.cli import main
 from atbsn.errors import AtbsnError
 from atbsn.images import write_image
@@ -20,6 +20,20 @@ def _scene(rng, h=96, w=128):
     clean = np.full((h, w, 3), 120.0)
     clean[:, w // 2 :] += 50 * np.sin(xx[:, w // 2 :, None] * 1.1) * np.cos(yy[:, w // 2 :, None] * 0.9)
     return clean
+
+
+def test_keep_colour_puts_back_a_colour_the_denoiser_moved_and_leaves_a_clean_output_as_it_is():
+    """A denoiser that removes the noise but shifts red by 3 of 255: its smooth removed part is put back, so the
+    output's mean colour sits where the input's does; a perfect output moves by no more than the noise's own
+    smooth part."""
+    rng = np.random.default_rng(0)
+    clean = _scene(rng)
+    noisy = clean + rng.normal(0, 5, clean.shape)
+    shifted = clean + np.array([3.0, 0.0, 0.0])
+    kept = keep_colour(noisy, shifted)
+    assert np.abs((kept - noisy).mean((0, 1))).max() < 0.1 < 2.9 < np.abs((shifted - noisy).mean((0, 1))).max()
+    assert np.abs(kept - clean).mean() < 0.3 * np.abs(shifted - clean).mean()
+    assert np.abs(keep_colour(noisy, clean) - clean).max() < 2.0  # only the noise's smooth part, a fraction of 5
 
 
 def test_the_safeguard_blend_is_the_least_squares_one_and_never_worse_than_the_input():

@@ -222,7 +222,8 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
 
     heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
     cfg, choice = choose(FitConfig(), heavy)
-    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard) == (9, 3, [0, 1], "mean", False)
+    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard, cfg.keep_colour) == (9, 3, [0, 1], "mean",
+                                                                                          False, False)
     assert choice["chosen"] == {f: v for f, v in HEAVY.items() if v is not None}  # no step cap on heavy noise
     cfg, choice = choose(FitConfig(), mild)
     assert cfg.k_train == MILD["k_train"] < 9 and "mild noise" in choice["rule"]
@@ -230,7 +231,7 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
     assert (cfg.k_train, cfg.loss, cfg.k_infer) == (5, "multi", MILD["k_infer"])
     assert choice["given"] == {"k_train": 5, "loss": "multi"} and "k_train" not in choice["chosen"]
     cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild, fine_tune=True)
-    assert cfg.k_train is None and choice["chosen"] == {"safeguard": True}  # the released blind spot is kept
+    assert cfg.k_train is None and choice["chosen"] == {"safeguard": True, "keep_colour": True}  # its blind spot kept
     from atbsn.errors import AtbsnError
 
     with pytest.raises(AtbsnError, match="--step-cap takes two numbers"):
@@ -254,12 +255,19 @@ def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_p
     assert report["choice"]["chosen"]["k_train"] == MILD["k_train"] and report["noise"]["set"]["sigma"] > 0
     assert report["choice"]["chosen"]["step_cap"] == MILD["step_cap"]  # longer mild fits lose (stop_curve.md)
     assert load(model, part="teacher").config.k_train == MILD["k_train"]
-    # the file asks denoise for the safeguard, which says per photo what it did; --no-safeguard declines
-    assert load(model).config.training["safeguard"] is True
+    # the file asks denoise for the safeguard, which says per photo what it did; --no-safeguard declines; and for
+    # the input's local mean colour kept (--no-keep-colour declines)
+    assert load(model).config.training["safeguard"] is True and load(model).config.training["keep_colour"] is True
     assert main(["denoise", str(root), "-o", str(tmp_path / "den"), "--model", str(model)]) == 0
     assert "safeguard kept" in capsys.readouterr().out
     assert main(["denoise", str(root), "-o", str(tmp_path / "den2"), "--model", str(model), "--no-safeguard"]) == 0
     assert "safeguard kept" not in capsys.readouterr().out
+    assert main(["denoise", str(root), "-o", str(tmp_path / "den3"), "--model", str(model), "--no-safeguard",
+                 "--no-keep-colour"]) == 0
+    kept, raw = read_image(tmp_path / "den2" / "p0.png"), read_image(tmp_path / "den3" / "p0.png")
+    noisy = read_image(root / "p0.png").astype(np.float64)
+    assert not np.array_equal(kept, raw)
+    assert np.abs((noisy - kept).mean((0, 1))).max() <= np.abs((noisy - raw).mean((0, 1))).max() + 0.5
     capped = tmp_path / "capped.safetensors"  # the cap holds whatever the step counts (or --minutes) say
     assert main(["fit", str(root), "-o", str(capped), *TINY[:-5], "--teacher-steps", "9", "--student-steps", "2",
                  "--step-cap", "4", "3", "-q"]) == 0

@@ -56,6 +56,10 @@ class InferenceOptions:
     safeguard: bool | None = option(None, "blend an output toward its input when what it removed varies clearly "
                                     "more than the photo's measured noise (default: as the model records; a model "
                                     "fit made for mild noise asks for it, --no-safeguard declines)")
+    keep_colour: bool | None = option(None, "put back the smooth part (over tens of pixels) of what the network "
+                                      "removed, so that outputs keep the input's local mean colour (default: as the "
+                                      "model records; a model fit made for mild noise asks for it, "
+                                      "--no-keep-colour declines)")
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -80,9 +84,11 @@ class InferenceOptions:
         device = torch.device("cpu") if onnx_file and self.device in (None, "auto") else resolve_device(self.device)
         precision = resolve_precision(self.precision, device)  # fp16 on a CPU: one line before any work
         engines.check(model, self.engine, device, self.r3)
-        safeguard = bool(model.config.training.get("safeguard")) if self.safeguard is None else self.safeguard
+        recorded = model.config.training
+        safeguard = bool(recorded.get("safeguard")) if self.safeguard is None else self.safeguard
+        keep_colour = bool(recorded.get("keep_colour")) if self.keep_colour is None else self.keep_colour
         return replace(self, k=resolve_k(model, self.k, rules=True), device=device, precision=precision,
-                       safeguard=safeguard)
+                       safeguard=safeguard, keep_colour=keep_colour)
 
 
 def _check_k_fits(model: nn.Module, k: int | str | None, h: int, w: int) -> None:
@@ -210,7 +216,7 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     opts = InferenceOptions.of(options, **kw).for_model(model)
     t, back = _as_input(image)
     with torch.no_grad():
-        if isinstance(opts.k, str) or opts.safeguard:
+        if isinstance(opts.k, str) or opts.safeguard or opts.keep_colour:
             y = _adapted(t, model, opts, progress, report if report is not None else {})
         else:
             y = _hwc(_denoise_batch(t, model, opts, progress), model)
@@ -254,6 +260,8 @@ def _adapted(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress
         y = _hwc(_denoise_batch(t, model, opts, progress), model)
     if opts.safeguard:
         y, report["blend"] = adapt.safeguard(noisy, y, noise)
+    if opts.keep_colour:
+        y = adapt.keep_colour(noisy, y)
     return y.astype(np.float32)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import released
-from ..adapt import safeguard
+from ..adapt import keep_colour, safeguard
 from ..checkpoint import load
 from ..errors import AtbsnError
 from ..inference import denoise_tensor
@@ -45,15 +45,22 @@ class Candidate:
         return bool(self.model.config.training.get("safeguard"))
 
 
-def as_denoiser(model: nn.Module, device: torch.device, guard: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """``model`` as ``denoise`` runs it by default, on an H x W x C float array on 0..255 (values beyond it
-    allowed): its output, blended toward the input by the safeguard where ``guard``, clipped to 0..255."""
+def as_denoiser(model: nn.Module, device: torch.device, guard: bool | None = None,
+                colour: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` as ``denoise`` runs it, on an H x W x C float array on 0..255 (values beyond it allowed): its
+    output, blended toward the input by the safeguard where ``guard``, its smooth removed part put back where
+    ``colour`` (None: as the model records each), clipped to 0..255."""
+    recorded = model.config.training
+    guard = bool(recorded.get("safeguard")) if guard is None else guard
+    colour = bool(recorded.get("keep_colour")) if colour is None else colour
 
     def run(a: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
         y = denoise_tensor(t, model, device=device)[0].permute(1, 2, 0).cpu().numpy()
         if guard:
             y = safeguard(a, y, measure_noise(a, factor=1.0))[0]
+        if colour:
+            y = keep_colour(a, y)
         return np.clip(y, 0.0, 255.0)
 
     return run
@@ -95,7 +102,7 @@ def scored_crops(sources: list, limit: int = SCORED_PHOTOS, side: int = SCORED_S
 
 def score(candidate: Candidate, crops: list[tuple[np.ndarray, NoiseEstimate]], device: torch.device) -> float:
     """The candidate's estimated squared error, the mean over ``crops`` (:func:`atbsn.noref.recorrupted_mse`)."""
-    fn = as_denoiser(candidate.model, device, candidate.safeguard)
+    fn = as_denoiser(candidate.model, device)
     return float(np.mean([recorrupted_mse(fn, crop, noise, seed=i) for i, (crop, noise) in enumerate(crops)]))
 
 
@@ -107,7 +114,7 @@ def choose_best(candidates: list[Candidate], sources: list, device: torch.device
     for c in candidates:
         mse = score(c, crops, device)
         rows.append({"name": c.name, "estimated_mse": round(mse, 3), "estimated_psnr": round(mse_to_psnr(mse), 2),
-                     "safeguard": c.safeguard})
+                     "safeguard": c.safeguard, "keep_colour": bool(c.model.config.training.get("keep_colour"))})
     best = min(range(len(candidates)), key=lambda i: (rows[i]["estimated_mse"], candidates[i].name != FITTED))
     for i, row in enumerate(rows):
         row["chosen"] = i == best

@@ -39,6 +39,9 @@ class FitConfig:
     safeguard: bool | None = option(None, "make the model blend outputs toward the input where it removed clearly "
                                     "more than the measured noise (denoise's --safeguard, recorded in the file; "
                                     "default: on for mild noise)")
+    keep_colour: bool | None = option(None, "make the model put back the smooth part of what it removed (denoise's "
+                                      "--keep-colour: outputs keep the input's local mean colour; recorded in the "
+                                      "file; default: on for mild noise)")
     stop_at_noise: bool | None = option(None, "stop the teacher early once its outputs remove less than the photos' "
                                         "measured noise (it has begun to copy correlated noise; default: on for "
                                         "mild noise)")

@@ -43,12 +43,19 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
         return _fit(data, n_images, output, work, cfg, progress)
 
 
-def _final(report: dict, student: nn.Module, rivals: list[Candidate], data: list[str],
+def _record(cfg: FitConfig, *nets: nn.Module) -> None:
+    """denoise's defaults for the file's networks (``--safeguard``, ``--keep-colour`` and their ``--no-`` win)."""
+    for net in nets:
+        net.config.training.update(safeguard=bool(cfg.safeguard), keep_colour=bool(cfg.keep_colour))
+
+
+def _final(report: dict, student: nn.Module, rivals: list[Candidate], cfg: FitConfig, data: list[str],
            device: torch.device) -> nn.Module:
     """The student the file holds: the fitted one, or one of the released ``rivals`` that the recorrupted-pair
-    estimate finds better on the photos (every score recorded)."""
+    estimate finds better on the photos (every score recorded); each scored as the file will run it."""
     if not rivals:
         return student
+    _record(cfg, student, *(c.model for c in rivals))
     log.info(f"  scoring the fitted student beside {len(rivals)} released one(s) on the photos (no clean image)")
     chosen, report["candidates"] = choose_best([Candidate(FITTED, student), *rivals], collect_sources(data), device)
     return chosen.model
@@ -107,9 +114,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     _phase(work / "student", scfg, partial(distill, init=start.student), progress)
     student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
                       lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
-    for net in (student, teacher):  # denoise's default for this file (--safeguard / --no-safeguard still win)
-        net.config.training["safeguard"] = bool(cfg.safeguard)
-    student = _final(report, student, rivals, data, device)
+    student = _final(report, student, rivals, cfg, data, device)
+    _record(cfg, student, teacher)
     save(student, output, teacher=teacher)
     ratio, report["photos"] = output_check(student, collect_sources(data), device)
     report["removed_over_noise"] = ratio
