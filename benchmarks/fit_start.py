@@ -28,9 +28,10 @@ from common import SHARED, WORK, point, set_pairs, spread, write_results  # noqa
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
-from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS, SCORED_SIDE, Candidate, as_denoiser, released_students  # noqa: E402
+from atbsn.fitting import blind_spot_for  # noqa: E402
+from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS, SCORED_SIDE, as_denoiser, released_students  # noqa: E402
 from atbsn.fitting.checks import centre_crop  # noqa: E402
-from atbsn.measure import measure_noise  # noqa: E402
+from atbsn.measure import measure_noise, measure_set  # noqa: E402
 from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
 from atbsn.noref import mse_to_psnr, recorrupted_mse  # noqa: E402
 from atbsn.released import cached_path  # noqa: E402
@@ -61,16 +62,21 @@ def _nlm(a: np.ndarray) -> np.ndarray:
 
 
 def denoisers(name: str, seed: int) -> dict:
-    """Each candidate as a function of an H x W x 3 float array on 0..255."""
+    """Each candidate as a function of an H x W x 3 float array on 0..255, run as fit would write it: with the
+    safeguard and the colour kept where fit's rule asks for them (mild noise), the released students too."""
     out = {"noisy": lambda a: np.clip(a, 0, 255), "NLM": _nlm}
+    pairs = set_pairs(name)
+    rule, _ = blind_spot_for(measure_set(p.noisy for p in pairs[:32])[0])
+    flags = {"safeguard": rule["safeguard"], "keep_colour": rule["keep_colour"]}
     for c in released_students():
-        out[c.name] = as_denoiser(c.model, CPU, c.safeguard)
-    point(name, set_pairs(name), "new", 5, seed)  # the fit (cached)
+        c.model.config.training.update(flags)
+        out[c.name] = as_denoiser(c.model, CPU)
+    point(name, pairs, "new", 5, seed)  # the fit (cached)
     model = load(WORK / name / f"new_m5_s{seed}" / "model.safetensors")
-    fitted = Candidate(FITTED, model)
-    out[FITTED] = as_denoiser(model, CPU, fitted.safeguard)
-    if fitted.safeguard:
-        out[FITTED + " (network alone)"] = as_denoiser(model, CPU, False)
+    model.config.training.update(flags)  # a fit made before keep_colour existed records only the safeguard
+    out[FITTED] = as_denoiser(model, CPU)
+    if flags["safeguard"] or flags["keep_colour"]:
+        out[FITTED + " (network alone)"] = as_denoiser(model, CPU, False, False)
     return out
 
 
