@@ -14,10 +14,7 @@ mild noise), polyu100's held-out half score them.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +22,13 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, WORK, point, set_pairs, u8, write_results  # noqa: E402
+from common import WORK, point, released_cache, set_pairs, u8, write_results  # noqa: E402
 
 from atbsn.checkpoint import load  # noqa: E402
 from atbsn.fitting.candidates import as_denoiser  # noqa: E402
 from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
-from atbsn.released import cached_path  # noqa: E402
 
-RELEASED, FILE = "tmbsn-c102-sidd", "tmbsn_nbsn102_sidd.pth"
+RELEASED = "tmbsn-c102-sidd"
 SCALES = {"as denoise gives it": None, "put back, 4 px": 4.0, "put back, 16 px (keep_colour)": 16.0,
           "put back, whole-image mean": 0.0}
 
@@ -70,13 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=["sidd9", "polyu100-tune", "demo"])
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="atbsn-colour-"))
-    os.environ["ATBSN_HOME"] = str(home)
-    shutil.copyfile(SHARED / "fixtures" / "pretrained" / FILE, cached_path(RELEASED))
-    try:
+    with released_cache([RELEASED]):
         results = {s: rows_for(s) for s in args.sets}
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
     md = ["# Colour: what a denoiser moves, and the smooth part of what it removed put back", "",
           "PSNR / SSIM-Y (means over the set) / the largest colour move over its images (of 255; issue 42 bounds "
           "it at 0.5). The fitted student is `fit --minutes 5`, seed 0, with its safeguard as recorded.", ""]

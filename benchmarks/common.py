@@ -10,7 +10,9 @@ import platform
 import shlex
 import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from atbsn.images import write_image
 from atbsn.inference import denoise_ks
 from atbsn.measure import measure_noise
 from atbsn.metrics import psnr, ssim_rgb
+from atbsn.released import cached_path
 
 atbsn.enable_huge_pages()  # a benchmark owns its process, as the atbsn command does (read at the first allocation)
 
@@ -159,6 +162,31 @@ def write_results(name: str, data: dict, markdown: str) -> None:
 # ---------------------------------------------------------------------------------------------- the real sets
 # name -> (folder of pairs, how many pairs a study takes: None for all)
 SETS = {"sidd9": (REAL / "sidd9", None), "polyu100": (REAL / "polyu100", 20)}
+
+
+# The released students the project's test data holds a copy of, by registry name (never copied into the repository)
+RELEASED_COPIES = {"tmbsn-c102-sidd": "tmbsn_nbsn102_sidd.pth", "aprrd-c-sidd": "aprrd_student_c_sidd_medium.pth",
+                   "aprrd-c102-sidd": "aprrd_student_c102_sidd_medium.pth"}
+
+
+@contextmanager
+def released_cache(names: list[str] | None = None):
+    """For the block: a cache (``$ATBSN_HOME``) holding the test data's copies of the released students ``names``
+    (all of them by default), as a user who downloaded them has; removed afterwards."""
+    home, before = Path(tempfile.mkdtemp(prefix="atbsn-released-")), os.environ.get("ATBSN_HOME")
+    os.environ["ATBSN_HOME"] = str(home)
+    try:
+        for name in names or RELEASED_COPIES:
+            src = SHARED / "fixtures" / "pretrained" / RELEASED_COPIES[name]
+            if src.exists():
+                shutil.copyfile(src, cached_path(name))
+        yield home
+    finally:
+        if before is None:
+            del os.environ["ATBSN_HOME"]
+        else:
+            os.environ["ATBSN_HOME"] = before
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def train_set(pairs, folder: Path) -> list[str]:

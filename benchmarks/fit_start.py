@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, WORK, point, set_pairs, spread, write_results  # noqa: E402
+from common import WORK, point, released_cache, set_pairs, spread, u8, write_results  # noqa: E402
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
@@ -34,31 +31,13 @@ from atbsn.fitting.checks import centre_crop  # noqa: E402
 from atbsn.measure import measure_noise, measure_set  # noqa: E402
 from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
 from atbsn.noref import mse_to_psnr, recorrupted_mse  # noqa: E402
-from atbsn.released import cached_path  # noqa: E402
 
-RELEASED = {"tmbsn-c102-sidd": "tmbsn_nbsn102_sidd.pth", "aprrd-c-sidd": "aprrd_student_c_sidd_medium.pth",
-            "aprrd-c102-sidd": "aprrd_student_c102_sidd_medium.pth"}
 FIT_PHOTOS, SIDE = SCORED_PHOTOS, SCORED_SIDE  # as fit scores
 CPU = torch.device("cpu")
 
 
-def _cache() -> Path:
-    """A cache holding the project's copies of the released students, for this process."""
-    home = Path(tempfile.mkdtemp(prefix="atbsn-fit-start-"))
-    os.environ["ATBSN_HOME"] = str(home)
-    for name, file in RELEASED.items():
-        src = SHARED / "fixtures" / "pretrained" / file
-        if src.exists():
-            shutil.copyfile(src, cached_path(name))
-    return home
-
-
-def _u8(a: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(a), 0, 255).astype(np.uint8)
-
-
 def _nlm(a: np.ndarray) -> np.ndarray:
-    return classical.nlm(_u8(a)).astype(np.float64)
+    return classical.nlm(u8(a)).astype(np.float64)
 
 
 def denoisers(name: str, seed: int) -> dict:
@@ -92,7 +71,7 @@ def rows_for(name: str, seed: int) -> dict:
         crop = centre_crop(noisy, SIDE).astype(np.float64)
         noise = measure_noise(crop, factor=1.0)
         for label, fn in fns.items():
-            out = _u8(fn(noisy))
+            out = u8(fn(noisy))
             est = recorrupted_mse(fn, crop, noise, seed=i)
             per[label].append({"psnr": psnr(out, p.clean), "ssim_y": ssim_y(out, p.clean), "estimated_mse": est,
                                "colour_excess": colour_shift(out, p.clean) - colour_shift(p.noisy, p.clean)})
@@ -127,11 +106,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["sidd9", "polyu100-tune", "polyu100-held", "demo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = ap.parse_args()
-    home = _cache()
-    try:
+    with released_cache():
         results = {f"{s}/{seed}": summary(rows_for(s, seed)) for s in args.sets for seed in args.seeds}
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
     md = ["# fit_start: ranking denoisers on noisy photos alone (the recorrupted-pair estimate)", "",
           "Per set and fit seed: each candidate's true PSNR / SSIM-Y over every image, and the estimate fit computes "
           "without clean images (mean over the first 16 photos' centre 256 crops; as PSNR, at 1.25x the noise "

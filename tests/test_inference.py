@@ -9,7 +9,7 @@ from atbsn import ATBSN, Student
 from atbsn.checkpoint import load
 from atbsn.errors import AtbsnError
 from atbsn.images import read_image
-from atbsn.inference import denoise, denoise_tensor, plan_tiles, run_tiled
+from atbsn.inference import denoise, denoise_255, denoise_tensor, plan_tiles, run_tiled
 
 
 def _image(h=300, w=517, seed=0):
@@ -53,6 +53,22 @@ def test_denoise_keeps_dtype_shape_and_alpha(dtype):
     out = denoise(img, model)
     assert out.dtype == img.dtype and out.shape == img.shape
     assert np.array_equal(out[..., 3], img[..., 3])
+
+
+def test_denoise_255_is_denoise_on_an_array_already_on_0_to_255_whatever_its_values():
+    """No range read off the data: an array on 0..255 with values beyond it (a recorrupted photo) is denoised as it
+    is, with the model's recorded safeguard and colour kept, as denoise does an 8-bit image of the same values."""
+    torch.manual_seed(0)
+    model = Student("C", width=8)
+    model.config.training.update(safeguard=True, keep_colour=True)
+    u = np.random.default_rng(0).integers(20, 236, (40, 48, 3)).astype(np.uint8)
+    same = denoise_255(u.astype(np.float32), model)
+    assert same.dtype == np.float32 and np.abs(np.clip(same, 0, 255) - denoise(u, model)).max() <= 0.5 + 1e-4
+    beyond = u.astype(np.float32) * 1.2  # up to 283: denoise would read it as 16-bit samples
+    assert beyond.max() > 255 and np.isfinite(denoise_255(beyond, model)).all()
+    plain = denoise_255(u.astype(np.float32), model, safeguard=False, keep_colour=False)
+    assert np.allclose(plain, denoise_tensor(torch.from_numpy(u.transpose(2, 0, 1).astype(np.float32))[None],
+                                             model)[0].permute(1, 2, 0).numpy(), atol=1e-4)
 
 
 def test_gray_images_through_an_rgb_model_and_back():

@@ -215,12 +215,24 @@ def denoise(image: np.ndarray, model: nn.Module, options: InferenceOptions | Non
     """
     opts = InferenceOptions.of(options, **kw).for_model(model)
     t, back = _as_input(image)
-    with torch.no_grad():
-        if isinstance(opts.k, str) or opts.safeguard or opts.keep_colour:
-            y = _adapted(t, model, opts, progress, report if report is not None else {})
-        else:
-            y = _hwc(_denoise_batch(t, model, opts, progress), model)
-    return back(y)
+    return back(_denoised(t, model, opts, progress, report if report is not None else {}))
+
+
+def denoise_255(image: np.ndarray, model: nn.Module, options: InferenceOptions | None = None, **kw) -> np.ndarray:
+    """:func:`denoise` for an H x W x C float array already on 0..255, values beyond it allowed (a recorrupted
+    photo): no range read off the data, the same per-image rules, safeguard and colour kept; float32 back on
+    0..255, unclipped. Keyword arguments are :class:`InferenceOptions` fields."""
+    opts = InferenceOptions.of(options, **kw).for_model(model)
+    t = torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)))[None]
+    return _denoised(t, model, opts, None, {})
+
+
+@torch.no_grad()
+def _denoised(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress, report: dict) -> np.ndarray:
+    """One 1 x C x H x W batch on 0..255 as denoise runs it (resolved ``opts``): H x W x C on 0..255."""
+    if isinstance(opts.k, str) or opts.safeguard or opts.keep_colour:
+        return _adapted(t, model, opts, progress, report)
+    return _hwc(_denoise_batch(t, model, opts, progress), model)
 
 
 def _as_input(image: np.ndarray) -> tuple[torch.Tensor, Callable[[np.ndarray], np.ndarray]]:

@@ -7,7 +7,8 @@
    starting from a released teacher (fine-tuning to the user's camera);
 3. distill a student (C by default) from it at several blind spots, starting from the released student
    when the file has one (AT-BSN(D)), else from the teacher's UNet as the paper does;
-4. write one bundle file: the student (what ``denoise`` uses) with its teacher inside.
+4. weigh the student against the released students in the cache (:mod:`.candidates`, no clean image) and
+   write one bundle file: the better student (what ``denoise`` uses) with the teacher inside.
 
 Starting from a released model, neither network may end worse than it started by the measure available
 without clean images (the held-out self-supervised loss for the teacher, the held-out distillation loss for

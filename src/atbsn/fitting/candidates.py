@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from .. import released
-from ..adapt import keep_colour, safeguard
 from ..checkpoint import load
 from ..errors import AtbsnError
-from ..inference import denoise_tensor
+from ..inference import denoise_255
 from ..measure import NoiseEstimate, measure_noise
 from ..noref import mse_to_psnr, recorrupted_mse
 from ..runtime import log
-from .checks import centre_crop
+from .checks import _centre
 
 # The centre crops each candidate is scored on (a 1M-parameter student scores 16 of them in seconds). On the study's
 # tuning sets (sidd9, polyu100's tuning half) 8 to 32 photos chose alike; 16 was chosen with the held-out half in
@@ -40,30 +39,13 @@ class Candidate:
     name: str
     model: nn.Module
 
-    @property
-    def safeguard(self) -> bool:
-        return bool(self.model.config.training.get("safeguard"))
-
 
 def as_denoiser(model: nn.Module, device: torch.device, guard: bool | None = None,
                 colour: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``model`` as ``denoise`` runs it, on an H x W x C float array on 0..255 (values beyond it allowed): its
-    output, blended toward the input by the safeguard where ``guard``, its smooth removed part put back where
-    ``colour`` (None: as the model records each), clipped to 0..255."""
-    recorded = model.config.training
-    guard = bool(recorded.get("safeguard")) if guard is None else guard
-    colour = bool(recorded.get("keep_colour")) if colour is None else colour
-
-    def run(a: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
-        y = denoise_tensor(t, model, device=device)[0].permute(1, 2, 0).cpu().numpy()
-        if guard:
-            y = safeguard(a, y, measure_noise(a, factor=1.0))[0]
-        if colour:
-            y = keep_colour(a, y)
-        return np.clip(y, 0.0, 255.0)
-
-    return run
+    """``model`` as ``denoise`` runs it (:func:`atbsn.inference.denoise_255`), on an H x W x C float array on
+    0..255 (values beyond it allowed), clipped to 0..255; ``guard`` and ``colour`` override the safeguard and
+    the colour kept that the model records (None: as recorded)."""
+    return lambda a: np.clip(denoise_255(a, model, device=device, safeguard=guard, keep_colour=colour), 0.0, 255.0)
 
 
 def released_students(download: bool = False) -> list[Candidate]:
@@ -92,12 +74,8 @@ def gather(from_model: str | None, parts: dict[str, nn.Module]) -> list[Candidat
 def scored_crops(sources: list, limit: int = SCORED_PHOTOS, side: int = SCORED_SIDE
                  ) -> list[tuple[np.ndarray, NoiseEstimate]]:
     """The centre crops the candidates are scored on (float64 on 0..255), each with its own measured noise."""
-    out = []
-    for src in sources[:limit]:
-        a, factor = src.load()
-        crop = centre_crop(a, side).astype(np.float64) * factor
-        out.append((crop, measure_noise(crop, factor=1.0)))
-    return out
+    crops = [_centre(src, side).astype(np.float64) for src in sources[:limit]]
+    return [(crop, measure_noise(crop, factor=1.0)) for crop in crops]
 
 
 def score(candidate: Candidate, crops: list[tuple[np.ndarray, NoiseEstimate]], device: torch.device) -> float:
@@ -113,8 +91,9 @@ def choose_best(candidates: list[Candidate], sources: list, device: torch.device
     rows = []
     for c in candidates:
         mse = score(c, crops, device)
+        recorded = c.model.config.training
         rows.append({"name": c.name, "estimated_mse": round(mse, 3), "estimated_psnr": round(mse_to_psnr(mse), 2),
-                     "safeguard": c.safeguard, "keep_colour": bool(c.model.config.training.get("keep_colour"))})
+                     "safeguard": bool(recorded.get("safeguard")), "keep_colour": bool(recorded.get("keep_colour"))})
     best = min(range(len(candidates)), key=lambda i: (rows[i]["estimated_mse"], candidates[i].name != FITTED))
     for i, row in enumerate(rows):
         row["chosen"] = i == best

@@ -64,9 +64,9 @@ def blind_spot_for(noise: NoiseEstimate) -> tuple[dict[str, Any], str]:
 
 
 def choose(cfg: FitConfig, noise: NoiseEstimate, fine_tune: bool = False) -> tuple[FitConfig, dict[str, Any]]:
-    """``cfg`` with what it leaves open (k_a, k_b, the k set, the loss, the safeguard) chosen from the photos'
-    noise by :func:`blind_spot_for`; what the user gave wins. Fine-tuning a released teacher (``fine_tune``),
-    only the safeguard is chosen: the released teacher keeps its own blind spot."""
+    """``cfg`` with what it leaves open (k_a, k_b, the k set, the loss, the safeguard, the colour kept, the stop
+    and the cap) chosen from the photos' noise by :func:`blind_spot_for`; what the user gave wins. Fine-tuning a
+    released teacher (``fine_tune``), only the safeguard and the colour are chosen: it keeps its own blind spot."""
     rule, why = blind_spot_for(noise)
     if fine_tune:
         rule, why = ({k: rule[k] for k in ("safeguard", "keep_colour")},

@@ -49,13 +49,13 @@ def _record(cfg: FitConfig, *nets: nn.Module) -> None:
         net.config.training.update(safeguard=bool(cfg.safeguard), keep_colour=bool(cfg.keep_colour))
 
 
-def _final(report: dict, student: nn.Module, rivals: list[Candidate], cfg: FitConfig, data: list[str],
+def _final(report: dict, student: nn.Module, rivals: list[Candidate], data: list[str],
            device: torch.device) -> nn.Module:
     """The student the file holds: the fitted one, or one of the released ``rivals`` that the recorrupted-pair
-    estimate finds better on the photos (every score recorded); each scored as the file will run it."""
+    estimate finds better on the photos (every score recorded); each scored as the file will run it (recorded
+    by :func:`_record`)."""
     if not rivals:
         return student
-    _record(cfg, student, *(c.model for c in rivals))
     log.info(f"  scoring the fitted student beside {len(rivals)} released one(s) on the photos (no clean image)")
     chosen, report["candidates"] = choose_best([Candidate(FITTED, student), *rivals], collect_sources(data), device)
     return chosen.model
@@ -79,6 +79,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
         log.info("  chose " + ", ".join(f"{f} = {v}" for f, v in choice["chosen"].items()) + f" for {choice['rule']}")
     start = start_of(cfg, parts)
     rivals = [] if cfg.fitted_only else gather(cfg.from_model, parts)  # before training: a failed download says so
+    _record(cfg, *(c.model for c in rivals))  # each run as the file would run it, in the plan's timing too
     _, device = init_distributed(cfg.device)
     candidates, why = _precisions(cfg.precision, device)
     common = {"data": data, "batch": cfg.batch, "crop": cfg.crop, "lr": start.lr, "seed": cfg.seed,
@@ -114,8 +115,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     _phase(work / "student", scfg, partial(distill, init=start.student), progress)
     student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
                       lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
-    student = _final(report, student, rivals, cfg, data, device)
     _record(cfg, student, teacher)
+    student = _final(report, student, rivals, data, device)
     save(student, output, teacher=teacher)
     ratio, report["photos"] = output_check(student, collect_sources(data), device)
     report["removed_over_noise"] = ratio

@@ -24,6 +24,7 @@ from ..losses import Loss
 from ..ranges import into_weights, out_of_weights
 from ..runtime import autocast
 from . import Arch, Method, MethodSpec, conv_weight, parameters, register, start
+from .common import CPU_BUDGET
 
 WIDTH, STEPS, LR, HALVE_EVERY, SLOPE = 48, 2000, 1e-3, 1000, 0.2
 
@@ -57,11 +58,13 @@ class ZSN2NLoss(Loss):
     + |f(b) - halves(f(y))_2|^2), means over pixels (the authors' loss)."""
 
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        a, b = halves(y / 255.0)
-        fa, fb = model(a * 255.0).float() / 255.0, model(b * 255.0).float() / 255.0
-        residual = 0.5 * (F.mse_loss(fb, a) + F.mse_loss(fa, b))
-        ga, gb = halves(model(y).float() / 255.0)
-        return residual + 0.5 * (F.mse_loss(fa, ga) + F.mse_loss(fb, gb))
+        # every term on 0..255, the sum scaled to 0..1 values at the end; no mask: each half-size pixel comes from
+        # its own 2 x 2 cell of the crop
+        a, b = halves(y)
+        fa, fb = model(a).float(), model(b).float()
+        ga, gb = halves(model(y).float())
+        terms = F.mse_loss(fb, a) + F.mse_loss(fa, b) + F.mse_loss(fa, ga) + F.mse_loss(fb, gb)
+        return 0.5 * terms / 255.0**2
 
 
 def zero_shot(noisy: np.ndarray, steps: int = STEPS, seed: int = 0, device: str | torch.device = "cpu",
@@ -80,10 +83,11 @@ def zero_shot(noisy: np.ndarray, steps: int = STEPS, seed: int = 0, device: str 
     loss, ctx = ZSN2NLoss(), autocast(device, precision)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=HALVE_EVERY, gamma=0.5)
+    mask = torch.ones_like(y[:, :1])
     for _ in range(steps):
         opt.zero_grad()
         with ctx:
-            value = loss(net, y, torch.ones_like(y[:, :1]))
+            value = loss(net, y, mask)
         value.backward()
         opt.step()
         sched.step()
@@ -110,5 +114,4 @@ def make(config: RunConfig, init=None) -> Method:
 register(Arch("zsn2n", "ZS-N2N", ZSN2N, _detect, bytes_per_pixel=600, margin=4, tile_at_train_crop=False))
 register(MethodSpec("zsn2n", "Zero-Shot Noise2Noise", "zsn2n", make,
                     presets={"sidd": {"steps": STEPS, "batch": 1, "crop": 256, "width": WIDTH, "lr": LR},
-                             "cpu": {"steps": 2_000, "batch": 8, "crop": 64, "width": WIDTH, "lr": LR,
-                                     "val_every": 250, "save_every": 250}}))
+                             "cpu": {**CPU_BUDGET, "width": WIDTH, "lr": LR}}))
