@@ -255,6 +255,9 @@ RECIPES: dict[str, dict] = {
     "bf16-ka5-b4": {"precision": "bf16", "k_train": 5, "batch": 4},  # the demo's recipe where bf16 is native
     # issue 42: the demo's recipe for detail (SSIM on luma), the student's targets
     "bf16-ka5-b4-ks0": {"precision": "bf16", "k_train": 5, "batch": 4, "ks": [0]},
+    "bf16-ka5-b4-part30": {"precision": "bf16", "k_train": 5, "batch": 4, "ks": [3, 0], "loss": "partition"},
+    "fp32-ka5-b4-part30": {"precision": "fp32", "k_train": 5, "batch": 4, "ks": [3, 0], "loss": "partition"},
+    "bf16-ka5-b4-part10": {"precision": "bf16", "k_train": 5, "batch": 4, "ks": [1, 0], "loss": "partition"},
     "bf16-ka5-b4-multi": {"precision": "bf16", "k_train": 5, "batch": 4, "loss": "multi"},
     # issue 27: the blind spot for mild noise (benchmarks/fit_rule.py), on polyu100's tuning half
     # (fixed variants: no teacher stop; the safeguard recorded as the rule chooses it, every row scores both)

@@ -8,6 +8,8 @@ points of benchmarks/common.py: the run is shared with fit_rule.py). For each im
 would choose (its first 16 photos, as fit does) against the truly best one, and the regret (dB lost).
 
     python benchmarks/fit_start.py [--sets sidd9 polyu100-tune polyu100-held demo] [--seeds 0]
+
+The report holds every set and seed with results on disk, earlier runs' too.
 """
 
 from __future__ import annotations
@@ -107,7 +109,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = ap.parse_args()
     with released_cache():
-        results = {f"{s}/{seed}": summary(rows_for(s, seed)) for s in args.sets for seed in args.seeds}
+        for s in args.sets:
+            for seed in args.seeds:
+                rows_for(s, seed)
+    # the report: every set and seed with results on disk, earlier runs' too
+    done = sorted(WORK.glob("*/fit_start_s*.json"), key=lambda p: (p.parent.name, int(p.stem.rsplit("_s", 1)[1])))
+    results = {f"{p.parent.name}/{p.stem.rsplit('_s', 1)[1]}": summary(json.loads(p.read_text())) for p in done}
     md = ["# fit_start: ranking denoisers on noisy photos alone (the recorrupted-pair estimate)", "",
           "Per set and fit seed: each candidate's true PSNR / SSIM-Y over every image, and the estimate fit computes "
           "without clean images (mean over the first 16 photos' centre 256 crops; as PSNR, at 1.25x the noise "

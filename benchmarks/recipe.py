@@ -29,9 +29,19 @@ from common import RECIPES, RESULTS, SETS, SPLITS, WORK, WORK_STEPS, baselines, 
 
 
 def collect(work: Path = WORK) -> tuple[dict, list[dict]]:
+    """The baselines and every point: those on disk, and those of the committed report that are not (points
+    made in earlier sittings whose work folders are gone), one per set, recipe, budget and seed."""
     base = {p.parent.name: json.loads(p.read_text()) for p in sorted(WORK.glob("*/baselines.json"))}
-    rows = [json.loads(p.read_text()) for p in sorted(work.glob("*/*/row.json"))]
-    return base, rows
+    report = RESULTS / ("recipe_steps.json" if work == WORK_STEPS else "recipe.json")
+    saved = json.loads(report.read_text()) if report.exists() else {}
+    base = {**saved.get("baselines", {}), **base}
+
+    def key(r: dict) -> tuple:
+        return r["set"], r["recipe"], r.get("minutes"), tuple(r.get("steps") or ()), r["seed"]
+
+    rows = {key(r): r for r in saved.get("rows", [])}
+    rows.update({key(r): r for r in (json.loads(p.read_text()) for p in sorted(work.glob("*/*/row.json")))})
+    return base, list(rows.values())
 
 
 def report_steps(base: dict, rows: list[dict]) -> None:
@@ -46,14 +56,15 @@ def report_steps(base: dict, rows: list[dict]) -> None:
         b = base[name]
         md += [f"## {name}", "", f"noisy {b['noisy']['psnr']:.2f} dB, NLM {b['NLM']['psnr']:.2f} dB, "
                f"BM3D {b['BM3D']['psnr']:.2f} dB (true noise level)", "",
-               "| recipe | steps (teacher+student) | seeds | student PSNR | SSIM (RGB) | teacher k_b=3 | fit seconds | "
-               "ISA cap | precision |", "|---|---|---|---|---|---|---|---|---|"]
+               "| recipe | steps (teacher+student) | seeds | student PSNR | SSIM (RGB) | SSIM (Y) | teacher k_b=3 | "
+               "fit seconds | ISA cap | precision |", "|---|---|---|---|---|---|---|---|---|---|"]
         keys = sorted({(r["recipe"], tuple(r["steps"])) for r in rows if r["set"] == name}, key=lambda k: (k[1], k[0]))
         for recipe, steps in keys:
             rs = [r for r in rows if r["set"] == name and r["recipe"] == recipe and tuple(r["steps"]) == steps]
             cap = rs[0]["isa"]["ATEN_CPU_CAPABILITY"] or "none"
             md.append(f"| {recipe} | {steps[0]}+{steps[1]} | {len(rs)} | {spread([r['student']['psnr'] for r in rs])} "
                       f"| {spread([r['student']['ssim_rgb'] for r in rs], 4)} | "
+                      f"{spread([r['student']['ssim_y'] for r in rs if 'ssim_y' in r['student']], 4)} | "
                       f"{spread([r['teacher_k3']['psnr'] for r in rs if r.get('teacher_k3')])} | "
                       f"{spread([r['fit_seconds'] for r in rs], 0)} | {cap} | "
                       f"{(rs[0]['config'].get('precision') or 'auto')} |")

@@ -238,6 +238,22 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
         FitConfig(step_cap=[800])
 
 
+def test_the_partition_loss_takes_flat_areas_from_the_teachers_k_b_and_textured_ones_from_k_0():
+    """``--loss partition`` without ``--ks``: (k_b, 0), whatever blind spot the noise chose or the user gave; with
+    ``--ks`` exactly two k, refused before any training."""
+    from atbsn.errors import AtbsnError
+    from atbsn.fitting import MILD, MILD_SIGMA, FitConfig, choose
+    from atbsn.measure import NoiseEstimate
+
+    heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
+    assert choose(FitConfig(loss="partition"), heavy)[0].ks == [3, 0]
+    assert choose(FitConfig(loss="partition"), mild)[0].ks == [MILD["k_infer"], 0]
+    assert choose(FitConfig(loss="partition", k_infer=5), heavy)[0].ks == [5, 0]
+    assert choose(FitConfig(loss="partition", ks=[1, 0]), heavy)[0].ks == [1, 0]
+    with pytest.raises(AtbsnError, match="--loss partition takes two k"):
+        FitConfig(loss="partition", ks=[3, 1, 0])
+
+
 def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_path, capsys):
     import json
 

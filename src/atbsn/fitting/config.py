@@ -29,9 +29,10 @@ class FitConfig:
                           choices=methods.student_names)
     ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default 0 1 from "
                                   "scratch; from a released model the paper's 0 1 3 5 7 9 11)", low=0)
-    loss: str | None = option(None, "distillation loss: multi (one L1 per teacher) or mean (L1 to their mean); "
-                              "default mean from scratch, multi (the paper's) from a released model",
-                              choices=("multi", "mean"))
+    loss: str | None = option(None, "distillation loss: multi (one L1 per teacher), mean (L1 to their mean) or "
+                              "partition (--ks FLAT TEXTURED by a texture map; without --ks: the teacher's k_b and "
+                              "0); default mean from scratch, multi (the paper's) from a released model",
+                              choices=("multi", "mean", "partition"))
     k_train: int | None = option(None, "blind-spot size k_a for training (default: from the photos' measured noise, 9 "
                                  "for heavy noise; from a released model: the one it records)", low=1)
     k_infer: int | None = option(None, "blind-spot size k_b of the teacher (default: from the photos' measured noise, "
@@ -71,6 +72,8 @@ class FitConfig:
         check_options(self)
         knob = methods.arch("atbsn").knob  # fit trains an AT-BSN teacher: its rules for k
         given = [("--k-train", self.k_train), ("--k-infer", self.k_infer), *(("--ks", k) for k in self.ks or ())]
+        if self.loss == "partition" and self.ks is not None and len(self.ks) != 2:
+            raise AtbsnError(f"--loss partition takes two k, for flat and for textured areas (--ks 3 0), got {self.ks}")
         if self.step_cap is not None and len(self.step_cap) != 2:
             raise AtbsnError(f"--step-cap takes two numbers (teacher steps, student steps), got {self.step_cap}")
         for flag, k in (g for g in given if g[1] is not None):

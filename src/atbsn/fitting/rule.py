@@ -73,7 +73,15 @@ def choose(cfg: FitConfig, noise: NoiseEstimate, fine_tune: bool = False) -> tup
                      f"{why}; from a released model: its own blind spot")
     given = {f: getattr(cfg, f) for f in CHOSEN if getattr(cfg, f) is not None}
     chosen = {f: v for f, v in rule.items() if f not in given and v is not None}
+    if cfg.loss == "partition" and cfg.ks is None and not fine_tune:
+        chosen["ks"] = partition_ks(given.get("k_infer", chosen.get("k_infer")))
     return replace(cfg, **chosen), {"rule": why, "chosen": chosen, "given": given}
+
+
+def partition_ks(k_infer: int | None) -> list[int]:
+    """``--loss partition``'s k without ``--ks``: flat areas from the teacher at its own k_b, textured ones from
+    k = 0 (the demo's study, results/recipe_steps.md: sharper than k = 0 and 1 averaged everywhere)."""
+    return [HEAVY["k_infer"] if k_infer is None else k_infer, 0]
 
 
 MEASURED = 32  # photos whose noise fit measures and records (the first ones)

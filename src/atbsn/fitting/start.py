@@ -12,7 +12,7 @@ from ..checkpoint import load_parts
 from ..errors import AtbsnError
 from .candidates import BEST
 from .config import FitConfig
-from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY
+from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY, partition_ks
 
 
 @dataclass
@@ -50,7 +50,8 @@ def start_of(cfg: FitConfig, parts: dict[str, nn.Module]) -> Start:
         return Start(None, None, None, cfg.lr, cfg.ks or FROM_SCRATCH["ks"], cfg.loss or FROM_SCRATCH["loss"],
                      {"width": cfg.width, "k_train": cfg.k_train, "k_infer": cfg.k_infer}, cfg.student)
     t, student = parts["teacher"].config, parts.get("student")
-    return Start(cfg.from_model, parts["teacher"], student, cfg.finetune_lr, cfg.ks or FROM_RELEASED["ks"],
+    ks = cfg.ks or (partition_ks(t.k_infer) if cfg.loss == "partition" else FROM_RELEASED["ks"])
+    return Start(cfg.from_model, parts["teacher"], student, cfg.finetune_lr, ks,
                  cfg.loss or FROM_RELEASED["loss"],
                  {"width": t.width, "k_train": t.k_train or cfg.k_train or HEAVY["k_train"], "k_infer": t.k_infer},
                  student.config.arch if student is not None else cfg.student)
