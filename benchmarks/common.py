@@ -333,7 +333,8 @@ def point(name: str, pairs: list[Pair], recipe: str, minutes: float | None, seed
     if run.exists():  # an interrupted point: its wall time would be wrong, so it starts again
         shutil.rmtree(run)
     budget = {"minutes": minutes} if steps is None else {"teacher_steps": steps[0], "student_steps": steps[1]}
-    cfg = FitConfig(**{**RECIPES[recipe], **budget, "seed": seed, "device": "cpu"})
+    # fit's own student: the released students a cache may hold (fit_start.py makes one) are not weighed
+    cfg = FitConfig(**{**RECIPES[recipe], **budget, "seed": seed, "device": "cpu", "fitted_only": True})
     t0 = time.perf_counter()
     model = fit([noisy_folder(name, pairs)], run / "model.safetensors", cfg, progress=False)
     seconds = time.perf_counter() - t0
