@@ -259,6 +259,12 @@ RECIPES: dict[str, dict] = {
     "fp32-ka5-b4-part30": {"precision": "fp32", "k_train": 5, "batch": 4, "ks": [3, 0], "loss": "partition"},
     "bf16-ka5-b4-part10": {"precision": "bf16", "k_train": 5, "batch": 4, "ks": [1, 0], "loss": "partition"},
     "bf16-ka5-b4-multi": {"precision": "bf16", "k_train": 5, "batch": 4, "loss": "multi"},
+    # issue 42: fit's defaults with the partition loss (k_b on flat areas, 0 on textured ones), as fit's default
+    "part": {"loss": "partition"},
+    # issue 42, item 2: NLM at 1.5x the measured noise as a teacher beside the blind-spot ones (nlm_teacher.py)
+    "nlm25": {"nlm_weight": 0.25},
+    "nlm50": {"nlm_weight": 0.5},
+    "nlm100": {"nlm_weight": 1.0},
     # issue 27: the blind spot for mild noise (benchmarks/fit_rule.py), on polyu100's tuning half
     # (fixed variants: no teacher stop; the safeguard recorded as the rule chooses it, every row scores both)
     "ka9": {"k_train": 9, "k_infer": 3, "stop_at_noise": False},  # the default before: the rule may choose it

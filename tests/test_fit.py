@@ -254,6 +254,21 @@ def test_the_partition_loss_takes_flat_areas_from_the_teachers_k_b_and_textured_
         FitConfig(loss="partition", ks=[3, 1, 0])
 
 
+def test_fit_with_an_nlm_teacher_sets_its_strength_from_the_photos_measured_noise(tmp_path, capsys):
+    """``--nlm-weight``: the student's targets move toward non-local means at NLM_STRENGTH x the measured sigma,
+    said at the start and recorded with the student's run."""
+    from atbsn.fitting import NLM_STRENGTH
+
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(_photos(tmp_path / "photos")), "-o", str(model), *TINY, "--nlm-weight", "0.5"]) == 0
+    report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
+    h = NLM_STRENGTH * report["noise"]["set"]["sigma"]
+    assert f"0.5 of the way to NLM at h = {h:.1f}" in capsys.readouterr().out
+    assert report["choice"]["given"]["nlm_weight"] == 0.5
+    run = load(model).config.training  # the student's run, recorded in the file
+    assert run["nlm_weight"] == 0.5 and run["nlm_h"] == pytest.approx(h, rel=1e-3)  # fit.json rounds sigma
+
+
 def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_path, capsys):
     import json
 

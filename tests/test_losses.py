@@ -53,3 +53,27 @@ def test_partition_needs_two_ks_and_local_std_measures_texture():
     assert local_std(flat).max() == 0
     noisy = flat + torch.randn(1, 3, 16, 16) * 10
     assert 5 < local_std(noisy).mean() < 15
+
+
+def test_the_nlm_teacher_moves_every_target_toward_non_local_means_by_its_weight():
+    """--nlm-h: each blind-spot target moves toward OpenCV NLM's output of the patch by --nlm-weight (mean: the
+    one averaged target; multi: each of them); weight 0 or no h is the blind-spot teachers alone."""
+    from atbsn.classical import nlm_at, nlm_batch
+
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(2, 3, 20, 24, generator=g) * 60 + 100).round()
+    nlm = nlm_batch(y, 6.0)
+    assert nlm.shape == y.shape and nlm.dtype == torch.float32
+    first = y[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    assert torch.equal(nlm[0], torch.from_numpy(nlm_at(first, 6.0)).permute(2, 0, 1).float())
+    assert (nlm - y).abs().mean() > 1  # it denoises
+    for weight in (0.25, 1.0):
+        mean = DistillL1(FakeTeacher(), [0, 1], "mean", nlm_h=6.0, nlm_weight=weight).targets(y)
+        assert len(mean) == 1 and torch.allclose(mean[0], 5.0 + weight * (nlm - 5.0), atol=1e-4)
+        multi = DistillL1(FakeTeacher(), [0, 1], "multi", nlm_h=6.0, nlm_weight=weight).targets(y)
+        assert [torch.allclose(t, 10.0 * k + weight * (nlm - 10.0 * k), atol=1e-4) for k, t in zip((0, 1), multi)] \
+            == [True, True]
+    alone = DistillL1(FakeTeacher(), [0, 1], "mean", nlm_h=6.0, nlm_weight=0.0).targets(y)
+    assert torch.equal(alone[0], torch.full_like(y, 5.0))
+    with pytest.raises(AtbsnError, match="weight in 0..1"):
+        DistillL1(FakeTeacher(), [0, 1], "mean", nlm_h=6.0, nlm_weight=1.5)

@@ -5,6 +5,7 @@ the one noisy photo it denoises). Each takes and returns H x W x 3 uint8 images.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .errors import AtbsnError
 from .methods import zsn2n as zsn2n_method
@@ -18,6 +19,22 @@ def nlm(noisy: np.ndarray) -> np.ndarray:
 
     bgr = np.ascontiguousarray(noisy[:, :, ::-1])
     return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, **NLM_PARAMS)[:, :, ::-1])
+
+
+def nlm_at(noisy: np.ndarray, h: float) -> np.ndarray:
+    """:func:`nlm` with the filter strength ``h`` (0..255) set from a noise level instead of OpenCV's usual 10."""
+    import cv2
+
+    bgr = np.ascontiguousarray(noisy[:, :, ::-1])
+    return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)[:, :, ::-1])
+
+
+def nlm_batch(y: torch.Tensor, h: float) -> torch.Tensor:
+    """:func:`nlm_at` on each image of an N x 3 x H x W float batch in 0..255 (rounded to uint8 as OpenCV takes
+    it), returned as float32 on the batch's device: the classical teacher of the distillation."""
+    u8 = y.detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([nlm_at(a, h) for a in u8])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(y.device, torch.float32)
 
 
 def noise_sigma(noisy: np.ndarray, clean: np.ndarray | None = None) -> float:

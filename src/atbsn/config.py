@@ -292,6 +292,10 @@ class RunConfig:
                        "by a texture map of the teacher's k_b output", choices=("multi", "mean", "partition"))
     texture_threshold: float = option(5.0, "partition loss: local standard deviation (0..255, 7x7) above which "
                                       "a pixel is texture", low=0.0)
+    nlm_h: float | None = option(None, "a classical teacher beside the blind-spot ones: OpenCV non-local means at "
+                                 "this strength h (0..255) on each patch", low=0.0)
+    nlm_weight: float = option(0.5, "with --nlm-h: how far each target moves toward the NLM output (0..1)",
+                               low=0.0, high=1.0)
     init_from_teacher: bool = option(False, "start student C from the teacher's UNet")
     # both
     val: str | None = option(None, "noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")

@@ -33,7 +33,7 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
                          f"chosen per call; also {methods.titles(lambda a: a.teacher)}), not a "
                          f"{teacher.config.arch!r} network")
     teacher = teacher.to(device, memory_format=torch.channels_last)
-    loss = DistillL1(teacher, config.ks, config.loss, config.texture_threshold)
+    loss = DistillL1(teacher, config.ks, config.loss, config.texture_threshold, config.nlm_h, config.nlm_weight)
     tc = teacher.config
     width = init.config.width if init is not None else tc.width  # C: the teacher's UNet
     model = Student(config.student, in_channels=tc.in_channels, width=width)
@@ -46,6 +46,8 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
     n = sum(p.numel() for p in model.parameters())
     return Method(model, loss, f"distilling student {config.student} ({n:,} parameters) from "
                                f"{config.teacher or 'the given teacher'} at k in {loss.ks} ({config.loss} loss)"
+                               + (f", each target moved {loss.nlm_weight:g} of the way to NLM at h = "
+                                  f"{loss.nlm_h:.1f}" if loss.nlm_h else "")
                                + (", starting from the given student" if init is not None else
                                   ", initialised from the teacher" if config.init_from_teacher else ""))
 

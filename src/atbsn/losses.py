@@ -79,9 +79,14 @@ class DistillL1(Loss):
     that result's luma (7 x 7 window, 0..255 scale) exceeds ``threshold``. The teacher's backbone runs once
     per batch (``ATBSN.teachers``); each k is a shift plus the 1x1 head. The teacher is held outside the
     module tree, so it is neither trained nor saved with the student.
+
+    ``nlm_h`` adds a classical teacher (issue 42): OpenCV's non-local means at that strength (0..255) on each
+    patch, and every target moves toward its output by ``nlm_weight`` (0: the blind-spot teachers alone, 1: NLM
+    alone).
     """
 
-    def __init__(self, teacher: nn.Module, ks: Sequence[int], mode: str = "multi", threshold: float = 5.0) -> None:
+    def __init__(self, teacher: nn.Module, ks: Sequence[int], mode: str = "multi", threshold: float = 5.0,
+                 nlm_h: float | None = None, nlm_weight: float = 0.0) -> None:
         super().__init__()
         if mode not in DISTILL_MODES:
             raise AtbsnError(f"unknown distillation loss {mode!r} ({' or '.join(DISTILL_MODES)})")
@@ -91,7 +96,10 @@ class DistillL1(Loss):
         if mode == "partition" and len(self.ks) != 2:
             raise AtbsnError(f"--loss partition takes two k, for flat and for textured areas (the paper: --ks 9 0), "
                              f"got {self.ks}")
+        if nlm_h is not None and not (nlm_h > 0 and 0.0 <= nlm_weight <= 1.0):
+            raise AtbsnError(f"the NLM teacher needs a strength h > 0 and a weight in 0..1, got {nlm_h}, {nlm_weight}")
         self.mode, self.threshold = mode, float(threshold)
+        self.nlm_h, self.nlm_weight = (nlm_h, float(nlm_weight)) if nlm_h and nlm_weight else (None, 0.0)
         self._teacher = [teacher.eval().requires_grad_(False)]
 
     @property
@@ -105,15 +113,23 @@ class DistillL1(Loss):
         textured = (local_std(initial) > self.threshold).to(flat.dtype)
         return flat + textured * (texture - flat), textured
 
-    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def targets(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """What the student is taught on ``y``: one target per teacher (``multi``) or one combined target."""
         with torch.no_grad():
             if self.mode == "partition":
-                target = self.partition(y)[0]
+                targets = [self.partition(y)[0]]
             else:
                 targets = self.teacher.teachers(y, self.ks)
+                if self.mode == "mean":
+                    targets = [torch.stack(targets).mean(0)]
+            if self.nlm_h is not None:
+                from .classical import nlm_batch
+
+                nlm = nlm_batch(y, self.nlm_h).to(targets[0].dtype)
+                targets = [t.lerp(nlm, self.nlm_weight) for t in targets]
+        return targets
+
+    def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        targets = self.targets(y)
         pred = model(y)
-        if self.mode == "partition":
-            return masked_l1(pred, target, mask)
-        if self.mode == "mean":
-            return masked_l1(pred, torch.stack(targets).mean(0), mask)
         return sum(masked_l1(pred, t, mask) for t in targets)

@@ -31,12 +31,22 @@ from .checks import (
 )
 from .config import FitConfig
 from .plan import OtherFitError
-from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY, MILD, MILD_SIGMA, MILD_STEP_CAP, blind_spot_for, choose
+from .rule import (
+    FROM_RELEASED,
+    FROM_SCRATCH,
+    HEAVY,
+    MILD,
+    MILD_SIGMA,
+    MILD_STEP_CAP,
+    NLM_STRENGTH,
+    blind_spot_for,
+    choose,
+)
 from .run import fit
 from .stop import COOL_SHARE, STOP_EVERY, STOP_RATIO, cosine_lr
 
 __all__ = ["COOL_SHARE", "FROM_RELEASED", "FROM_SCRATCH", "HEAVY", "MILD", "MILD_SIGMA", "MILD_STEP_CAP",
            "REMOVAL_LIMIT", "STOP_EVERY", "STOP_RATIO", "TARGET_PHOTOS", "TARGET_SIDE", "FitConfig", "OtherFitError",
-           "blind_spot_for",
+           "NLM_STRENGTH", "blind_spot_for",
            "centre_crop", "centre_crops", "choose", "cosine_lr", "fit", "output_check", "removal_ratio",
            "target_ratio"]

@@ -50,7 +50,12 @@ MILD = {"k_train": 1, "k_infer": 1, **FROM_SCRATCH, "safeguard": True, "keep_col
         "step_cap": MILD_STEP_CAP}
 
 
-CHOSEN = ("k_train", "k_infer", "ks", "loss", "safeguard", "keep_colour", "stop_at_noise", "step_cap")
+# The classical teacher's strength: OpenCV NLM's h as a multiple of the measured sigma (benchmarks/nlm_teacher.py,
+# results/nlm_teacher.md): the best multiple was 2 on polyu100's tuning half and sidd9, 1 on the demo's photos.
+NLM_STRENGTH = 1.5
+
+
+CHOSEN = ("k_train", "k_infer", "ks", "loss", "safeguard", "keep_colour", "stop_at_noise", "step_cap", "nlm_weight")
 
 
 def blind_spot_for(noise: NoiseEstimate) -> tuple[dict[str, Any], str]:

@@ -17,13 +17,14 @@ from ..distill import distill
 from ..errors import AtbsnError
 from ..files import RunLock, check_apart, write_text
 from ..losses import BlindSpotL1, DistillL1
+from ..measure import NoiseEstimate
 from ..runtime import AUTO, bf16_support, check_precision, init_distributed, log
 from ..train import train
 from .candidates import BEST, FITTED, Candidate, choose_best, gather
 from .checks import REMOVAL_LIMIT, _better, output_check
 from .config import FitConfig
 from .plan import _phase, _plan
-from .rule import _noise, choose
+from .rule import NLM_STRENGTH, _noise, choose
 from .start import start_of, start_parts
 from .stop import STOP_EVERY, _teacher_until_noise
 
@@ -70,6 +71,17 @@ def _precisions(precision: str, device) -> tuple[tuple[str, ...], str]:
     return (("bf16", "fp32"), why) if native else (("fp32",), why)
 
 
+def _nlm_teacher(cfg: FitConfig, noise: NoiseEstimate) -> dict:
+    """The distillation's classical teacher (``--nlm-weight``): NLM at :data:`NLM_STRENGTH` times the measured
+    noise, or none where the weight is 0 or the photos are too small to measure."""
+    if not cfg.nlm_weight:
+        return {}
+    if not noise.measured:
+        log.info("  no NLM teacher: the photos are too small to measure their noise")
+        return {}
+    return {"nlm_h": NLM_STRENGTH * noise.sigma, "nlm_weight": cfg.nlm_weight}
+
+
 def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfig, progress: bool) -> Path:
     began = time.perf_counter()
     noise, measured = _noise(data)
@@ -90,7 +102,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     shares_unet = start.student_arch == "C"  # student C is the teacher's UNet made non-blind
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
-                     loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet, **common)
+                     loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet,
+                     **_nlm_teacher(cfg, noise), **common)
     t_step, s_step, estimate = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
                                       STOP_EVERY if cfg.stop_at_noise else None, rivals)
     precision = tcfg.precision
@@ -98,7 +111,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
              + (f", starting from {start.source}" if start.source else ""))
     log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
-    log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss)"
+    log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss"
+             + (f", {scfg.nlm_weight:g} of the way to NLM at h = {scfg.nlm_h:.1f}" if scfg.nlm_h else "") + ")"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
     if estimate is not None:
         log.info(f"  about {estimate / 60:.1f} min in all: the steps from a probe of a few of each, the noise "
@@ -114,7 +128,8 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
     _phase(work / "student", scfg, partial(distill, init=start.student), progress)
     student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
-                      lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss), scfg, device, precision)
+                      lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss, nlm_h=scfg.nlm_h,
+                                        nlm_weight=scfg.nlm_weight), scfg, device, precision)
     _record(cfg, student, teacher)
     student = _final(report, student, rivals, data, device)
     save(student, output, teacher=teacher)
