@@ -58,7 +58,9 @@ PRETRAINED = SHARED / "fixtures" / "pretrained"
 SETS = {"sidd9": SHARED / "data" / "real" / "sidd9", "polyu100": SHARED / "data" / "real" / "polyu100"}
 STUDENTS = {"C (APR-RD, 1.00M)": "aprrd_student_c_sidd_medium.pth", "C102 (TM-BSN)": "tmbsn_nbsn102_sidd.pth",
             "C102 (APR-RD)": "aprrd_student_c102_sidd_medium.pth"}
-CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        # AVX-512 with VNNI but without bf16 or AMX (most cloud servers): int8 by VNNI, the kind issue 41 bounds
+        "avx512-vnni": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}}
 FIT_MINUTES = 3.0
 # atbsn quantize's defaults (the bound 0.35); every conv in int8 (--all-int8)
 INT8 = {"int8": {}, "int8 (all convs)": {"all_int8": True}}

@@ -32,9 +32,10 @@ def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
     assert main(["fit", str(photos), "-o", str(model), *TINY]) == 0
     out = capsys.readouterr().out
     assert "teacher AT-BSN" in out and "student C" in out and "min" in out  # the plan, with a time estimate
-    # minutes of training: the student learns from the teacher at k = 0 and 1, in the precision the probe chose:
+    # minutes of training: the student learns from the teacher at k_b on flat areas and k = 0 on textured ones, in
+    # the precision the probe chose:
     # fp32 wherever bf16 is not native (no AVX512-BF16 or AMX, or a cap below them: CI runs this under both caps)
-    assert "distilled at k in [0, 1] (mean loss)" in out
+    assert "distilled at k in [3, 0] (partition loss)" in out
     plan = json.loads((tmp_path / "model.safetensors.fit" / "plan.json").read_text())
     native, why = bf16_support(torch.device("cpu"))
     assert plan["precision_why"].startswith(why) and f"on cpu ({plan['precision']})" in out
@@ -222,13 +223,15 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
 
     heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
     cfg, choice = choose(FitConfig(), heavy)
-    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard, cfg.keep_colour) == (9, 3, [0, 1], "mean",
-                                                                                          False, False)
-    assert choice["chosen"] == {f: v for f, v in HEAVY.items() if v is not None}  # no step cap on heavy noise
+    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard, cfg.keep_colour) == (9, 3, [3, 0],
+                                                                                          "partition", False, False)
+    # no step cap on heavy noise; the partition's k: flat areas from k_b, textured ones from 0
+    assert choice["chosen"] == {**{f: v for f, v in HEAVY.items() if v is not None}, "ks": [3, 0]}
     cfg, choice = choose(FitConfig(), mild)
     assert cfg.k_train == MILD["k_train"] < 9 and "mild noise" in choice["rule"]
+    assert (cfg.loss, cfg.ks) == ("partition", [MILD["k_infer"], 0])
     cfg, choice = choose(FitConfig(k_train=5, loss="multi"), mild)
-    assert (cfg.k_train, cfg.loss, cfg.k_infer) == (5, "multi", MILD["k_infer"])
+    assert (cfg.k_train, cfg.loss, cfg.k_infer, cfg.ks) == (5, "multi", MILD["k_infer"], [0, 1])
     assert choice["given"] == {"k_train": 5, "loss": "multi"} and "k_train" not in choice["chosen"]
     cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild, fine_tune=True)
     assert cfg.k_train is None and choice["chosen"] == {"safeguard": True, "keep_colour": True}  # its blind spot kept

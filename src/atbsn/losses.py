@@ -108,8 +108,10 @@ class DistillL1(Loss):
 
     def partition(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the combined target, the texture map: 1 textured, 0 flat) of the partition loss."""
-        flat_k, texture_k = self.ks
-        flat, texture, initial = self.teacher.teachers(y, [flat_k, texture_k, self.teacher.config.k_infer])
+        ks = [*self.ks, self.teacher.config.k_infer]  # the initial result is often the flat areas' k: run it once
+        unique = list(dict.fromkeys(ks))
+        out = dict(zip(unique, self.teacher.teachers(y, unique)))
+        flat, texture, initial = (out[k] for k in ks)
         textured = (local_std(initial) > self.threshold).to(flat.dtype)
         return flat + textured * (texture - flat), textured
 

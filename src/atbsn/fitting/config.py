@@ -14,10 +14,11 @@ class FitConfig:
     """Defaults: a laptop-sized recipe found by measurement (``benchmarks/recipe.py``, results in
     ``benchmarks/results/recipe.md``): width 16, 64-pixel crops, lr 2e-3, the precision by measurement (bf16
     where the device computes it natively and a probe finds it faster: twice the steps in the same minutes),
-    and the student distilled from the teacher's outputs at k = 0 and 1 (L1 to their mean). After minutes, not
-    days, of training the teacher is far from converged and every extra pixel of blind spot costs texture: on
-    the demo's photos its output falls from 28.3 dB at k = 0 to 22.8 at k = 11, so the paper's k in 0..11
-    (right for a converged teacher) gave a blurred student.
+    and the student distilled by the partition loss: flat areas from the teacher at its own k_b, textured ones
+    from k = 0. After minutes, not days, of training the teacher is far from converged and every extra pixel of
+    blind spot costs texture: on the demo's photos its output falls from 28.3 dB at k = 0 to 22.8 at k = 11, so
+    the paper's k in 0..11 (right for a converged teacher) gave a blurred student (``benchmarks/fit_targets.py``
+    compares the partition with the mean of k = 0 and 1, the default before).
     """
 
     width: int = option(16, "channels of the teacher's UNet", low=1)
@@ -27,11 +28,12 @@ class FitConfig:
     student_steps: int = option(600, "distillation steps", low=1, high=STEPS_MAX)
     student: str = option("C", "student network (from a released model: its own student when it has one)",
                           choices=methods.student_names)
-    ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default 0 1 from "
-                                  "scratch; from a released model the paper's 0 1 3 5 7 9 11)", low=0)
+    ks: list[int] | None = option(None, "teacher blind-spot sizes the student learns from (default: the partition's "
+                                  "k_b and 0 from scratch, 0 1 for --loss mean or multi; from a released model the "
+                                  "paper's 0 1 3 5 7 9 11)", low=0)
     loss: str | None = option(None, "distillation loss: multi (one L1 per teacher), mean (L1 to their mean) or "
                               "partition (--ks FLAT TEXTURED by a texture map; without --ks: the teacher's k_b and "
-                              "0); default mean from scratch, multi (the paper's) from a released model",
+                              "0); default partition from scratch, multi (the paper's) from a released model",
                               choices=("multi", "mean", "partition"))
     nlm_weight: float | None = option(None, "a classical teacher: how far each distillation target moves toward OpenCV "
                                       "non-local means at the photos' measured noise (0: the blind-spot teachers "

@@ -12,7 +12,7 @@ from ..checkpoint import load_parts
 from ..errors import AtbsnError
 from .candidates import BEST
 from .config import FitConfig
-from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY, partition_ks
+from .rule import FROM_RELEASED, FROM_SCRATCH, HEAVY, SCRATCH_KS, partition_ks
 
 
 @dataclass
@@ -47,7 +47,9 @@ def start_of(cfg: FitConfig, parts: dict[str, nn.Module]) -> Start:
     """The start ``cfg`` asks for, from :func:`start_parts`: from scratch (also beside a student alone), or the
     released teacher fine-tuned (its shape the released one) and its student, if any, the distillation's start."""
     if "teacher" not in parts:
-        return Start(None, None, None, cfg.lr, cfg.ks or FROM_SCRATCH["ks"], cfg.loss or FROM_SCRATCH["loss"],
+        loss = cfg.loss or FROM_SCRATCH["loss"]
+        ks = cfg.ks or (partition_ks(cfg.k_infer) if loss == "partition" else SCRATCH_KS)
+        return Start(None, None, None, cfg.lr, ks, loss,
                      {"width": cfg.width, "k_train": cfg.k_train, "k_infer": cfg.k_infer}, cfg.student)
     t, student = parts["teacher"].config, parts.get("student")
     ks = cfg.ks or (partition_ks(t.k_infer) if cfg.loss == "partition" else FROM_RELEASED["ks"])
