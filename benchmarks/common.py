@@ -302,6 +302,12 @@ def set_pairs(name: str) -> list[Pair]:
     return load_pairs(root, limit)
 
 
+def costly_photos(pairs: list, n: int) -> list[int]:
+    """The indices of the ``n`` smallest photos (by pixels, the first where sizes tie), in the set's order: where
+    the costly rivals (BM3D, ZS-N2N) run."""
+    return sorted(sorted(range(len(pairs)), key=lambda i: pairs[i].noisy.shape[0] * pairs[i].noisy.shape[1])[:n])
+
+
 def noisy_folder(name: str, pairs: list[Pair]) -> Path:
     folder = WORK / name / "noisy"
     for p in pairs:

@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
-from common import WORK, paired_verdict, set_pairs, spread, write_results
+import torch
+from common import RESULTS, WORK, costly_photos, paired_verdict, set_pairs, spread, u8, write_results
 
+from atbsn.checkpoint import load
 from atbsn.classical import nlm_at
+from atbsn.fitting.candidates import as_denoiser
 from atbsn.measure import measure_set
-from atbsn.metrics import psnr, ssim_y
+from atbsn.metrics import colour_shift, psnr, ssim_y
 
 MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SWEEP_SETS = ("polyu100-tune", "sidd9", "demo")
 FIT_SETS = ("polyu100-tune", "sidd9", "demo", "polyu100-held")
 RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100")
+COSTLY = 2  # side_by_side.py's default: the photos where it ran ZS-N2N
 
 
 def sweep(name: str, limit: int) -> dict:
@@ -50,6 +55,23 @@ def sweep(name: str, limit: int) -> dict:
     return out
 
 
+def as_written(name: str, run: Path) -> dict:
+    """The fitted file as denoise runs it (its recorded safeguard and colour kept) on every image of the set:
+    the largest colour move beyond the input's (issue 42's bound: 0.5 of 255), and SSIM-Y on the photos where
+    side_by_side.py ran ZS-N2N (its smallest ones), cached beside the row."""
+    cache = run / "as_written.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    pairs = set_pairs(name)
+    fn = as_denoiser(load(run / "model.safetensors"), torch.device("cpu"))
+    outs = [u8(fn(p.noisy.astype(np.float64))) for p in pairs]
+    small = costly_photos(pairs, COSTLY)
+    out = {"colour_excess": max(colour_shift(o, p.clean) - colour_shift(p.noisy, p.clean) for o, p in zip(outs, pairs)),
+           "ssim_y_smallest": float(np.mean([ssim_y(outs[i], pairs[i].clean) for i in small]))}
+    cache.write_text(json.dumps(out))
+    return out
+
+
 def fits(name: str) -> dict[str, dict[int, dict]]:
     """recipe -> seed -> the 5-minute fit's scores: the network alone, and as fit writes it where the rule turns
     on the safeguard (mild noise, the split sets record it)."""
@@ -59,9 +81,16 @@ def fits(name: str) -> dict[str, dict[int, dict]]:
             row = json.loads(path.read_text())
             got.setdefault(recipe, {})[row["seed"]] = {
                 "psnr": row["student"]["psnr"], "ssim_y": row["student"]["ssim_y"],
-                "written": (row.get("safeguard") or row["student"])["psnr"],
+                "written": (row.get("safeguard") or row["student"])["psnr"], **as_written(name, path.parent),
                 "steps": [row["teacher_steps"], row["student_steps"]], "seconds": row["fit_seconds"]}
     return got
+
+
+def zsn2n_ssim_y() -> dict[str, float]:
+    """ZS-N2N's SSIM-Y on each set's smallest photos, from side_by_side.py's results (where it ran)."""
+    path = RESULTS / "side_by_side.json"
+    sets = json.loads(path.read_text())["sets"] if path.exists() else {}
+    return {name: rows["ZS-N2N"]["ssim_y_first"][0] for name, rows in sets.items() if "ZS-N2N" in rows}
 
 
 def report(sweeps: list[dict], table: dict[str, dict]) -> None:
@@ -83,8 +112,13 @@ def report(sweeps: list[dict], table: dict[str, dict]) -> None:
            "textured ones; fit's default since); part-nlm50 = the same with `--nlm-weight 0.5` (each target moved "
            "half way to NLM at 1.5 x the measured sigma); nlm100 = `--nlm-weight 1` (NLM's output the only "
            "target).", "",
-           "| set | recipe | seeds | PSNR | SSIM-Y | as written | PSNR vs new | SSIM-Y vs new | steps | seconds |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           f"Colour: the largest move of an image's mean colour beyond the input's, as written (issue 42 bounds it "
+           f"at 0.5 of 255). SSIM-Y on the {COSTLY} smallest photos, as written, where side_by_side.py ran ZS-N2N "
+           f"(the number in brackets: ZS-N2N's).", "",
+           "| set | recipe | seeds | PSNR | SSIM-Y | as written | PSNR vs new | SSIM-Y vs new | colour moved | SSIM-Y, "
+           "smallest photos | steps | seconds |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    zs = zsn2n_ssim_y()
     for name, got in table.items():
         base = got.get("new", {})
         for recipe, by_seed in got.items():
@@ -95,7 +129,9 @@ def report(sweeps: list[dict], table: dict[str, dict]) -> None:
             vs = ("-", "-") if recipe == "new" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
             md.append(f"| {name} | {recipe} | {sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | "
                       f"{spread([r['ssim_y'] for r in rows], 4)} | {spread([r['written'] for r in rows])} | {vs[0]} | "
-                      f"{vs[1]} | {rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
+                      f"{vs[1]} | {max(r['colour_excess'] for r in rows):+.2f} | "
+                      f"{', '.join(format(r['ssim_y_smallest'], '.3f') for r in rows)}"
+                      f"{f' ({zs[name]:.3f})' if name in zs else ''} | {rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
                       f"{spread([r['seconds'] for r in rows], 0)} |")
     write_results("fit_targets", {"sweeps": sweeps, "fits": table}, "\n".join(md) + "\n")
 

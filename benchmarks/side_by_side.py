@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, point, set_pairs, spread, write_results  # noqa: E402
+from common import WORK, costly_photos, point, set_pairs, spread, write_results  # noqa: E402
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
@@ -56,11 +56,6 @@ def _computed(name: str, pairs, label: str, fn) -> list[dict]:
             cache.write_text(json.dumps(done))
             print(f"{name} {p.name} {label}: {done[key]['psnr']:.2f} dB ({done[key]['seconds']:.0f} s)", flush=True)
     return [done[f"{label}/{p.name}"] for p in pairs]
-
-
-def costly_photos(pairs: list, n: int) -> list[int]:
-    """The indices of the ``n`` smallest photos (by pixels, the first where sizes tie), in the set's order."""
-    return sorted(sorted(range(len(pairs)), key=lambda i: pairs[i].noisy.shape[0] * pairs[i].noisy.shape[1])[:n])
 
 
 def fits(name: str, seeds: list[int]) -> None:
