@@ -36,8 +36,8 @@ class FitConfig:
                               "0); default partition from scratch, multi (the paper's) from a released model",
                               choices=("multi", "mean", "partition"))
     nlm_weight: float | None = option(None, "a classical teacher: how far each distillation target moves toward OpenCV "
-                                      "non-local means at the photos' measured noise (0: the blind-spot teachers "
-                                      "alone, 1: NLM alone; default: from the photos' noise)", low=0.0, high=1.0)
+                                      "non-local means at 1.5x the photos' measured noise (0, the default: the "
+                                      "blind-spot teachers alone; 1: NLM alone)", low=0.0, high=1.0)
     k_train: int | None = option(None, "blind-spot size k_a for training (default: from the photos' measured noise, 9 "
                                  "for heavy noise; from a released model: the one it records)", low=1)
     k_infer: int | None = option(None, "blind-spot size k_b of the teacher (default: from the photos' measured noise, "

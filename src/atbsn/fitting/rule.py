@@ -55,8 +55,9 @@ MILD = {"k_train": 1, "k_infer": 1, **FROM_SCRATCH, "safeguard": True, "keep_col
         "step_cap": MILD_STEP_CAP}
 
 
-# The classical teacher's strength: OpenCV NLM's h as a multiple of the measured sigma (benchmarks/nlm_teacher.py,
-# results/nlm_teacher.md): the best multiple was 2 on polyu100's tuning half and sidd9, 1 on the demo's photos.
+# The classical teacher's strength (--nlm-weight, off by default): OpenCV NLM's h as a multiple of the measured
+# sigma (benchmarks/fit_targets.py, results/fit_targets.md): the best multiple was 2 on polyu100's tuning half and
+# sidd9, 1 on the demo's photos; 1.5 is within 0.12 dB of the best on each.
 NLM_STRENGTH = 1.5
 
 
