@@ -34,6 +34,7 @@ SWEEP_SETS = ("polyu100-tune", "sidd9", "demo")
 FIT_SETS = ("polyu100-tune", "sidd9", "demo", "polyu100-held")
 RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100")
 COSTLY = 2  # side_by_side.py's default: the photos where it ran ZS-N2N
+AS_WRITTEN = ("demo", "sidd9")  # the sets each fitted file is run on as written (polyu100's 50 photos: minutes a row)
 
 
 def sweep(name: str, limit: int) -> dict:
@@ -81,9 +82,15 @@ def fits(name: str) -> dict[str, dict[int, dict]]:
             row = json.loads(path.read_text())
             got.setdefault(recipe, {})[row["seed"]] = {
                 "psnr": row["student"]["psnr"], "ssim_y": row["student"]["ssim_y"],
-                "written": (row.get("safeguard") or row["student"])["psnr"], **as_written(name, path.parent),
+                "written": (row.get("safeguard") or row["student"])["psnr"],
+                **(as_written(name, path.parent) if name in AS_WRITTEN else {}),
                 "steps": [row["teacher_steps"], row["student_steps"]], "seconds": row["fit_seconds"]}
     return got
+
+
+def _largest(rows: list[dict]) -> str:
+    moves = [r["colour_excess"] for r in rows if "colour_excess" in r]
+    return f"{max(moves):+.2f}" if moves else "-"
 
 
 def zsn2n_ssim_y() -> dict[str, float]:
@@ -129,8 +136,8 @@ def report(sweeps: list[dict], table: dict[str, dict]) -> None:
             vs = ("-", "-") if recipe == "new" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
             md.append(f"| {name} | {recipe} | {sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | "
                       f"{spread([r['ssim_y'] for r in rows], 4)} | {spread([r['written'] for r in rows])} | {vs[0]} | "
-                      f"{vs[1]} | {max(r['colour_excess'] for r in rows):+.2f} | "
-                      f"{', '.join(format(r['ssim_y_smallest'], '.3f') for r in rows)}"
+                      f"{vs[1]} | {_largest(rows)} | "
+                      f"{', '.join(format(r['ssim_y_smallest'], '.3f') for r in rows if 'ssim_y_smallest' in r) or '-'}"
                       f"{f' ({zs[name]:.3f})' if name in zs else ''} | {rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
                       f"{spread([r['seconds'] for r in rows], 0)} |")
     write_results("fit_targets", {"sweeps": sweeps, "fits": table}, "\n".join(md) + "\n")

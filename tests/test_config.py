@@ -20,7 +20,7 @@ def _flags(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command, cls, skip", [
     ("train", RunConfig, {"task", "data", "out", "teacher", "teacher_sha256", "student", "ks", "loss",
-                          "texture_threshold", "init_from_teacher"}),
+                          "texture_threshold", "nlm_h", "nlm_weight", "init_from_teacher"}),
     ("distill", RunConfig, {"task", "data", "out", "teacher_sha256", "method", "width", "k_train", "k_infer"}),
     ("fit", FitConfig, {"init_from_teacher"}),
     ("denoise", InferenceOptions, set()),

@@ -253,6 +253,7 @@ def test_the_partition_loss_takes_flat_areas_from_the_teachers_k_b_and_textured_
     assert choose(FitConfig(loss="partition"), mild)[0].ks == [MILD["k_infer"], 0]
     assert choose(FitConfig(loss="partition", k_infer=5), heavy)[0].ks == [5, 0]
     assert choose(FitConfig(loss="partition", ks=[1, 0]), heavy)[0].ks == [1, 0]
+    assert (choose(FitConfig(ks=[3]), heavy)[0].loss, choose(FitConfig(ks=[3]), heavy)[0].ks) == ("mean", [3])
     with pytest.raises(AtbsnError, match="--loss partition takes two k"):
         FitConfig(loss="partition", ks=[3, 1, 0])
 

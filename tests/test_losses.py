@@ -56,8 +56,11 @@ def test_partition_needs_two_ks_and_local_std_measures_texture():
 
 
 def test_the_nlm_teacher_moves_every_target_toward_non_local_means_by_its_weight():
-    """--nlm-h: each blind-spot target moves toward OpenCV NLM's output of the patch by --nlm-weight (mean: the
-    one averaged target; multi: each of them); weight 0 or no h is the blind-spot teachers alone."""
+    """A classical teacher (``distill --nlm-h``: non-local means of each patch): each blind-spot target moves toward
+    its output by the weight (mean: the one averaged target; multi: each of them); weight 0 or none is the
+    blind-spot teachers alone."""
+    from functools import partial
+
     from atbsn.classical import nlm_at, nlm_batch
 
     g = torch.Generator().manual_seed(0)
@@ -67,13 +70,14 @@ def test_the_nlm_teacher_moves_every_target_toward_non_local_means_by_its_weight
     first = y[0].permute(1, 2, 0).to(torch.uint8).numpy()
     assert torch.equal(nlm[0], torch.from_numpy(nlm_at(first, 6.0)).permute(2, 0, 1).float())
     assert (nlm - y).abs().mean() > 1  # it denoises
+    classical = partial(nlm_batch, h=6.0)
     for weight in (0.25, 1.0):
-        mean = DistillL1(FakeTeacher(), [0, 1], "mean", nlm_h=6.0, nlm_weight=weight).targets(y)
+        mean = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=weight).targets(y)
         assert len(mean) == 1 and torch.allclose(mean[0], 5.0 + weight * (nlm - 5.0), atol=1e-4)
-        multi = DistillL1(FakeTeacher(), [0, 1], "multi", nlm_h=6.0, nlm_weight=weight).targets(y)
+        multi = DistillL1(FakeTeacher(), [0, 1], "multi", classical=classical, classical_weight=weight).targets(y)
         assert [torch.allclose(t, 10.0 * k + weight * (nlm - 10.0 * k), atol=1e-4) for k, t in zip((0, 1), multi)] \
             == [True, True]
-    alone = DistillL1(FakeTeacher(), [0, 1], "mean", nlm_h=6.0, nlm_weight=0.0).targets(y)
+    alone = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=0.0).targets(y)
     assert torch.equal(alone[0], torch.full_like(y, 5.0))
-    with pytest.raises(AtbsnError, match="weight in 0..1"):
-        DistillL1(FakeTeacher(), [0, 1], "mean", nlm_h=6.0, nlm_weight=1.5)
+    with pytest.raises(AtbsnError, match="weight must be in 0..1"):
+        DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=1.5)

@@ -10,6 +10,7 @@ from torch import nn
 
 from . import methods
 from .checkpoint import load
+from .classical import nlm_batch
 from .config import RunConfig
 from .engine import Trainer, saved_config
 from .errors import AtbsnError
@@ -18,6 +19,12 @@ from .losses import DistillL1
 from .methods import Method, start_from
 from .released import resolve
 from .students import Student, init_from_teacher
+
+
+def distill_loss(teacher: nn.Module, config: RunConfig) -> DistillL1:
+    """The distillation loss a run's options ask for, with non-local means as a classical teacher (``--nlm-h``)."""
+    classical = partial(nlm_batch, h=config.nlm_h) if config.nlm_h else None
+    return DistillL1(teacher, config.ks, config.loss, config.texture_threshold, classical, config.nlm_weight)
 
 
 def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module | None = None,
@@ -33,7 +40,7 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
                          f"chosen per call; also {methods.titles(lambda a: a.teacher)}), not a "
                          f"{teacher.config.arch!r} network")
     teacher = teacher.to(device, memory_format=torch.channels_last)
-    loss = DistillL1(teacher, config.ks, config.loss, config.texture_threshold, config.nlm_h, config.nlm_weight)
+    loss = distill_loss(teacher, config)
     tc = teacher.config
     width = init.config.width if init is not None else tc.width  # C: the teacher's UNet
     model = Student(config.student, in_channels=tc.in_channels, width=width)
@@ -46,8 +53,8 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
     n = sum(p.numel() for p in model.parameters())
     return Method(model, loss, f"distilling student {config.student} ({n:,} parameters) from "
                                f"{config.teacher or 'the given teacher'} at k in {loss.ks} ({config.loss} loss)"
-                               + (f", each target moved {loss.nlm_weight:g} of the way to NLM at h = "
-                                  f"{loss.nlm_h:.1f}" if loss.nlm_h else "")
+                               + (f", each target moved {config.nlm_weight:g} of the way to NLM at h = "
+                                  f"{config.nlm_h:.1f}" if loss.classical else "")
                                + (", starting from the given student" if init is not None else
                                   ", initialised from the teacher" if config.init_from_teacher else ""))
 

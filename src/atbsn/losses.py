@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -80,13 +80,14 @@ class DistillL1(Loss):
     per batch (``ATBSN.teachers``); each k is a shift plus the 1x1 head. The teacher is held outside the
     module tree, so it is neither trained nor saved with the student.
 
-    ``nlm_h`` adds a classical teacher (issue 42): OpenCV's non-local means at that strength (0..255) on each
-    patch, and every target moves toward its output by ``nlm_weight`` (0: the blind-spot teachers alone, 1: NLM
-    alone).
+    ``classical`` adds a classical teacher (issue 42; ``atbsn.classical.nlm_batch``, non-local means at the
+    photos' noise): a function of the noisy batch, and every target moves toward its output by
+    ``classical_weight`` (0: the blind-spot teachers alone, 1: the classical one alone).
     """
 
     def __init__(self, teacher: nn.Module, ks: Sequence[int], mode: str = "multi", threshold: float = 5.0,
-                 nlm_h: float | None = None, nlm_weight: float = 0.0) -> None:
+                 classical: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 classical_weight: float = 0.0) -> None:
         super().__init__()
         if mode not in DISTILL_MODES:
             raise AtbsnError(f"unknown distillation loss {mode!r} ({' or '.join(DISTILL_MODES)})")
@@ -96,10 +97,11 @@ class DistillL1(Loss):
         if mode == "partition" and len(self.ks) != 2:
             raise AtbsnError(f"--loss partition takes two k, for flat and for textured areas (the paper: --ks 9 0), "
                              f"got {self.ks}")
-        if nlm_h is not None and not (nlm_h > 0 and 0.0 <= nlm_weight <= 1.0):
-            raise AtbsnError(f"the NLM teacher needs a strength h > 0 and a weight in 0..1, got {nlm_h}, {nlm_weight}")
+        if not 0.0 <= classical_weight <= 1.0:
+            raise AtbsnError(f"the classical teacher's weight must be in 0..1, got {classical_weight}")
         self.mode, self.threshold = mode, float(threshold)
-        self.nlm_h, self.nlm_weight = (nlm_h, float(nlm_weight)) if nlm_h and nlm_weight else (None, 0.0)
+        self.classical, self.classical_weight = ((classical, float(classical_weight)) if classical and classical_weight
+                                                 else (None, 0.0))
         self._teacher = [teacher.eval().requires_grad_(False)]
 
     @property
@@ -124,11 +126,9 @@ class DistillL1(Loss):
                 targets = self.teacher.teachers(y, self.ks)
                 if self.mode == "mean":
                     targets = [torch.stack(targets).mean(0)]
-            if self.nlm_h is not None:
-                from .classical import nlm_batch
-
-                nlm = nlm_batch(y, self.nlm_h).to(targets[0].dtype)
-                targets = [t.lerp(nlm, self.nlm_weight) for t in targets]
+            if self.classical is not None:
+                other = self.classical(y).to(targets[0].device, targets[0].dtype)
+                targets = [t.lerp(other, self.classical_weight) for t in targets]
         return targets
 
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

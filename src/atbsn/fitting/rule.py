@@ -84,6 +84,8 @@ def choose(cfg: FitConfig, noise: NoiseEstimate, fine_tune: bool = False) -> tup
                      f"{why}; from a released model: its own blind spot")
     given = {f: getattr(cfg, f) for f in CHOSEN if getattr(cfg, f) is not None}
     chosen = {f: v for f, v in rule.items() if f not in given and v is not None}
+    if "ks" in given and "loss" not in given and not fine_tune:  # a k set given alone: the student learns from its mean
+        chosen["loss"] = "mean"
     if "ks" not in given and not fine_tune:
         partition = given.get("loss", chosen.get("loss")) == "partition"
         chosen["ks"] = partition_ks(given.get("k_infer", chosen.get("k_infer"))) if partition else list(SCRATCH_KS)

@@ -13,10 +13,10 @@ from torch import nn
 from ..checkpoint import load, save
 from ..config import RunConfig
 from ..datasets import collect_sources
-from ..distill import distill
+from ..distill import distill, distill_loss
 from ..errors import AtbsnError
 from ..files import RunLock, check_apart, write_text
-from ..losses import BlindSpotL1, DistillL1
+from ..losses import BlindSpotL1
 from ..measure import NoiseEstimate
 from ..runtime import AUTO, bf16_support, check_precision, init_distributed, log
 from ..train import train
@@ -128,8 +128,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     save(teacher, scfg.teacher)  # the teacher the student learns from (a file, so a resumed run finds it)
     _phase(work / "student", scfg, partial(distill, init=start.student), progress)
     student = _better(report, "student", start.student, load(work / "student" / "last.safetensors"),
-                      lambda: DistillL1(load(scfg.teacher).to(device), start.ks, start.loss, nlm_h=scfg.nlm_h,
-                                        nlm_weight=scfg.nlm_weight), scfg, device, precision)
+                      lambda: distill_loss(load(scfg.teacher).to(device), scfg), scfg, device, precision)
     _record(cfg, student, teacher)
     student = _final(report, student, rivals, data, device)
     save(student, output, teacher=teacher)
