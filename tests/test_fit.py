@@ -258,6 +258,7 @@ def test_the_partition_loss_takes_flat_areas_from_the_teachers_k_b_and_textured_
         FitConfig(loss="partition", ks=[3, 1, 0])
 
 
+@pytest.mark.slow  # a whole fit (about 15 s); the NLM targets themselves: tests/test_losses.py
 def test_fit_with_an_nlm_teacher_sets_its_strength_from_the_photos_measured_noise(tmp_path, capsys):
     """``--nlm-weight``: the student's targets move toward non-local means at NLM_STRENGTH x the measured sigma,
     said at the start and recorded with the student's run."""

@@ -15,18 +15,17 @@ NLM_PARAMS = {"h": 10, "hColor": 10, "templateWindowSize": 7, "searchWindowSize"
 
 def nlm(noisy: np.ndarray) -> np.ndarray:
     """OpenCV ``fastNlMeansDenoisingColored`` with h = hColor = 10, 7 x 7 patches, 21 x 21 search."""
-    import cv2
-
-    bgr = np.ascontiguousarray(noisy[:, :, ::-1])
-    return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, **NLM_PARAMS)[:, :, ::-1])
+    return nlm_at(noisy, NLM_PARAMS["h"])
 
 
 def nlm_at(noisy: np.ndarray, h: float) -> np.ndarray:
-    """:func:`nlm` with the filter strength ``h`` (0..255) set from a noise level instead of OpenCV's usual 10."""
+    """:func:`nlm` with the filter strength ``h`` = hColor (0..255) set from a noise level instead of OpenCV's
+    usual 10; the same windows."""
     import cv2
 
     bgr = np.ascontiguousarray(noisy[:, :, ::-1])
-    return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)[:, :, ::-1])
+    params = {**NLM_PARAMS, "h": h, "hColor": h}
+    return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, **params)[:, :, ::-1])
 
 
 def nlm_batch(y: torch.Tensor, h: float) -> torch.Tensor:
