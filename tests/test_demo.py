@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from atbsn.demo import run_demo
 
 
+@pytest.mark.slow  # CI runs the whole demo too (make demo)
 def test_the_demo_scores_the_student_beside_nlm_and_bm3d(tmp_path):
     summary = run_demo(tmp_path / "demo", progress=False, photos=("coffee",), size=64, steps=(3, 2))
     assert summary["fit"]["teacher_steps"] == 3 and summary["fit"]["student_steps"] == 2

@@ -121,6 +121,7 @@ def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_tw
     assert load(model, part="teacher").config.k_train == 9  # the teacher trained on the photos, either way
 
 
+@pytest.mark.slow
 def test_fit_ends_with_a_released_student_in_the_cache_where_it_is_clearly_better(tmp_path, monkeypatch, capsys):
     """A released SIDD student in the cache and a few SIDD photos: a fit of seconds cannot match it, and the
     estimate on the photos (no clean image) says so: the file holds the released student with the fitted teacher;
@@ -274,6 +275,7 @@ def test_fit_with_an_nlm_teacher_sets_its_strength_from_the_photos_measured_nois
     assert run["nlm_weight"] == 0.5 and run["nlm_h"] == pytest.approx(h, rel=1e-3)  # fit.json rounds sigma
 
 
+@pytest.mark.slow  # the rule itself: test_the_blind_spot_follows...
 def test_fit_on_mildly_noisy_photos_chooses_a_small_blind_spot_and_says_so(tmp_path, capsys):
     import json
 

@@ -157,6 +157,7 @@ def test_the_last_convolutions_output_stays_float(files):
     assert ops  # the inputs are rounded
 
 
+@pytest.mark.slow
 def test_finetuning_lowers_the_error_onnx_runtime_measures(tmp_path):
     """On a trained student (the released C): 20 steps of fine-tuning bring the all-int8 file's error against
     fp32, as ONNX Runtime runs it on the calibration crops, down."""

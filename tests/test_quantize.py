@@ -40,6 +40,7 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.clamp(0, 255) - b.clamp(0, 255)) ** 2).mean().sqrt())
 
 
+@pytest.mark.slow
 def test_the_error_bound_decides_what_stays_in_fp32(tmp_path, photos, student):
     loose = quantize(student, [photos], tmp_path / "loose.onnx", max_error=1e6, crop=48, progress=False)
     strict = quantize(student, [photos], tmp_path / "strict.onnx", max_error=1e-4, crop=48, finetune_steps=0,

@@ -177,7 +177,7 @@ def test_presets_and_overrides():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo, tested on Linux")
-@pytest.mark.parametrize("source", ["photos", "prepared store"])
+@pytest.mark.parametrize("source", [pytest.param("photos", marks=pytest.mark.slow), "prepared store"])
 def test_two_process_data_parallel_training_keeps_ranks_identical(tmp_path, photos, source):
     run = tmp_path / "ddp"
     data = photos

@@ -475,6 +475,7 @@ def test_a_body_that_never_arrives_times_out_and_a_negative_length_is_refused(fi
         app.close()
 
 
+@pytest.mark.slow
 def test_uploads_sessions_photos_and_fits_are_bounded(files, tmp_path):
     app = App(fit_options={**TINY_FIT, "teacher_steps": 30}, limits=Limits(pixels=5000, sessions=2, photos=1))
     srv, base = serving(app)
