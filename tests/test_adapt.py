@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from atbsn import ATBSN, Student, denoise, denoise_tensor, save
-from atbsn.adapt import blend_weight, choose_k, fuse, keep_colour, nearest, safeguard, texture
+from atbsn.adapt import (COLOUR_BOUND, blend_weight, choose_k, fuse, guard_colour, keep_colour, nearest, safeguard,
+                         texture)
 from atbsn.cli import main
 from atbsn.errors import AtbsnError
 from atbsn.images import write_image
@@ -34,6 +35,28 @@ def test_keep_colour_puts_back_a_colour_the_denoiser_moved_and_leaves_a_clean_ou
     assert np.abs((kept - noisy).mean((0, 1))).max() < 0.1 < 2.9 < np.abs((shifted - noisy).mean((0, 1))).max()
     assert np.abs(kept - clean).mean() < 0.3 * np.abs(shifted - clean).mean()
     assert np.abs(keep_colour(noisy, clean) - clean).max() < 2.0  # only the noise's smooth part, a fraction of 5
+
+
+def test_the_colour_guard_bounds_each_channels_mean_move_and_with_any_keeps_issue_42s_bound():
+    """Per channel, the output's whole-image mean moves at most COLOUR_BOUND from the input's: downward only with
+    "darkening" (a brighter output is left as it is), both ways with "any", whence (triangle inequality) no mean
+    sits further from any reference than the input's by more than the bound; the texture is untouched."""
+    rng = np.random.default_rng(1)
+    clean = _scene(rng, 33, 47)
+    noisy = clean + rng.normal(0, 5, clean.shape)
+    out = clean + np.array([-3.0, 2.0, 0.1])  # red darkened, green brightened, blue within the bound
+    move = lambda y: (y - noisy).reshape(-1, 3).mean(0)  # noqa: E731
+    dark, both = guard_colour(noisy, out, "darkening"), guard_colour(noisy, out, "any")
+    assert np.allclose(move(dark), [-COLOUR_BOUND, move(out)[1], move(out)[2]])
+    assert np.allclose(move(both), np.clip(move(out), -COLOUR_BOUND, COLOUR_BOUND))
+    assert np.allclose(both - out, (both - out)[:1, :1])  # one shift per channel: every detail kept
+    assert guard_colour(noisy, out, "off") is out
+    for ref in (clean, clean + 4.0, clean - 4.0):  # wherever the reference sits
+        shift = lambda y: np.abs((y - ref).reshape(-1, 3).mean(0))  # noqa: E731
+        assert (shift(both) - shift(noisy)).max() <= COLOUR_BOUND + 1e-9
+        assert (shift(out) - shift(noisy)).max() > 1.0  # unguarded, the output moved further
+    gray = guard_colour(noisy[..., 0], out[..., 0], "any")
+    assert np.isclose((gray - noisy[..., 0]).mean(), -COLOUR_BOUND)
 
 
 def test_the_safeguard_blend_is_the_least_squares_one_and_never_worse_than_the_input():

@@ -428,7 +428,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 SLOW_CASES = {"26.7 disk full: export"}  # in CI's test-all; the other disk-full cases stay in the default suite
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.defect, marks=[pytest.mark.slow] if c.defect in SLOW_CASES else [])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.defect, marks=[pytest.mark.slow] * (c.defect in SLOW_CASES))
                                   for c in CASES])
 def test_bad_input_gives_one_line_changes_nothing_and_leaves_no_partial_output(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

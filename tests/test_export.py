@@ -11,7 +11,7 @@ from atbsn.checkpoint import load, save
 from atbsn.cli import main
 
 
-@pytest.mark.parametrize("kind", ["student", pytest.param("teacher", marks=pytest.mark.slow), pytest.param("C102", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["student", *(pytest.param(k, marks=pytest.mark.slow) for k in ("teacher", "C102"))])
 def test_onnx_matches_pytorch_at_any_size(tmp_path, kind):
     torch.manual_seed(0)
     real = SHARED / "fixtures" / "pretrained" / "aprrd_student_c_sidd_medium.pth"

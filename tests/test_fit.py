@@ -53,9 +53,12 @@ def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
     assert "candidates" not in json.loads((tmp_path / "model.safetensors.fit" / "fit.json").read_text())  # no cache
     student, teacher = load(model), load(model, part="teacher")
     assert student.config.arch == "C" and teacher.config.arch == "atbsn" and teacher.config.k_train == 9
+    assert student.config.training["colour_guard"] == "darkening"  # heavy noise: denoise bounds darkening
     assert main(["denoise", str(photos), "-o", str(tmp_path / "den"), "--model", str(model), "-q"]) == 0
     assert read_image(tmp_path / "den" / "p0.png").shape == (48, 64, 3)
     assert main(["denoise", str(photos / "p0.png"), "-o", str(tmp_path / "den_t"), "--model", str(model), "-q"]) == 0
+    assert main(["denoise", str(photos / "p0.png"), "-o", str(tmp_path / "den_any"), "--model", str(model), "-q",
+                 "--colour-guard", "any"]) == 0
 
     assert main(["fit", str(photos), "-o", str(model), *TINY]) == 0  # again: both phases are kept, not redone
     assert capsys.readouterr().out.count("already finished") == 2
@@ -224,8 +227,8 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
 
     heavy, mild = NoiseEstimate(MILD_SIGMA * 2, (0.5,), 1, 10), NoiseEstimate(MILD_SIGMA / 2, (0.7,), 1, 10)
     cfg, choice = choose(FitConfig(), heavy)
-    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard, cfg.keep_colour) == (9, 3, [3, 0],
-                                                                                          "partition", False, False)
+    assert (cfg.k_train, cfg.k_infer, cfg.ks, cfg.loss, cfg.safeguard, cfg.keep_colour, cfg.colour_guard) == (
+        9, 3, [3, 0], "partition", False, False, "darkening")
     # no step cap on heavy noise; the partition's k: flat areas from k_b, textured ones from 0
     assert choice["chosen"] == {**{f: v for f, v in HEAVY.items() if v is not None}, "ks": [3, 0]}
     cfg, choice = choose(FitConfig(), mild)
@@ -235,7 +238,10 @@ def test_the_blind_spot_follows_the_measured_noise_and_what_the_user_gives_wins(
     assert (cfg.k_train, cfg.loss, cfg.k_infer, cfg.ks) == (5, "multi", MILD["k_infer"], [0, 1])
     assert choice["given"] == {"k_train": 5, "loss": "multi"} and "k_train" not in choice["chosen"]
     cfg, choice = choose(FitConfig(from_model="x.safetensors"), mild, fine_tune=True)
-    assert cfg.k_train is None and choice["chosen"] == {"safeguard": True, "keep_colour": True}  # its blind spot kept
+    assert cfg.k_train is None and choice["chosen"] == {"safeguard": True, "keep_colour": True,
+                                                         "colour_guard": "off"}  # its blind spot kept
+    cfg, choice = choose(FitConfig(colour_guard="any"), heavy)
+    assert cfg.colour_guard == "any" and choice["given"] == {"colour_guard": "any"}
     from atbsn.errors import AtbsnError
 
     with pytest.raises(AtbsnError, match="--step-cap takes two numbers"):

@@ -71,6 +71,31 @@ def test_denoise_255_is_denoise_on_an_array_already_on_0_to_255_whatever_its_val
                                              model)[0].permute(1, 2, 0).numpy(), atol=1e-4)
 
 
+def test_denoise_applies_the_colour_guard_the_model_records_and_the_option_wins():
+    """A model that darkens everything by 6 of 255: as recorded ("darkening"), denoise keeps each channel's mean
+    within the bound of the input's; --colour-guard off gives the network's output; "any" bounds both ways."""
+    from atbsn.adapt import COLOUR_BOUND
+
+    class Darker(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = Student("A", width=8).config
+
+        def forward(self, x):
+            return x - 6.0
+
+    model = Darker()
+    u = np.random.default_rng(0).integers(40, 216, (24, 30, 3)).astype(np.float32)
+    move = lambda y: (y - u).reshape(-1, 3).mean(0)  # noqa: E731
+    assert np.allclose(move(denoise_255(u, model)), -6.0, atol=1e-3)  # nothing recorded: off
+    model.config.training.update(colour_guard="darkening")
+    assert np.allclose(move(denoise_255(u, model)), -COLOUR_BOUND, atol=1e-3)
+    assert np.allclose(move(denoise_255(u, model, colour_guard="off")), -6.0, atol=1e-3)
+    model.forward = lambda x: x + 6.0  # brighter: darkening leaves it, any bounds it
+    assert np.allclose(move(denoise_255(u, model)), 6.0, atol=1e-3)
+    assert np.allclose(move(denoise_255(u, model, colour_guard="any")), COLOUR_BOUND, atol=1e-3)
+
+
 def test_gray_images_through_an_rgb_model_and_back():
     out = denoise(np.full((10, 12), 100, np.uint8), Student("A"))
     assert out.shape == (10, 12) and out.dtype == np.uint8

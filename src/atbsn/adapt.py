@@ -59,6 +59,25 @@ def keep_colour(noisy: np.ndarray, out: np.ndarray, scale: float = COLOUR_SCALE)
     return out + gaussian_filter(removed, (scale, scale, 0)[: removed.ndim], mode="reflect")
 
 
+COLOUR_BOUND = 0.4  # how far (of 255) colour_guard lets each channel's mean move (issue 42 bounds the move at 0.5)
+COLOUR_GUARDS = ("off", "darkening", "any")
+
+
+def guard_colour(noisy: np.ndarray, out: np.ndarray, guard: str, bound: float = COLOUR_BOUND) -> np.ndarray:
+    """``out`` (H x W x C on 0..255) shifted per channel so that its whole-image mean sits at most ``bound`` from
+    ``noisy``'s: below it only (``guard="darkening"``), or either way (``"any"``; ``"off"``: unchanged). With
+    "any" no output's mean can sit further from a clean reference than the input's by more than ``bound``. A
+    camera's noise through its tone curve darkens the sRGB mean (sidd9's references sit 1 to 9 of 255 above
+    their noisy inputs), so a brighter output can be right and "darkening" bounds only the other way
+    (results/colour_guard.md)."""
+    if guard == "off":
+        return out
+    c = out.shape[-1] if out.ndim == 3 else 1
+    move = out.reshape(-1, c).mean(0) - np.asarray(noisy, np.float64).reshape(-1, c).mean(0)
+    allowed = np.clip(move, -bound, bound if guard == "any" else np.inf)
+    return out + (allowed - move)
+
+
 def blend_weight(noisy: np.ndarray, out: np.ndarray, variance: float, trust: float = 1.0) -> float:
     """The safeguard's a = trust x sigma^2 / var(noisy - out), in [0, 1], ``variance`` the noise's sigma^2
     (``trust`` < 1 hedges an estimate that reads high: a smaller a errs toward the input)."""

@@ -93,7 +93,8 @@ def choose_best(candidates: list[Candidate], sources: list, device: torch.device
         mse = score(c, crops, device)
         recorded = c.model.config.training
         rows.append({"name": c.name, "estimated_mse": round(mse, 3), "estimated_psnr": round(mse_to_psnr(mse), 2),
-                     "safeguard": bool(recorded.get("safeguard")), "keep_colour": bool(recorded.get("keep_colour"))})
+                     "safeguard": bool(recorded.get("safeguard")), "keep_colour": bool(recorded.get("keep_colour")),
+                     "colour_guard": recorded.get("colour_guard", "off")})
     best = min(range(len(candidates)), key=lambda i: (rows[i]["estimated_mse"], candidates[i].name != FITTED))
     for i, row in enumerate(rows):
         row["chosen"] = i == best

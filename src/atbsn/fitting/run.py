@@ -45,9 +45,11 @@ def fit(photos: list[str | Path], output: str | Path, config: FitConfig | None =
 
 
 def _record(cfg: FitConfig, *nets: nn.Module) -> None:
-    """denoise's defaults for the file's networks (``--safeguard``, ``--keep-colour`` and their ``--no-`` win)."""
+    """denoise's defaults for the file's networks (``--safeguard``, ``--keep-colour``, ``--colour-guard`` and the
+    ``--no-`` forms win)."""
     for net in nets:
-        net.config.training.update(safeguard=bool(cfg.safeguard), keep_colour=bool(cfg.keep_colour))
+        net.config.training.update(safeguard=bool(cfg.safeguard), keep_colour=bool(cfg.keep_colour),
+                                   colour_guard=cfg.colour_guard or "off")
 
 
 def _final(report: dict, student: nn.Module, rivals: list[Candidate], data: list[str],
