@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from atbsn import ATBSN, Student, denoise, denoise_tensor, save
-from atbsn.adapt import (COLOUR_BOUND, blend_weight, choose_k, fuse, guard_colour, keep_colour, nearest, safeguard,
-                         texture)
+from atbsn.adapt import (
+    COLOUR_BOUND,
+    blend_weight,
+    choose_k,
+    fuse,
+    guard_colour,
+    keep_colour,
+    nearest,
+    safeguard,
+    texture,
+)
 from atbsn.cli import main
 from atbsn.errors import AtbsnError
 from atbsn.images import write_image
@@ -52,9 +61,12 @@ def test_the_colour_guard_bounds_each_channels_mean_move_and_with_any_keeps_issu
     assert np.allclose(both - out, (both - out)[:1, :1])  # one shift per channel: every detail kept
     assert guard_colour(noisy, out, "off") is out
     for ref in (clean, clean + 4.0, clean - 4.0):  # wherever the reference sits
-        shift = lambda y: np.abs((y - ref).reshape(-1, 3).mean(0))  # noqa: E731
+        shift = lambda y, ref=ref: np.abs((y - ref).reshape(-1, 3).mean(0))  # noqa: E731
         assert (shift(both) - shift(noisy)).max() <= COLOUR_BOUND + 1e-9
         assert (shift(out) - shift(noisy)).max() > 1.0  # unguarded, the output moved further
+    over = noisy + np.linspace(0, 400, noisy.size).reshape(noisy.shape)  # far past white: measured as written
+    written = np.clip(guard_colour(noisy, over, "any"), 0, 255)
+    assert np.allclose(move(written), COLOUR_BOUND, atol=1e-6)
     gray = guard_colour(noisy[..., 0], out[..., 0], "any")
     assert np.isclose((gray - noisy[..., 0]).mean(), -COLOUR_BOUND)
 

@@ -64,18 +64,40 @@ COLOUR_GUARDS = ("off", "darkening", "any")
 
 
 def guard_colour(noisy: np.ndarray, out: np.ndarray, guard: str, bound: float = COLOUR_BOUND) -> np.ndarray:
-    """``out`` (H x W x C on 0..255) shifted per channel so that its whole-image mean sits at most ``bound`` from
-    ``noisy``'s: below it only (``guard="darkening"``), or either way (``"any"``; ``"off"``: unchanged). With
-    "any" no output's mean can sit further from a clean reference than the input's by more than ``bound``. A
-    camera's noise through its tone curve darkens the sRGB mean (sidd9's references sit 1 to 9 of 255 above
-    their noisy inputs), so a brighter output can be right and "darkening" bounds only the other way
-    (results/colour_guard.md)."""
+    """``out`` (H x W x C on 0..255) shifted per channel so that its whole-image mean, clipped to 0..255 as it is
+    written, sits at most ``bound`` from ``noisy``'s: below it only (``guard="darkening"``), or either way
+    (``"any"``; ``"off"``: unchanged). With "any" no output's mean can sit further from a clean reference than the
+    input's by more than ``bound``. A camera's noise through its tone curve darkens the sRGB mean (sidd9's
+    references sit 1 to 9 of 255 above their noisy inputs), so a brighter output can be right and "darkening"
+    bounds only the other way (results/colour_guard.md)."""
     if guard == "off":
         return out
     c = out.shape[-1] if out.ndim == 3 else 1
-    move = out.reshape(-1, c).mean(0) - np.asarray(noisy, np.float64).reshape(-1, c).mean(0)
-    allowed = np.clip(move, -bound, bound if guard == "any" else np.inf)
-    return out + (allowed - move)
+    target = np.asarray(noisy, np.float64).reshape(-1, c).mean(0)
+    flat = np.asarray(out, np.float64).reshape(-1, c)
+    written = np.clip(flat, 0.0, 255.0).mean(0)  # the mean as written (clipped to 0..255)
+    goal = np.clip(written, target - bound, target + bound if guard == "any" else np.inf)
+    return out + np.array([_shift_to(flat[:, i], goal[i]) if goal[i] != written[i] else 0.0 for i in range(c)])
+
+
+def _shift_to(values: np.ndarray, goal: float) -> float:
+    """The s for which clip(values + s, 0, 255) has mean ``goal`` (it rises with s): Newton, whose slope is the
+    unclipped share (one step where nothing clips), else bisection."""
+    mean = lambda s: float(np.clip(values + s, 0.0, 255.0).mean())  # noqa: E731
+    s = goal - mean(0.0)
+    for _ in range(4):
+        err = mean(s) - goal
+        if abs(err) < 1e-6:
+            return s
+        inside = float(((values + s > 0) & (values + s < 255)).mean())
+        if inside < 0.5:
+            break
+        s -= err / inside
+    lo, hi = -float(values.max()), 255.0 - float(values.min())
+    for _ in range(60):
+        s = (lo + hi) / 2
+        lo, hi = (s, hi) if mean(s) < goal else (lo, s)
+    return (lo + hi) / 2
 
 
 def blend_weight(noisy: np.ndarray, out: np.ndarray, variance: float, trust: float = 1.0) -> float:
