@@ -53,8 +53,9 @@ def keep_colour(noisy: np.ndarray, out: np.ndarray, scale: float = COLOUR_SCALE)
     """``out`` plus the smooth part (a Gaussian of ``scale`` pixels) of what it removed from ``noisy`` (both H x W x C
     on 0..255): noise has zero mean, so over tens of pixels what a denoiser removed should average to nothing, and
     where it does not the denoiser moved the colour or brightness. Put back, the output keeps the input's local
-    means. Right for mild noise; heavy noise is clipped at black and white, which biases the input's own mean
-    (on sidd9 it cost a released student 2.4 dB), so ``fit`` asks for it only on mild noise."""
+    means. Right for mild noise; heavy noise through a camera's tone curve biases the input's own mean (sidd9's
+    sit below their references; on sidd9 it cost a released student 2.4 dB), so ``fit`` asks for it only on mild
+    noise."""
     removed = np.asarray(noisy, np.float64) - out
     return out + gaussian_filter(removed, (scale, scale, 0)[: removed.ndim], mode="reflect")
 
@@ -67,8 +68,8 @@ def guard_colour(noisy: np.ndarray, out: np.ndarray, guard: str, bound: float = 
     """``out`` (H x W x C on 0..255) shifted per channel so that its whole-image mean, clipped to 0..255 as it is
     written, sits at most ``bound`` from ``noisy``'s: below it only (``guard="darkening"``), or either way
     (``"any"``; ``"off"``: unchanged). With "any" no output's mean can sit further from a clean reference than the
-    input's by more than ``bound``. A camera's noise through its tone curve darkens the sRGB mean (sidd9's
-    references sit 1 to 9 of 255 above their noisy inputs), so a brighter output can be right and "darkening"
+    input's by more than ``bound``. A camera's noise through its tone curve darkens the sRGB mean (most of
+    sidd9's references sit 1 to 9 of 255 above their noisy inputs), so a brighter output can be right and "darkening"
     bounds only the other way (results/colour_guard.md)."""
     if guard == "off":
         return out

@@ -45,8 +45,9 @@ MILD_STEP_CAP = [400, 700]
 
 # keep_colour (results/colour.md): on mild noise every output of polyu100's tuning half had moved its mean colour
 # further from the clean one than the input's (by up to 1.4 of 255 for the fit, 2.3 for a released student) and
-# putting back the smooth part of what was removed gained 0.15 dB; on heavy noise the input's own mean is biased by
-# clipping, and it cost up to 2.4 dB.
+# putting back the smooth part of what was removed gained 0.15 dB; on heavy noise the input's own mean is biased
+# (sidd9's sit below their references: the tone curve, as clipping would bias them the other way), and it cost up to
+# 2.4 dB.
 # colour_guard (benchmarks/colour_guard.py, results/colour_guard.md): on heavy noise fit's students darkened one of
 # sidd9's photos by up to 1.35 of 255 beyond its input's distance from the reference, and no bound on darkening moved
 # their PSNR by more than 0.02 dB; bounding both ways cost them 0.4 to 0.5 dB (a camera's noise darkens the noisy
