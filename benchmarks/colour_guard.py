@@ -22,7 +22,7 @@ from common import RELEASED_COPIES, SHARED, WORK, set_pairs, spread, u8, write_r
 from atbsn.adapt import COLOUR_BOUND, COLOUR_GUARDS, guard_colour
 from atbsn.checkpoint import load
 from atbsn.inference import denoise_255
-from atbsn.metrics import colour_shift, psnr
+from atbsn.metrics import colour_excess, psnr
 
 SEEDS = (0, 1, 2)
 RELEASED = ("tmbsn-c102-sidd", "aprrd-c102-sidd")
@@ -30,9 +30,9 @@ RELEASED = ("tmbsn-c102-sidd", "aprrd-c102-sidd")
 
 def scores(pairs, outs: list[np.ndarray], guard: str) -> dict:
     """PSNR (mean over the set) and the largest colour move beyond the input's, with ``guard`` applied."""
-    written = [u8(np.clip(guard_colour(p.noisy, o, guard), 0, 255)) for o, p in zip(outs, pairs)]
+    written = [u8(guard_colour(p.noisy, o, guard)) for o, p in zip(outs, pairs)]
     return {"psnr": float(np.mean([psnr(w, p.clean) for w, p in zip(written, pairs)])),
-            "colour_excess": max(colour_shift(w, p.clean) - colour_shift(p.noisy, p.clean)
+            "colour_excess": max(colour_excess(w, p.noisy, p.clean)
                                  for w, p in zip(written, pairs))}
 
 

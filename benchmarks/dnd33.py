@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REAL, RELEASED_COPIES, SHARED, WORK, spread, write_results  # noqa: E402
+from common import REAL, RELEASED_COPIES, SHARED, WORK, spread, u8, write_results  # noqa: E402
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
@@ -70,10 +70,9 @@ def main() -> None:
     rule, why = blind_spot_for(whole)
     flags = {k: rule[k] for k in ("safeguard", "keep_colour", "colour_guard")}
     fns = {"noisy": lambda x: np.clip(x, 0, 255),
-           "NLM (h = 10)": lambda x: classical.nlm(np.clip(x, 0, 255).round().astype(np.uint8)).astype(np.float64),
+           "NLM (h = 10)": lambda x: classical.nlm(u8(x)).astype(np.float64),
            f"NLM (h = {NLM_STRENGTH:g} x measured sigma)":
-               lambda x: classical.nlm_at(np.clip(x, 0, 255).round().astype(np.uint8),
-                                          NLM_STRENGTH * whole.sigma).astype(np.float64)}
+               lambda x: classical.nlm_at(u8(x), NLM_STRENGTH * whole.sigma).astype(np.float64)}
     for name, file in RELEASED_COPIES.items():
         path = SHARED / "fixtures" / "pretrained" / file
         if path.exists():

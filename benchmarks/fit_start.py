@@ -31,7 +31,7 @@ from atbsn.fitting import blind_spot_for  # noqa: E402
 from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS, SCORED_SIDE, as_denoiser, released_students  # noqa: E402
 from atbsn.fitting.checks import centre_crop  # noqa: E402
 from atbsn.measure import measure_noise, measure_set  # noqa: E402
-from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
+from atbsn.metrics import colour_excess, psnr, ssim_y  # noqa: E402
 from atbsn.noref import mse_to_psnr, recorrupted_mse  # noqa: E402
 
 FIT_PHOTOS, SIDE = SCORED_PHOTOS, SCORED_SIDE  # as fit scores
@@ -76,7 +76,7 @@ def rows_for(name: str, seed: int) -> dict:
             out = u8(fn(noisy))
             est = recorrupted_mse(fn, crop, noise, seed=i)
             per[label].append({"psnr": psnr(out, p.clean), "ssim_y": ssim_y(out, p.clean), "estimated_mse": est,
-                               "colour_excess": colour_shift(out, p.clean) - colour_shift(p.noisy, p.clean)})
+                               "colour_excess": colour_excess(out, p.noisy, p.clean)})
         print(f"{name} {p.name}: " + ", ".join(f"{k} {v[-1]['psnr']:.2f}/{mse_to_psnr(v[-1]['estimated_mse']):.2f}"
                                             for k, v in per.items()), flush=True)
     data = {"set": name, "seed": seed, "images": [p.name for p in pairs], "per": per}

@@ -27,7 +27,7 @@ from atbsn.checkpoint import load
 from atbsn.classical import nlm_at
 from atbsn.fitting.candidates import as_denoiser
 from atbsn.measure import measure_set
-from atbsn.metrics import colour_shift, psnr, ssim_y
+from atbsn.metrics import colour_excess, psnr, ssim_y
 
 MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SWEEP_SETS = ("polyu100-tune", "sidd9", "demo")
@@ -67,7 +67,7 @@ def as_written(name: str, run: Path) -> dict:
     fn = as_denoiser(load(run / "model.safetensors"), torch.device("cpu"))
     outs = [u8(fn(p.noisy.astype(np.float64))) for p in pairs]
     small = costly_photos(pairs, COSTLY)
-    out = {"colour_excess": max(colour_shift(o, p.clean) - colour_shift(p.noisy, p.clean) for o, p in zip(outs, pairs)),
+    out = {"colour_excess": max(colour_excess(o, p.noisy, p.clean) for o, p in zip(outs, pairs)),
            "ssim_y_smallest": float(np.mean([ssim_y(outs[i], pairs[i].clean) for i in small]))}
     cache.write_text(json.dumps(out))
     return out

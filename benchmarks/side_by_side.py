@@ -37,9 +37,10 @@ from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
 from atbsn.fitting import blind_spot_for  # noqa: E402
 from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS  # noqa: E402
+from atbsn.fitting.rule import MEASURED  # noqa: E402
 from atbsn.inference import denoise  # noqa: E402
 from atbsn.measure import measure_noise, measure_set  # noqa: E402
-from atbsn.metrics import colour_shift, psnr, ssim_y  # noqa: E402
+from atbsn.metrics import colour_excess, psnr, ssim_y  # noqa: E402
 
 NLM, ZS, BM3D, FIT2, FIT5, WRITES = ("NLM", "ZS-N2N", "BM3D (measured sigma)", "fit 2 min (own student)",
                                      "fit 5 min (own student)", "fit 5 min, released cached (what it writes)")
@@ -48,7 +49,7 @@ NOW = "fit 5 min, defaults of 2026-12-07 (partition, colour guard; own student)"
 
 def _scores(out: np.ndarray, pair) -> dict:
     return {"psnr": psnr(out, pair.clean), "ssim_y": ssim_y(out, pair.clean),
-            "colour_excess": colour_shift(out, pair.clean) - colour_shift(pair.noisy, pair.clean)}
+            "colour_excess": colour_excess(out, pair.noisy, pair.clean)}
 
 
 def _computed(name: str, pairs, label: str, fn) -> list[dict]:
@@ -108,7 +109,7 @@ def rows_for(name: str, seeds: list[int], costly: int) -> dict[str, list[list[di
         writes.append([{**r, "chosen": min(choosable, key=est.get)} for r in starts[s][min(choosable, key=est.get)]])
     rows[WRITES] = writes
     now = []  # fit's defaults since 2026-12-07 (fit_targets.py's "part" rows), with the colour guard fit now records
-    guard = blind_spot_for(measure_set(p.noisy for p in pairs)[0])[0]["colour_guard"]
+    guard = blind_spot_for(measure_set(p.noisy for p in pairs[:MEASURED])[0])[0]["colour_guard"]  # as fit measures
     for seed in seeds:
         path = WORK / name / f"part_m5_s{seed}" / "model.safetensors"
         if path.exists():

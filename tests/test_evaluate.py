@@ -146,7 +146,7 @@ def test_the_colour_shift_says_how_far_an_output_moves_the_mean_colour():
     the reference's than the input's did (``colour_moved``, on 0..255)."""
     from atbsn.datasets import Pair
     from atbsn.evaluate import score_outputs
-    from atbsn.metrics import colour_shift
+    from atbsn.metrics import colour_excess, colour_shift
 
     rng = np.random.default_rng(0)
     clean = np.full((16, 16, 3), 100, np.uint8)
@@ -159,3 +159,4 @@ def test_the_colour_shift_says_how_far_an_output_moves_the_mean_colour():
     _, bad = score_outputs([tinted], [Pair("a", noisy, clean)])
     assert good["colour_moved"] <= 0 < bad["colour_moved"] and bad["colour_moved"] == pytest.approx(
         3.0 - colour_shift(noisy, clean))
+    assert colour_excess(tinted, noisy, clean) == pytest.approx(bad["colour_moved"])  # the benchmarks' measure

@@ -118,6 +118,7 @@ def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_tw
     rows = {r["name"]: r for r in report["candidates"]}
     assert set(rows) == {"fitted", str(only)} and sum(r["chosen"] for r in rows.values()) == 1
     assert report["choice"]["chosen"]["k_train"] == 9  # from scratch: the rule chooses the blind spot
+    assert {r["colour_guard"] for r in rows.values()} == {"darkening"}  # each scored as the file would run it
     best = min(rows.values(), key=lambda r: r["estimated_mse"])
     assert best["chosen"] and "<- chosen" in out and "estimated" in out
     assert load(model).config.arch == ("A" if best["name"] == str(only) else "C")

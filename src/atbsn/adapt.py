@@ -74,23 +74,27 @@ def guard_colour(noisy: np.ndarray, out: np.ndarray, guard: str, bound: float = 
     if guard == "off":
         return out
     c = out.shape[-1] if out.ndim == 3 else 1
-    target = np.asarray(noisy, np.float64).reshape(-1, c).mean(0)
-    flat = np.asarray(out, np.float64).reshape(-1, c)
-    written = np.clip(flat, 0.0, 255.0).mean(0)  # the mean as written (clipped to 0..255)
+    flat = np.asarray(out).reshape(-1, c)  # no float64 copy of a large photo: the means accumulate in float64
+    target = np.asarray(noisy).reshape(-1, c).mean(0, dtype=np.float64)
+    written = np.clip(flat, 0.0, 255.0).mean(0, dtype=np.float64)  # the mean as written (clipped to 0..255)
     goal = np.clip(written, target - bound, target + bound if guard == "any" else np.inf)
-    return out + np.array([_shift_to(flat[:, i], goal[i]) if goal[i] != written[i] else 0.0 for i in range(c)])
+    shift = [_shift_to(flat[:, i], goal[i], written[i]) if goal[i] != written[i] else 0.0 for i in range(c)]
+    return out + np.asarray(shift, dtype=out.dtype)
 
 
-def _shift_to(values: np.ndarray, goal: float) -> float:
-    """The s for which clip(values + s, 0, 255) has mean ``goal`` (it rises with s): Newton, whose slope is the
-    unclipped share (one step where nothing clips), else bisection."""
-    mean = lambda s: float(np.clip(values + s, 0.0, 255.0).mean())  # noqa: E731
-    s = goal - mean(0.0)
+def _shift_to(values: np.ndarray, goal: float, now: float) -> float:
+    """The s for which clip(values + s, 0, 255) has mean ``goal`` (``now`` at s = 0; it rises with s): Newton,
+    whose slope is the unclipped share (one step where nothing clips), else bisection."""
+    def mean(s: float) -> float:
+        return float(np.clip(values + s, 0.0, 255.0).mean(dtype=np.float64))
+
+    s = goal - now
     for _ in range(4):
-        err = mean(s) - goal
+        z = values + s
+        err = float(np.clip(z, 0.0, 255.0).mean(dtype=np.float64)) - goal
         if abs(err) < 1e-6:
             return s
-        inside = float(((values + s > 0) & (values + s < 255)).mean())
+        inside = float(((z > 0) & (z < 255)).mean())
         if inside < 0.5:
             break
         s -= err / inside

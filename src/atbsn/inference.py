@@ -61,10 +61,10 @@ class InferenceOptions:
                                       "model records; a model fit made for mild noise asks for it, "
                                       "--no-keep-colour declines)")
     colour_guard: str | None = option(None, "bound how far each channel's mean over the image may move from the "
-                                      "input's (0.4 of 255): darkening (moves down only: a camera's noise darkens "
-                                      "the input's mean, so a brighter output can be right), any (both ways), or "
-                                      "off (default: as the model records; fit's models for heavy noise ask for "
-                                      "darkening)", choices=adapt.COLOUR_GUARDS)
+                                      f"input's ({adapt.COLOUR_BOUND:g} of 255): darkening (moves down only: a "
+                                      "camera's noise darkens the input's mean, so a brighter output can be right), "
+                                      "any (both ways), or off (default: as the model records; fit's models for "
+                                      "heavy noise ask for darkening)", choices=adapt.COLOUR_GUARDS)
 
     @classmethod
     def of(cls, options: InferenceOptions | None = None, **overrides) -> InferenceOptions:
@@ -236,7 +236,7 @@ def denoise_255(image: np.ndarray, model: nn.Module, options: InferenceOptions |
 @torch.no_grad()
 def _denoised(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress, report: dict) -> np.ndarray:
     """One 1 x C x H x W batch on 0..255 as denoise runs it (resolved ``opts``): H x W x C on 0..255."""
-    if isinstance(opts.k, str) or opts.safeguard or opts.keep_colour or opts.colour_guard not in (None, "off"):
+    if isinstance(opts.k, str) or opts.safeguard or opts.keep_colour or opts.colour_guard != "off":
         return _adapted(t, model, opts, progress, report)
     return _hwc(_denoise_batch(t, model, opts, progress), model)
 
@@ -280,8 +280,7 @@ def _adapted(t: torch.Tensor, model: nn.Module, opts: InferenceOptions, progress
         y, report["blend"] = adapt.safeguard(noisy, y, noise)
     if opts.keep_colour:
         y = adapt.keep_colour(noisy, y)
-    if opts.colour_guard not in (None, "off"):
-        y = adapt.guard_colour(noisy, y, opts.colour_guard)
+    y = adapt.guard_colour(noisy, y, opts.colour_guard)  # the last step: "off" leaves y as it is
     return y.astype(np.float32)
 
 

@@ -70,6 +70,12 @@ def colour_shift(x: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(means[0] - means[1]).max())
 
 
+def colour_excess(x: np.ndarray, noisy: np.ndarray, ref: np.ndarray) -> float:
+    """How much further ``x``'s mean colour sits from the reference's than the noisy input's does (of 255;
+    :func:`colour_shift`): what a denoiser moved the colour, issue 42's measure (bounded at 0.5)."""
+    return colour_shift(x, ref) - colour_shift(noisy, ref)
+
+
 TEXTURE_WINDOW = 7  # the side of the window of the texture measure
 
 

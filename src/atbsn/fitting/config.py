@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import methods
-from ..adapt import COLOUR_GUARDS
+from ..adapt import COLOUR_BOUND, COLOUR_GUARDS
 from ..config import MINUTES_MAX, PRECISION_CHOICES, PRECISION_HELP, SEED_MAX, STEPS_MAX, check_options, option
 from ..errors import AtbsnError
 
@@ -50,9 +50,9 @@ class FitConfig:
                                       "--keep-colour: outputs keep the input's local mean colour; recorded in the "
                                       "file; default: on for mild noise)")
     colour_guard: str | None = option(None, "make the model bound how far each channel's mean may move from the "
-                                      "input's (denoise's --colour-guard, recorded in the file; default: darkening "
-                                      "for heavy noise, off for mild noise, where --keep-colour holds it)",
-                                      choices=COLOUR_GUARDS)
+                                      f"input's, {COLOUR_BOUND:g} of 255 (denoise's --colour-guard, recorded in the "
+                                      "file; default: darkening for heavy noise, off for mild noise, where "
+                                      "--keep-colour holds it)", choices=COLOUR_GUARDS)
     stop_at_noise: bool | None = option(None, "stop the teacher early once its outputs remove less than the photos' "
                                         "measured noise (it has begun to copy correlated noise; default: on for "
                                         "mild noise)")
