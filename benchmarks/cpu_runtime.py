@@ -62,7 +62,7 @@ CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_IS
         # AVX-512 with VNNI but without bf16 or AMX (most cloud servers): int8 by VNNI, the kind issue 41 bounds
         "avx512-vnni": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}}
 FIT_MINUTES = 3.0
-# atbsn quantize's defaults (the bound 0.35); every conv in int8 (--all-int8)
+# atbsn quantize's defaults (the bound MAX_ERROR); every conv in int8 (--all-int8)
 INT8 = {"int8": {}, "int8 (all convs)": {"all_int8": True}}
 INT8_ENGINES = ("onnxruntime", "openvino")  # --int8-engines' choices: the engines the psnr part scores int8 with
 NETWORKS: list[str] | None = None  # --networks: how the names every part measures begin (None: all)

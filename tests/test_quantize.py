@@ -13,7 +13,7 @@ from atbsn import AtbsnError, Student, denoise, denoise_tensor
 from atbsn.checkpoint import load, save
 from atbsn.cli import main
 from atbsn.deploy import engines
-from atbsn.deploy.quantize import calibration_crops, quantize, split_concat_convs
+from atbsn.deploy.quantize import _refill, calibration_crops, quantize, split_concat_convs
 from atbsn.images import read_image, write_image
 
 pytestmark = pytest.mark.skipif(not engines.installed("onnxruntime"), reason="needs onnxruntime (atbsn[cpu])")
@@ -56,6 +56,28 @@ def test_the_error_bound_decides_what_stays_in_fp32(tmp_path, photos, student):
                                      for c, r in zip(crops, ref)])))
         assert err == pytest.approx(q["rms_error_vs_fp32"], abs=1e-3)  # what the file says is what it does
     assert qs["rms_error_vs_fp32"] < 1e-3 < ql["rms_error_vs_fp32"]
+
+
+def test_the_refill_puts_back_the_costliest_convolutions_the_bound_still_allows(tmp_path):
+    """After the removal, what fits the bound again goes back into int8, costliest first (errors here add in
+    quadrature, as the removal assumes)."""
+    cost = {"a": 1.0, "big": 40.0, "mid": 10.0, "bad": 5.0, "c": 2.0}
+    sens = {"a": 0.1, "big": 0.2, "mid": 0.2, "bad": 2.0, "c": 0.05}
+    built = []
+
+    def build(nodes, name):
+        built.append(list(nodes))
+        return tmp_path / name
+
+    def measure(path):
+        return float(np.sqrt(sum(sens[n] ** 2 for n in built[-1])))
+
+    kept, path, err = _refill(["a", "c"], list(cost), cost, sens, tmp_path / "int8.onnx", 0.112, 0.25, build, measure)
+    assert kept == ["a", "big", "c"]  # "mid" no longer fits beside "big"; "bad" never fits and is never built
+    assert err == pytest.approx(np.sqrt(0.1**2 + 0.2**2 + 0.05**2)) and err <= 0.25
+    assert ["a", "bad", "c"] not in built and path.name.startswith("refill")
+    none, same, e = _refill([], ["bad"], cost, sens, tmp_path / "fp32.onnx", 0.0, 0.25, build, measure)
+    assert none == [] and same == tmp_path / "fp32.onnx" and e == 0.0
 
 
 def test_the_concat_split_is_the_same_function(tmp_path, student):
