@@ -99,3 +99,20 @@ def test_training_on_a_store_with_worker_processes_ends_with_the_weights_of_the_
     assert main(["train", str(tmp_path / "store"), "-o", str(tmp_path / "b"), "--resume", "--workers", "1", "-q"]) == 0
     a, b = (load(tmp_path / run / "last.safetensors").state_dict() for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_extra_channels_are_cut_rotated_and_flipped_with_their_patches(mixed):
+    """What the sampler appends (distillation's cached targets) lines up with each patch, pixel for pixel, through
+    crops, flips, rotations, zero padding and gray photos; the draws are those of a sampler without it."""
+    from atbsn.datasets import PatchSampler
+
+    plain = PatchSampler(collect_sources([mixed]), 32, 3, seed=4)
+    sampler = PatchSampler(collect_sources([mixed]), 32, 3, seed=4)
+    for i in range(len(sampler.sources)):
+        photo = sampler.photo(i)
+        sampler.extra[i] = np.concatenate([2 * photo, photo + 1], 2)
+    for step in range(6):
+        xb, mb = sampler.batch(step, 4)
+        pb, pm = plain.batch(step, 4)
+        assert xb.shape == (4, 9, 32, 32) and np.array_equal(xb[:, :3], pb) and np.array_equal(mb, pm)
+        assert np.array_equal(xb[:, 3:6], 2 * xb[:, :3]) and np.array_equal(xb[:, 6:], (xb[:, :3] + 1) * mb)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -24,6 +25,19 @@ def _photos(root):
         clean = np.clip(np.linspace(30, 220, 48 * 64).reshape(48, 64, 1) + rng.normal(0, 10, (48, 64, 3)), 0, 255)
         write_image(root / f"p{i}.png", add_camera_noise(clean.astype(np.uint8), rng=i))
     return root
+
+
+def test_fit_computes_the_teachers_targets_once_per_photo_where_that_is_less_work(tmp_path, caplog):
+    """Enough student steps that the photos' tiled windows are fewer pixels than the batches: the plan says so, its
+    estimate holds the pass over the photos, and the student is trained from those targets (the run says so)."""
+    photos = _photos(tmp_path / "photos")
+    model = tmp_path / "model.safetensors"
+    caplog.set_level(logging.INFO, logger="atbsn")
+    assert main(["fit", str(photos), "-o", str(model), *TINY, "--student-steps", "40"]) == 0
+    plan = json.loads((tmp_path / "model.safetensors.fit" / "plan.json").read_text())
+    assert plan["teacher_targets"] == "once per photo" and plan["other_seconds"]["teacher_targets"] > 0
+    assert plan["student_steps"] == 40 and load(model).config.arch == "C"
+    assert "teacher's targets: once per photo" in caplog.text  # the distillation decided as the plan did
 
 
 def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
@@ -50,6 +64,7 @@ def test_fit_leaves_one_file_that_denoise_takes_and_resumes(tmp_path, capsys):
     assert 0 < seconds["estimated"] == pytest.approx(plan["estimate_seconds"], abs=0.1) and seconds["wall"] > 0
     assert "min in all" in out and f"(estimated {seconds['estimated'] / 60:.1f})" in out
     assert set(plan["other_seconds"]) == {"output_check"}  # heavy noise: no stop, so no looks
+    assert plan["teacher_targets"] == "every batch"  # 2 student steps: fewer pixels than the photos' windows
     assert "candidates" not in json.loads((tmp_path / "model.safetensors.fit" / "fit.json").read_text())  # no cache
     student, teacher = load(model), load(model, part="teacher")
     assert student.config.arch == "C" and teacher.config.arch == "atbsn" and teacher.config.k_train == 9

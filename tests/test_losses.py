@@ -3,6 +3,7 @@ texture teacher on textured ones; the texture measure is a local standard deviat
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -81,3 +82,36 @@ def test_the_nlm_teacher_moves_every_target_toward_non_local_means_by_its_weight
     assert torch.equal(alone[0], torch.full_like(y, 5.0))
     with pytest.raises(AtbsnError, match="weight must be in 0..1"):
         DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=1.5)
+
+
+@pytest.mark.parametrize("mode", ["partition", "multi"])
+def test_targets_appended_to_the_batch_replace_the_teacher_exactly(mode):
+    loss = DistillL1(FakeTeacher(), [9, 0], mode)
+    y = torch.rand(2, 3, 24, 32) * 255
+    student = nn.Conv2d(3, 3, 1)
+    mask = torch.ones(2, 1, 24, 32)
+    cached = torch.cat([y, *loss.targets(y)], 1)
+    assert cached.shape[1] == 3 * (1 + loss.n_targets)
+    assert torch.equal(loss(student, cached, mask), loss(student, y, mask))
+
+
+class PixelTeacher(FakeTeacher):
+    """Each output a function of each pixel alone (as a real teacher's is of its neighbourhood, wherever it is):
+    k_b gives the photo itself, any other k half of it plus k."""
+
+    def teachers(self, y, ks):
+        return [y.clone() if k == self.config.k_infer else 0.5 * y + k for k in ks]
+
+
+def test_a_photos_targets_in_the_teachers_tiles_equal_the_untiled_ones():
+    """Tiled at a recorded training crop of 32 (windows of 16 + 2 x 8 context), the partition's texture map (7 x 7)
+    and the targets are those of the whole photo, at odd sizes too."""
+    teacher = PixelTeacher()
+    teacher.config.train_crop = 32
+    loss = DistillL1(teacher, [9, 0], "partition")
+    photo = np.full((45, 71, 3), 100, np.float32)
+    photo[:, 30:] += np.random.default_rng(0).uniform(-20, 20, (45, 41, 3)).astype(np.float32)  # texture on the right
+    got = loss.photo_targets(photo, torch.device("cpu"))
+    whole = loss.targets(torch.from_numpy(photo.transpose(2, 0, 1).copy())[None])[0][0].permute(1, 2, 0).numpy()
+    assert got.shape == (45, 71, 3) and np.allclose(got, whole, atol=1e-4)
+    assert np.all(got[:, :20] == 59.0) and np.allclose(got[:, 40:], 0.5 * photo[:, 40:])  # flat: k = 9; texture: k = 0

@@ -249,3 +249,26 @@ def test_a_typed_ks_is_kept_with_the_partition_loss():
     assert RunConfig.from_preset("distill", "sidd", loss="partition").ks == [9, 0]
     assert RunConfig.from_preset("distill", None, loss="partition").ks == [9, 0]
     assert RunConfig.from_preset("distill", "dnd").ks == [0, 1, 3, 5, 7, 9]
+
+
+@pytest.mark.slow
+def test_distillation_from_targets_cached_per_photo_resumes_exactly_and_says_so(tmp_path, photos, capsys):
+    """--cache-targets: the teacher runs once per photo (its tiles at its training crop) and the targets are cut
+    with the patches; the run resumes to the same weights, and it learns from other targets than per batch."""
+    teacher = tmp_path / "t"
+    assert main(["train", str(photos), "-o", str(teacher), "--steps", "1", *TINY]) == 0
+    flags = ["--teacher", str(teacher / "last.safetensors"), "--steps", "40", "--val-every", "100", "--loss",
+             "partition", "--ks", "3", "0", "--crop", "32", "--batch", "2"]
+    straight, resumed, per_batch = tmp_path / "straight", tmp_path / "resumed", tmp_path / "per_batch"
+    assert main(["distill", str(photos), "-o", str(straight), *flags, "--cache-targets"]) == 0
+    assert "teacher's targets: once per photo" in capsys.readouterr().out
+    assert main(["distill", str(photos), "-o", str(resumed), *flags, "--cache-targets", "--stop-after", "20",
+                 "-q"]) == 0
+    assert main(["distill", str(photos), "-o", str(resumed), "--resume", "-q"]) == 0
+    assert main(["distill", str(photos), "-o", str(per_batch), *flags, "-q"]) == 0
+    a, b, c = (_weights(r / "last.safetensors") for r in (straight, resumed, per_batch))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert main(["distill", str(photos), "-o", str(tmp_path / "few"), *flags[:2], "--steps", "2", "--cache-targets",
+                 "--crop", "32", "--batch", "2"]) == 0  # 2 steps: fewer pixels than the photos' windows
+    assert "teacher's targets: on every batch" in capsys.readouterr().out

@@ -297,6 +297,9 @@ class RunConfig:
     nlm_weight: float = option(0.5, "with --nlm-h: how far each target moves toward the NLM output (0..1)",
                                low=0.0, high=1.0)
     init_from_teacher: bool = option(False, "start student C from the teacher's UNet")
+    cache_targets: bool = option(False, "compute the teacher's targets once per photo (tiled as its inference) and "
+                                 "crop them with the patches, instead of running the teacher on every batch; only "
+                                 "where that is less teacher work and the targets fit in --cache-gb")
     # both
     val: str | None = option(None, "noisy/clean pairs (folder or SIDD validation .mat) for PSNR/SSIM")
     val_limit: int | None = option(16, "validate on the first N pairs", low=1)

@@ -319,6 +319,23 @@ class PatchSampler:
         self._cache: dict[int, tuple[np.ndarray, float]] = {}
         self._cached = 0
         self.bad: set[int] = set()
+        # per image index: H x W x T channels cut, rotated and flipped with its patches and appended to them
+        # (distillation's targets computed once per photo: atbsn.distill.cache_targets)
+        self.extra: dict[int, np.ndarray] = {}
+
+    def photo(self, i: int) -> np.ndarray | None:
+        """Image ``i`` as its patches see it: H x W x channels float32 in 0..255 (None: unreadable, skipped)."""
+        loaded = self._image(i)
+        if loaded is None:
+            return None
+        a, scale = loaded
+        return self._channels(a.astype(np.float32) * scale)
+
+    def _channels(self, a: np.ndarray) -> np.ndarray:
+        c = a.shape[2]
+        if c == self.channels:  # else a gray photo for an RGB model, or the reverse
+            return a
+        return np.repeat(a, self.channels, axis=2) if c == 1 else a.mean(axis=2, keepdims=True)
 
     def _image(self, i: int) -> tuple[np.ndarray, float] | None:
         if i in self._cache:
@@ -341,7 +358,8 @@ class PatchSampler:
 
     def _patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(100 * len(self.sources)):
-            loaded = self._image(int(rng.integers(len(self.sources))))
+            i = int(rng.integers(len(self.sources)))
+            loaded = self._image(i)
             if loaded is not None:
                 break
         else:
@@ -351,14 +369,13 @@ class PatchSampler:
         h, w = a.shape[:2]
         y = int(rng.integers(h - p + 1)) if h > p else 0
         x = int(rng.integers(w - p + 1)) if w > p else 0
-        patch = np.zeros((p, p, self.channels), np.float32)
+        extra = self.extra.get(i)
+        patch = np.zeros((p, p, self.channels + (0 if extra is None else extra.shape[2])), np.float32)
         mask = np.zeros((p, p, 1), np.float32)
         ph, pw = min(p, h), min(p, w)
-        crop = a[y : y + ph, x : x + pw].astype(np.float32) * scale
-        c = crop.shape[2]
-        if c != self.channels:  # gray photo for an RGB model, or the reverse
-            crop = np.repeat(crop, self.channels, axis=2) if c == 1 else crop.mean(axis=2, keepdims=True)
-        patch[:ph, :pw] = crop
+        patch[:ph, :pw, : self.channels] = self._channels(a[y : y + ph, x : x + pw].astype(np.float32) * scale)
+        if extra is not None:
+            patch[:ph, :pw, self.channels :] = extra[y : y + ph, x : x + pw]
         mask[:ph, :pw] = 1.0
         rot, flip = int(rng.integers(4)), bool(rng.integers(2))
         patch, mask = np.rot90(patch, rot), np.rot90(mask, rot)

@@ -45,6 +45,7 @@ from .files import RunLock, atomic_write, check_apart, check_writable, reason, r
 from .losses import Loss
 from .methods import Method
 from .runtime import autocast, available_memory, init_distributed, log, progress_bar, resolve_precision
+from .tiling import plan_tiles
 
 MethodFactory = Callable[[RunConfig, torch.device], Method]
 
@@ -100,6 +101,19 @@ def check_step_memory(make: Callable[[], Method], config: RunConfig, device: tor
         raise AtbsnError(f"--crop {config.crop}, --batch {config.batch}, --width {config.width}: one training step "
                          f"needs about {need / 2**30:.1f} GB and {device} has {free / 2**30:.1f} GB free; use a "
                          "smaller --crop, --batch or --width")
+
+
+def targets_once(pixels: list[int], tiling: tuple[int, int], config: RunConfig,
+                 channels: int) -> tuple[bool, float, float]:
+    """Whether a distillation computes its teacher's targets once per photo (``--cache-targets``): where the photos'
+    tiled windows (``tiling``: tile and margin) are fewer pixels than the whole run's batches (a resume decides
+    alike) and the targets (``channels`` float32 per pixel) fit in ``--cache-gb``. Returns (the choice, the
+    windows' pixels, the batches' pixels)."""
+    tile, margin = tiling
+    windows = sum(pixels) * ((tile + 2 * margin) / tile) ** 2
+    per_batch = config.steps * config.batch * config.crop**2
+    fits = sum(pixels) * 4 * channels <= config.cache_gb * (1 << 30)
+    return bool(config.cache_targets and windows < per_batch and fits), windows, per_batch
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -285,9 +299,29 @@ class Trainer:
         self.sampler = PatchSampler(sources, config.crop, channels, config.seed, self.dist.rank,
                                     int(config.cache_gb * (1 << 30)), config.on_bad_file)
         self.n_sources = len(sources)
+        if config.cache_targets and hasattr(self.loss, "photo_targets"):
+            self._cache_targets(config)
         self.val_pairs = load_pairs(config.val, config.val_limit) if config.val else None
         self.val_batch = None if self.val_pairs else heldout_batch(config, channels)
         self._stop_signal = False
+
+    def _cache_targets(self, config: RunConfig) -> None:
+        """Distillation's targets computed once per photo and cropped with its patches (``--cache-targets``),
+        where :func:`targets_once` says so."""
+        pixels = [None if (a := self.sampler.photo(i)) is None else a.shape[0] * a.shape[1]
+                  for i in range(self.n_sources)]
+        once, windows, per_batch = targets_once([p for p in pixels if p], plan_tiles(self.loss.teacher, self.device),
+                                                config, self.model.config.in_channels * self.loss.n_targets)
+        if not once:
+            log.info("teacher's targets: on every batch (%.1f MP of windows once against %.1f MP of batches, or "
+                     "more than --cache-gb)", windows / 1e6, per_batch / 1e6)
+            return
+        for i in progress_bar(range(self.n_sources), desc="teacher's targets", unit="img",
+                              show=self.dist.main and self.n_sources > 1):
+            if pixels[i]:
+                self.sampler.extra[i] = self.loss.photo_targets(self.sampler.photo(i), self.device, self.precision)
+        log.info("teacher's targets: once per photo (%.1f MP of windows against %.1f MP of batches)",
+                 windows / 1e6, per_batch / 1e6)
 
     # -------------------------------------------------------------------------------- state on disk
     def _check_resume(self, resume: bool) -> None:

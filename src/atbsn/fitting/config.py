@@ -63,6 +63,9 @@ class FitConfig:
                             choices=PRECISION_CHOICES)
     on_bad_file: str = option("fail", "an unreadable image stops the run or is skipped", choices=("fail", "skip"))
     init_from_teacher: bool = option(True, "start a student that shares the teacher's UNet (C) from it", cli=False)
+    cache_targets: bool = option(True, "the student learns from the teacher's targets computed once per photo, not "
+                                 "on every batch, where that is less work (distill --cache-targets; "
+                                 "benchmarks/results/cached_targets.md)", cli=False)
     from_model: str | None = option(None, "a released model (name or file): one with a teacher is fine-tuned on the "
                                     "photos instead of training from scratch; a student alone is weighed against "
                                     "the fitted one; 'best' downloads every released student to weigh (released "

@@ -6,21 +6,23 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import methods
 from ..config import STEPS_MAX, RunConfig
 from ..datasets import PatchSampler, collect_sources
 from ..distill import distill_method
-from ..engine import check_step_memory
+from ..engine import check_step_memory, targets_once
 from ..errors import AtbsnError
 from ..files import write_text
 from ..methods import Method
 from ..runtime import autocast, log
+from ..tiling import plan_tiles
 from .candidates import FITTED, SCORED_PHOTOS, Candidate, score, scored_crops
 from .checks import CHECKED, TARGET_PHOTOS, TARGET_SIDE, centre_crops, output_check, target_ratio
 from .config import FitConfig
@@ -32,16 +34,19 @@ BF16_GAIN = 1.15
 PROBE_STEPS = 12  # steps timed per network and precision, the first three as warm-up
 
 
-def _step_seconds(method: Method, config: RunConfig, device: torch.device) -> float:
+def _step_seconds(method: Method, config: RunConfig, device: torch.device, extra: int = 0) -> float:
     """Seconds per optimisation step of a method as the run will make it (its batch drawn, precision, channels,
     layout): the median of nine steps after three warm-up steps. Single steps vary by 1.5x on a shared 2-core
     machine and the first ones are slower still; a three-step median once planned half the steps the budget
     allowed, and a six-step one missed the AVX2 demo's time by 23% in a first run of benchmarks/fit_estimate.py.
     The batch is drawn inside the timed step: on two cores the trainer's background draw takes its time from
-    the step."""
+    the step. ``extra``: channels appended to each patch (the distillation's targets cached per photo)."""
     channels = method.model.config.in_channels
     sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed,
                            on_bad_file=config.on_bad_file)
+    for i in range(len(sampler.sources) if extra else 0):
+        if (a := sampler.photo(i)) is not None:
+            sampler.extra[i] = np.zeros((*a.shape[:2], extra), np.float32)
     model = method.model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     times = []
@@ -103,6 +108,38 @@ def _phase(run_dir: Path, config: RunConfig, fn, progress: bool) -> None:
         log.info(f"fit: the {run_dir.name} phase stopped at step {result['step']} of {result['steps']}; run the same "
                  "command again to resume it")
         raise KeyboardInterrupt
+
+
+@dataclass
+class _Cached:
+    """The distillation with its targets computed once per photo, as probed: a step's seconds, the seconds of the
+    targets over the photos, and what :func:`targets_once` decides by."""
+
+    step: float
+    pre: float
+    pixels: list[int]
+    tiling: tuple[int, int]
+    channels: int
+
+    def taken(self, scfg: RunConfig) -> bool:
+        return targets_once(self.pixels, self.tiling, scfg, self.channels)[0]
+
+
+def _cached(student: Method, probe: Method, tcfg: RunConfig, scfg: RunConfig, device: torch.device) -> _Cached:
+    """Probe the student's step on targets cut from the photos (as ``--cache-targets`` trains it) and time the
+    teacher's targets per batch, scaled to the photos' tiled windows (the once-per-photo pass)."""
+    probe.model.config.train_crop = tcfg.crop  # as the trained teacher records it: its inference tiles
+    sampler = PatchSampler(collect_sources(scfg.data), scfg.crop, probe.model.config.in_channels, scfg.seed,
+                           on_bad_file=scfg.on_bad_file)
+    pixels = [a.shape[0] * a.shape[1] for i in range(len(sampler.sources)) if (a := sampler.photo(i)) is not None]
+    tiling = plan_tiles(probe.model, device)
+    channels = probe.model.config.in_channels * student.loss.n_targets
+    x = torch.from_numpy(sampler.batch(0, scfg.batch)[0]).to(device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(device, scfg.precision):
+        per_batch = _seconds(lambda: student.loss.targets(x))
+    windows = targets_once(pixels, tiling, scfg, channels)[1]
+    step = _step_seconds(student, scfg, device, extra=channels)
+    return _Cached(step, per_batch * windows / (scfg.batch * scfg.crop**2), pixels, tiling, channels)
 
 
 class OtherFitError(AtbsnError):
@@ -170,21 +207,30 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         why = f"{why}; the faster in a probe of this run's steps: " + "; ".join(
             f"{p} {t:.3f} s a teacher step, {s:.3f} s a student step" for p, (t, s) in timed.items())
     log.info(f"  precision {best}: {why}")
+    cached = _cached(student, probe, tcfg, scfg, device) if scfg.cache_targets else None
     if cfg.minutes is not None:  # the steps get what measuring, probing and the final check leave of the budget
         budget = max(0.0, cfg.minutes * 60 - (time.perf_counter() - began) - check - scoring)
         per_teacher_step = t_step + (look / look_every if look_every else 0.0)
         tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / per_teacher_step)))
         scfg.steps = min(STEPS_MAX, max(25, int(budget * cfg.student_share / s_step)))
+        if cached:  # the targets once per photo, then the cheaper steps: taken where the run will take it
+            steps = min(STEPS_MAX, max(25, int((budget * cfg.student_share - cached.pre) / cached.step)))
+            if cached.taken(replace(scfg, steps=steps)):
+                scfg.steps = steps
     if cfg.step_cap and (tcfg.steps > cfg.step_cap[0] or scfg.steps > cfg.step_cap[1]):
         log.info(f"  at most {cfg.step_cap[0]} teacher and {cfg.step_cap[1]} student steps (--step-cap; "
                  f"{tcfg.steps} and {scfg.steps} otherwise)")
         tcfg.steps, scfg.steps = min(tcfg.steps, cfg.step_cap[0]), min(scfg.steps, cfg.step_cap[1])
+    once = cached is not None and cached.taken(scfg)
+    if once:
+        s_step = cached.step
     others = {"output_check": check, **({"stop_looks": -(-tcfg.steps // look_every) * look} if look_every else {}),
-              **({"candidates": scoring} if rivals else {})}
+              **({"candidates": scoring} if rivals else {}), **({"teacher_targets": cached.pre} if once else {})}
     estimate = time.perf_counter() - began + tcfg.steps * t_step + scfg.steps * s_step + sum(others.values())
     write_text(plan_path, json.dumps({"options": options, "teacher_steps": tcfg.steps, "student_steps": scfg.steps,
                                       "teacher_step_seconds": t_step, "student_step_seconds": s_step,
                                       "precision": best, "precision_why": why,
+                                      "teacher_targets": "once per photo" if once else "every batch",
                                       "step_seconds": {p: {"teacher": t, "student": s}
                                                        for p, (t, s) in timed.items()}, "other_seconds": others,
                                       "estimate_seconds": estimate}))

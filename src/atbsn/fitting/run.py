@@ -105,6 +105,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     scfg = RunConfig(task="distill", out=str(work / "student"), steps=cfg.student_steps,
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
                      loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet,
+                     cache_targets=cfg.cache_targets,
                      **_nlm_teacher(cfg, noise), **common)
     t_step, s_step, estimate = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
                                       STOP_EVERY if cfg.stop_at_noise else None, rivals)
