@@ -7,6 +7,7 @@ luma against the clean photos. The question for issue 41: how much of the studen
 pass was, and whether the targets of whole tiled windows teach as well as those of each random crop.
 
     python benchmarks/cached_targets.py --seeds 0 1 2     # writes results/cached_targets.json and .md
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/cached_targets.py --seeds 0 --tag avx2
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SHAPE = {"batch": 4, "crop": 64, "precision": "fp32", "val_every": 10**9, "save_
 
 
 def one(seed: int, cached: bool, data: list[str], pairs) -> dict:
+    """One distillation (its teacher trained first, once per seed), timed and scored (cached per run)."""
     teacher = run_to_end(train, RunConfig(task="train", data=data, out=str(WORK / f"teacher_s{seed}"), steps=STEPS,
                                           width=16, k_train=5, seed=seed, **SHAPE))
     out = WORK / f"student_s{seed}_{'cached' if cached else 'per_batch'}"
@@ -54,7 +56,11 @@ def one(seed: int, cached: bool, data: list[str], pairs) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--tag", help="a separate work folder and results/cached_targets_TAG (another CPU kind's cap)")
     args = ap.parse_args()
+    global WORK
+    if args.tag:
+        WORK = WORK.with_name(f"{WORK.name}_{args.tag}")
     pairs = set_pairs("demo")
     data = train_set(pairs, WORK / "noisy")
     rows = [one(seed, cached, data, pairs) for seed in args.seeds for cached in (False, True)]
@@ -75,7 +81,7 @@ def main() -> None:
     md += ["", f"- Per seed, cached against per batch: {', '.join(f'{g:.2f}x' for g in gains)} faster "
            f"(median {statistics.median(gains):.2f}x); PSNR {', '.join(f'{d:+.2f}' for d in dpsnr)} dB; SSIM-Y "
            f"{', '.join(f'{d:+.4f}' for d in dssim)}.", ""]
-    write_results("cached_targets", {"rows": rows}, "\n".join(md))
+    write_results("cached_targets" + (f"_{args.tag}" if args.tag else ""), {"rows": rows}, "\n".join(md))
 
 
 if __name__ == "__main__":
