@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from atbsn.config import ModelConfig
+from atbsn.engine import photo_targets
 from atbsn.errors import AtbsnError
 from atbsn.losses import DistillL1, local_std
 
@@ -111,7 +112,7 @@ def test_a_photos_targets_in_the_teachers_tiles_equal_the_untiled_ones():
     loss = DistillL1(teacher, [9, 0], "partition")
     photo = np.full((45, 71, 3), 100, np.float32)
     photo[:, 30:] += np.random.default_rng(0).uniform(-20, 20, (45, 41, 3)).astype(np.float32)  # texture on the right
-    got = loss.photo_targets(photo, torch.device("cpu"))
+    got = photo_targets(loss, photo, torch.device("cpu"))
     whole = loss.targets(torch.from_numpy(photo.transpose(2, 0, 1).copy())[None])[0][0].permute(1, 2, 0).numpy()
     assert got.shape == (45, 71, 3) and np.allclose(got, whole, atol=1e-4)
     assert np.all(got[:, :20] == 59.0) and np.allclose(got[:, 40:], 0.5 * photo[:, 40:])  # flat: k = 9; texture: k = 0

@@ -320,7 +320,7 @@ class PatchSampler:
         self._cached = 0
         self.bad: set[int] = set()
         # per image index: H x W x T channels cut, rotated and flipped with its patches and appended to them
-        # (distillation's targets computed once per photo: atbsn.distill.cache_targets)
+        # (distillation's targets computed once per photo: atbsn.engine.photo_targets)
         self.extra: dict[int, np.ndarray] = {}
 
     def photo(self, i: int) -> np.ndarray | None:

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -45,7 +46,7 @@ from .files import RunLock, atomic_write, check_apart, check_writable, reason, r
 from .losses import Loss
 from .methods import Method
 from .runtime import autocast, available_memory, init_distributed, log, progress_bar, resolve_precision
-from .tiling import plan_tiles
+from .tiling import plan_tiles, run_tiled
 
 MethodFactory = Callable[[RunConfig, torch.device], Method]
 
@@ -114,6 +115,22 @@ def targets_once(pixels: list[int], tiling: tuple[int, int], config: RunConfig,
     per_batch = config.steps * config.batch * config.crop**2
     fits = sum(pixels) * 4 * channels <= config.cache_gb * (1 << 30)
     return bool(config.cache_targets and windows < per_batch and fits), windows, per_batch
+
+
+@torch.no_grad()
+def photo_targets(loss: Loss, image: np.ndarray, device: torch.device, precision: str = "fp32") -> np.ndarray:
+    """A distillation loss's targets (``loss.targets``) over a whole photo (H x W x C float32, 0..255), as
+    H x W x (C x targets) float32, in the tiles its teacher's inference uses (a teacher that records its training
+    crop sees windows of that crop): what ``--cache-targets`` cuts with the patches."""
+    tile, margin = plan_tiles(loss.teacher, device)
+    ctx = autocast(device, precision)
+
+    def fn(w: torch.Tensor) -> torch.Tensor:
+        with ctx:
+            return torch.cat(loss.targets(w.contiguous(memory_format=torch.channels_last)), 1).float()
+
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    return run_tiled(fn, x, tile, margin, device=device)[0].permute(1, 2, 0).cpu().numpy()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -299,7 +316,7 @@ class Trainer:
         self.sampler = PatchSampler(sources, config.crop, channels, config.seed, self.dist.rank,
                                     int(config.cache_gb * (1 << 30)), config.on_bad_file)
         self.n_sources = len(sources)
-        if config.cache_targets and hasattr(self.loss, "photo_targets"):
+        if config.cache_targets and hasattr(self.loss, "n_targets"):  # a distillation
             self._cache_targets(config)
         self.val_pairs = load_pairs(config.val, config.val_limit) if config.val else None
         self.val_batch = None if self.val_pairs else heldout_batch(config, channels)
@@ -319,7 +336,7 @@ class Trainer:
         for i in progress_bar(range(self.n_sources), desc="teacher's targets", unit="img",
                               show=self.dist.main and self.n_sources > 1):
             if pixels[i]:
-                self.sampler.extra[i] = self.loss.photo_targets(self.sampler.photo(i), self.device, self.precision)
+                self.sampler.extra[i] = photo_targets(self.loss, self.sampler.photo(i), self.device, self.precision)
         log.info("teacher's targets: once per photo (%.1f MP of windows against %.1f MP of batches)",
                  windows / 1e6, per_batch / 1e6)
 

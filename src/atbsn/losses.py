@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -137,26 +136,9 @@ class DistillL1(Loss):
         """How many targets :meth:`targets` returns."""
         return len(self.ks) if self.mode == "multi" else 1
 
-    @torch.no_grad()
-    def photo_targets(self, image: np.ndarray, device: torch.device, precision: str = "fp32") -> np.ndarray:
-        """:meth:`targets` of a whole photo (H x W x C float32, 0..255) as H x W x (C x targets) float32, run in the
-        tiles the teacher's inference uses (a teacher that records its training crop sees windows of that crop)."""
-        from .runtime import autocast
-        from .tiling import plan_tiles, run_tiled
-
-        tile, margin = plan_tiles(self.teacher, device)
-        ctx = autocast(device, precision)
-
-        def fn(w: torch.Tensor) -> torch.Tensor:
-            with ctx:
-                return torch.cat(self.targets(w.contiguous(memory_format=torch.channels_last)), 1).float()
-
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-        return run_tiled(fn, x, tile, margin, device=device)[0].permute(1, 2, 0).cpu().numpy()
-
     def forward(self, model: nn.Module, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``y``: the noisy batch, or the noisy batch with the targets appended as further channels (computed
-        once per photo, :func:`atbsn.distill.cache_targets`), which are then used instead of the teacher."""
+        once per photo, :func:`atbsn.engine.photo_targets`), which are then used instead of the teacher."""
         c = self.teacher.config.in_channels
         if y.shape[1] > c:
             y, targets = y[:, :c], list(y[:, c:].split(c, 1))
