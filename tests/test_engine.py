@@ -12,7 +12,7 @@ from torch import nn
 from atbsn.checkpoint import read_metadata
 from atbsn.cli import main
 from atbsn.config import ModelConfig, RunConfig
-from atbsn.engine import Method, Trainer
+from atbsn.engine import Method, Trainer, targets_once
 from atbsn.images import write_image
 from atbsn.losses import Loss, masked_l1
 from atbsn.students import Student
@@ -80,3 +80,16 @@ def test_the_schedule_fit_reads_is_the_one_the_trainer_runs():
         opt.step()
         sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(cosine_lr(2e-3, step, 37), rel=1e-9, abs=1e-15)
+
+
+def test_targets_are_cached_per_photo_only_where_that_is_less_work_and_fits_in_memory():
+    """Two 100 x 100 photos in tiles of 32 with 16 of context: 4x their pixels of windows (80,000), against the
+    run's batches (steps x batch x crop^2); the targets (3 channels of float32) must fit in --cache-gb."""
+    on = RunConfig(task="distill", steps=100, batch=2, crop=32, cache_targets=True)
+    once, windows, batches = targets_once([100 * 100] * 2, (32, 16), on, 3)
+    assert once and windows == 80_000 and batches == 204_800
+    assert not targets_once([100 * 100] * 2, (32, 16), RunConfig(task="distill", steps=30, batch=2, crop=32,
+                                                                 cache_targets=True), 3)[0]  # 61,440 < 80,000
+    assert not targets_once([100 * 100] * 2, (32, 16), RunConfig(task="distill", steps=100, batch=2, crop=32,
+                                                                 cache_targets=True, cache_gb=1e-4), 3)[0]
+    assert not targets_once([100 * 100] * 2, (32, 16), RunConfig(task="distill", steps=100, batch=2, crop=32), 3)[0]

@@ -323,6 +323,11 @@ class PatchSampler:
         # (distillation's targets computed once per photo: atbsn.engine.photo_targets)
         self.extra: dict[int, np.ndarray] = {}
 
+    def size(self, i: int) -> tuple[int, int] | None:
+        """Image ``i``'s height and width (None: unreadable, skipped), without a float copy of it."""
+        loaded = self._image(i)
+        return None if loaded is None else loaded[0].shape[:2]
+
     def photo(self, i: int) -> np.ndarray | None:
         """Image ``i`` as its patches see it: H x W x channels float32 in 0..255 (None: unreadable, skipped)."""
         loaded = self._image(i)

@@ -325,8 +325,7 @@ class Trainer:
     def _cache_targets(self, config: RunConfig) -> None:
         """Distillation's targets computed once per photo and cropped with its patches (``--cache-targets``),
         where :func:`targets_once` says so."""
-        pixels = [None if (a := self.sampler.photo(i)) is None else a.shape[0] * a.shape[1]
-                  for i in range(self.n_sources)]
+        pixels = [None if (s := self.sampler.size(i)) is None else s[0] * s[1] for i in range(self.n_sources)]
         once, windows, per_batch = targets_once([p for p in pixels if p], plan_tiles(self.loss.teacher, self.device),
                                                 config, self.model.config.in_channels * self.loss.n_targets)
         if not once:

@@ -363,9 +363,6 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
                     extra_options={"CalibPercentile": PERCENTILE, "OpTypesToExcludeOutputQuantization": ["Conv"]})
             return dst
 
-        def _measure(p: Path) -> float:
-            return _rms(p, samples, refs)
-
         try:
             quantized = list(convs)
             path = build(quantized, "int8.onnx")
@@ -399,7 +396,7 @@ def quantize(model: nn.Module, photos: Iterable[str | Path], output: str | Path,
                 err = untuned
             if not all_int8 and not tuned_steps and sensitivity:
                 quantized, path, err = _refill(quantized, convs, cost, sensitivity, path, err, max_error, build,
-                                                _measure)
+                                                lambda p: _rms(p, samples, refs))
         except AtbsnError:
             raise
         except Exception as e:  # the quantizer's own errors

@@ -45,8 +45,8 @@ def _step_seconds(method: Method, config: RunConfig, device: torch.device, extra
     sampler = PatchSampler(collect_sources(config.data), config.crop, channels, config.seed,
                            on_bad_file=config.on_bad_file)
     for i in range(len(sampler.sources) if extra else 0):
-        if (a := sampler.photo(i)) is not None:
-            sampler.extra[i] = np.zeros((*a.shape[:2], extra), np.float32)
+        if (size := sampler.size(i)) is not None:
+            sampler.extra[i] = np.zeros((*size, extra), np.float32)
     model = method.model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     times = []
@@ -131,7 +131,7 @@ def _cached(student: Method, probe: Method, tcfg: RunConfig, scfg: RunConfig, de
     probe.model.config.train_crop = tcfg.crop  # as the trained teacher records it: its inference tiles
     sampler = PatchSampler(collect_sources(scfg.data), scfg.crop, probe.model.config.in_channels, scfg.seed,
                            on_bad_file=scfg.on_bad_file)
-    shapes = [a.shape[:2] for i in range(len(sampler.sources)) if (a := sampler.photo(i)) is not None]
+    shapes = [s for i in range(len(sampler.sources)) if (s := sampler.size(i)) is not None]
     tiling = plan_tiles(probe.model, device)
     channels = probe.model.config.in_channels * student.loss.n_targets
     # the pass runs one window at a time: one window timed (a batch of crops ran 2x faster a pixel, bf16 or not)
