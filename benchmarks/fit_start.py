@@ -27,7 +27,7 @@ from common import WORK, point, released_cache, set_pairs, spread, u8, write_res
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
-from atbsn.fitting import blind_spot_for  # noqa: E402
+from atbsn.fitting import blind_spot_for, candidates  # noqa: E402
 from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS, SCORED_SIDE, as_denoiser, released_students  # noqa: E402
 from atbsn.fitting.checks import centre_crop  # noqa: E402
 from atbsn.measure import measure_noise, measure_set  # noqa: E402
@@ -48,13 +48,13 @@ def denoisers(name: str, seed: int) -> dict:
     out = {"noisy": lambda a: np.clip(a, 0, 255), "NLM": _nlm}
     pairs = set_pairs(name)
     rule, _ = blind_spot_for(measure_set(p.noisy for p in pairs[:32])[0])
-    flags = {"safeguard": rule["safeguard"], "keep_colour": rule["keep_colour"]}
+    flags = {k: rule[k] for k in ("safeguard", "keep_colour", "colour_guard")}  # what fit records on what it writes
     for c in released_students():
         c.model.config.training.update(flags)
         out[c.name] = as_denoiser(c.model, CPU)
     point(name, pairs, "new", 5, seed)  # the fit (cached)
     model = load(WORK / name / f"new_m5_s{seed}" / "model.safetensors")
-    model.config.training.update(flags)  # a fit made before keep_colour existed records only the safeguard
+    model.config.training.update(flags)  # as the fit recorded them (one made before a guard existed lacks it)
     out[FITTED] = as_denoiser(model, CPU)
     if flags["safeguard"] or flags["keep_colour"]:
         out[FITTED + " (network alone)"] = as_denoiser(model, CPU, False, False)
@@ -93,13 +93,17 @@ def summary(data: dict) -> dict:
     every = {k: float(np.mean([r["estimated_mse"] for r in v])) for k, v in per.items()}
     choosable = [k for k in per if k not in ("noisy", "NLM") and "alone" not in k]  # what fit may write
     best = max(choosable, key=truth.get)
-    pick = min(choosable, key=first.get)
+    errors = {k: [r["estimated_mse"] for r in per[k][:FIT_PHOTOS]] for k in choosable}  # as fit scores them
+    chosen = candidates.pick(errors)  # as fit chooses
+    least = min(choosable, key=first.get)  # the rule before the evidence: the least mean estimate
+    clear = {k: candidates.evidence(errors[FITTED], errors[k]) for k in choosable if k != FITTED}
     images = len(per["noisy"])
     agree = sum(min(choosable, key=lambda k: per[k][i]["estimated_mse"])
                 == max(choosable, key=lambda k: per[k][i]["psnr"]) for i in range(images))
     return {"truth": truth, "ssim_y": ssim, "colour_excess": colour, "estimated_first": first,
             "estimated_all": every, "best": best,
-            "chosen": pick, "regret_db": truth[best] - truth[pick], "per_image_agreement": [agree, images],
+            "chosen": chosen, "regret_db": truth[best] - truth[chosen], "per_image_agreement": [agree, images],
+            "least_estimate": least, "least_regret_db": truth[best] - truth[least], "evidence": clear,
             "chosen_all": min(choosable, key=every.get)}
 
 
@@ -118,8 +122,10 @@ def main() -> None:
     md = ["# fit_start: ranking denoisers on noisy photos alone (the recorrupted-pair estimate)", "",
           "Per set and fit seed: each candidate's true PSNR / SSIM-Y over every image, and the estimate fit computes "
           "without clean images (mean over the first 16 photos' centre 256 crops; as PSNR, at 1.25x the noise "
-          "variance, so lower than the truth). **chosen** is what fit would write (the least estimated error among "
-          "the fitted and released students), **best** the truly best of those; regret = dB lost by the choice. "
+          "variance, so lower than the truth). **chosen** is what fit writes: the fitted student unless a released "
+          "one is estimated better by more than two standard errors of the per-crop differences (evidence, per "
+          "released student), then the least estimate of those; \"least estimate\" is the rule before that (the "
+          "least mean estimate). **best** is the truly best of the students; regret = dB lost by the choice. "
           "Per image: how often the estimate on the image's crop names the image's truly best candidate. Colour moved: "
           "the largest, over the set's images, of how much further the output's per-channel mean sits from the clean "
           "reference than the noisy input's does (of 255; issue 42 bounds it at 0.5).", ""]
@@ -131,10 +137,17 @@ def main() -> None:
             md.append(f"| {k} | {s['truth'][k]:.2f} | {s['ssim_y'][k]:.4f} | {s['colour_excess'][k]:+.2f} | "
                       f"{mse_to_psnr(s['estimated_first'][k]):.2f} | {mse_to_psnr(s['estimated_all'][k]):.2f} |")
         agree, n = s["per_image_agreement"]
-        md += ["", f"chosen **{s['chosen']}** (with every image: {s['chosen_all']}), best **{s['best']}**, "
-               f"regret {s['regret_db']:.2f} dB; per image the estimate names the best in {agree} of {n}.", ""]
+        ev = ", ".join(f"{k} {v:.1f}" for k, v in s.get("evidence", {}).items())
+        md += ["", f"chosen **{s['chosen']}** (evidence: {ev}), best **{s['best']}**, regret {s['regret_db']:.2f} dB "
+               f"(least estimate: {s.get('least_estimate', s['chosen'])}, regret "
+               f"{s.get('least_regret_db', s['regret_db']):.2f} dB); per image the estimate names the best in {agree} "
+               f"of {n}; colour moved by what fit writes {s['colour_excess'][s['chosen']]:+.2f}.", ""]
     regrets = [s["regret_db"] for s in results.values()]
-    md += [f"Regret over all sets and seeds: {spread(regrets)} dB (largest {max(regrets):.2f})."]
+    least = [s.get("least_regret_db", s["regret_db"]) for s in results.values()]
+    worst = max(s["colour_excess"][s["chosen"]] for s in results.values())
+    md += [f"Regret over all sets and seeds: {spread(regrets)} dB (largest {max(regrets):.2f}); with the least "
+           f"estimate: {spread(least)} dB (largest {max(least):.2f}). Largest colour move of what fit writes: "
+           f"{worst:+.2f}."]
     write_results("fit_start", {"sets": results}, "\n".join(md))
 
 

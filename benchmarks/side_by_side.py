@@ -3,21 +3,18 @@
 Rows per set: the noisy input, OpenCV NLM (h = 10), BM3D at the noise level atbsn measures (no clean image),
 Zero-Shot Noise2Noise (its authors' rule: 2,000 steps on each photo alone; bf16 where native), the released SIDD
 students, and ``fit`` with its defaults: its own student at 2 and 5 minutes (one fit per seed, on the whole set),
-and what it writes with the released students in the cache (the least estimated error on its first 16 photos, as
-fit decides). PSNR, SSIM on luma and the largest colour move (how much further an output's per-channel mean sits
-from the clean reference than the input's, of 255). The noisy input, NLM, the released students and the 5-minute
-fits are read from fit_start.py's per-image results (run it first with the same seeds); the rest is computed
-here and cached per image. BM3D and ZS-N2N take a minute and several minutes a photo on 2 cores, so they run on
-each set's ``--costly`` smallest photos only (by pixels; the first where sizes tie), and every row is also given
-on those photos. The fits (wall-time budgets) all run first, so that the rest may share the machine.
+and what it writes with the released students in the cache (its own student unless a released one is clearly
+better by the estimate on its first 16 photos, as fit decides: atbsn.fitting.candidates.pick). PSNR, SSIM on luma
+and the largest colour move (how much further an output's per-channel mean sits from the clean reference than the
+input's, of 255). The noisy input, NLM, the released students and the 5-minute fits are read from fit_start.py's
+per-image results (run it first with the same seeds); the rest is computed here and cached per image. BM3D and
+ZS-N2N take a minute and several minutes a photo on 2 cores, so they run on each set's ``--costly`` smallest photos
+only (by pixels; the first where sizes tie), and every row is also given on those photos; ``--earlier-costly``
+takes their rows from the committed results of an earlier run (same photos) instead of running them again. The
+fits (wall-time budgets) all run first, so that the rest may share the machine.
 
     python benchmarks/fit_start.py --sets demo sidd9 polyu100-held --seeds 0 1 2
-    python benchmarks/recipe.py SET --recipes part --minutes 5 --seeds 0 1 2    # for each SET: today's defaults
     python benchmarks/side_by_side.py --sets demo sidd9 polyu100-held --seeds 0 1 2 --costly 2 polyu100-held=8
-
-The fits of fit_start.py predate the partition loss (they learned from the mean of k = 0 and 1); the row "defaults
-of 2026-12-07" is fit_targets.py's "part" fits, run as denoise runs them with the colour guard that fit now records
-for the set's measured noise.
 """
 
 from __future__ import annotations
@@ -35,16 +32,14 @@ from common import WORK, costly_photos, point, set_pairs, spread, write_results 
 
 from atbsn import classical  # noqa: E402
 from atbsn.checkpoint import load  # noqa: E402
-from atbsn.fitting import blind_spot_for  # noqa: E402
-from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS  # noqa: E402
-from atbsn.fitting.rule import MEASURED  # noqa: E402
+from atbsn.fitting.candidates import FITTED, SCORED_PHOTOS, pick  # noqa: E402
 from atbsn.inference import denoise  # noqa: E402
-from atbsn.measure import measure_noise, measure_set  # noqa: E402
+from atbsn.measure import measure_noise  # noqa: E402
 from atbsn.metrics import colour_excess, psnr, ssim_y  # noqa: E402
 
 NLM, ZS, BM3D, FIT2, FIT5, WRITES = ("NLM", "ZS-N2N", "BM3D (measured sigma)", "fit 2 min (own student)",
                                      "fit 5 min (own student)", "fit 5 min, released cached (what it writes)")
-NOW = "fit 5 min, defaults of 2026-12-07 (partition, colour guard; own student)"
+EARLIER = " (earlier run)"
 
 
 def _scores(out: np.ndarray, pair) -> dict:
@@ -73,7 +68,7 @@ def fits(name: str, seeds: list[int]) -> None:
         point(name, pairs, "new", 2, seed)
 
 
-def rows_for(name: str, seeds: list[int], costly: int) -> dict[str, list[list[dict]]]:
+def rows_for(name: str, seeds: list[int], costly: int, run_costly: bool = True) -> dict[str, list[list[dict]]]:
     """Each row: one list of per-image scores per seed (one list for what has no seed); the costly rows have
     the costly photos only, every other row has every photo with the costly ones first."""
     pairs = set_pairs(name)
@@ -90,7 +85,7 @@ def rows_for(name: str, seeds: list[int], costly: int) -> dict[str, list[list[di
     released = [k for k in per if k not in ("noisy", NLM) and not k.startswith(FITTED)]
     rows = {"noisy": [per["noisy"]], NLM: [per[NLM]]}
     first = [pairs[i] for i in few]
-    if first:
+    if first and run_costly:
         rows[BM3D] = [_computed(name, first, BM3D, lambda p: classical.bm3d(p.noisy, measure_noise(p.noisy).sigma))]
         rows[ZS] = [_computed(name, first, ZS, lambda p: classical.zsn2n(p.noisy, precision="auto"))]
     rows.update({k: [per[k]] for k in released})
@@ -104,20 +99,9 @@ def rows_for(name: str, seeds: list[int], costly: int) -> dict[str, list[list[di
     writes = []
     for s in seeds:  # fit's own choice: the least estimated error over its first photos (the set's order)
         first16 = [order.index(i) for i in range(min(SCORED_PHOTOS, len(order)))]
-        choosable = [FITTED, *released]
-        est = {k: np.mean([starts[s][k][j]["estimated_mse"] for j in first16]) for k in choosable}
-        writes.append([{**r, "chosen": min(choosable, key=est.get)} for r in starts[s][min(choosable, key=est.get)]])
+        chosen = pick({k: [starts[s][k][j]["estimated_mse"] for j in first16] for k in [FITTED, *released]})
+        writes.append([{**r, "chosen": chosen} for r in starts[s][chosen]])
     rows[WRITES] = writes
-    now = []  # fit's defaults since 2026-12-07 (fit_targets.py's "part" rows), with the colour guard fit now records
-    guard = blind_spot_for(measure_set(p.noisy for p in pairs[:MEASURED])[0])[0]["colour_guard"]  # as fit measures
-    for seed in seeds:
-        path = WORK / name / f"part_m5_s{seed}" / "model.safetensors"
-        if path.exists():
-            model = load(path)
-            now.append(_computed(name, pairs, f"{NOW} s{seed}",
-                                 lambda p, m=model: denoise(p.noisy, m, colour_guard=guard)))
-    if now:
-        rows[NOW] = now
     return rows
 
 
@@ -151,8 +135,9 @@ def verdict(s: dict, row: str = FIT5) -> str:
             q > s[rival][f"ssim_y_{part}"][0] for q in fit[f"ssim_y_{part}"])
 
     checks = {"NLM (means over every image)": above(NLM, "all")}
-    if ZS in s:  # the costly rivals ran on this set
-        checks["ZS-N2N (means over its photos)"] = above(ZS, "first")
+    zs = next((k for k in (ZS, ZS + EARLIER) if k in s), None)  # where the costly rivals ran on this set
+    if zs:
+        checks["ZS-N2N (means over its photos)"] = above(zs, "first")
     return f"{row}: " + "; ".join(f"above {k} in PSNR and SSIM-Y at every seed: {'yes' if ok else '**no**'}"
                                   for k, ok in checks.items())
 
@@ -164,13 +149,23 @@ def main() -> None:
     ap.add_argument("--costly-on", nargs="+", help="the sets where BM3D and ZS-N2N run (default: every set)")
     ap.add_argument("--costly", nargs="+", default=["2"], help="BM3D and ZS-N2N on each set's N smallest photos "
                     "only (ZS-N2N takes minutes a photo): N for every set, SET=N for one")
+    ap.add_argument("--earlier-costly", action="store_true", help="BM3D and ZS-N2N from the committed "
+                    "results/side_by_side.json (an earlier run on the same photos) instead of running them")
     args = ap.parse_args()
     for s in args.sets:
         fits(s, args.seeds)
     given = dict(c.split("=", 1) if "=" in c else ("", c) for c in args.costly)
     costly = {s: int(given.get(s, given.get("", "2"))) if args.costly_on is None or s in args.costly_on else 0
               for s in args.sets}
-    results = {s: summary(rows_for(s, args.seeds, costly[s]), costly[s]) for s in args.sets}
+    results = {s: summary(rows_for(s, args.seeds, costly[s], not args.earlier_costly), costly[s])
+               for s in args.sets}
+    if args.earlier_costly:  # BM3D and ZS-N2N as the committed run measured them, on the same smallest photos
+        earlier = json.loads((Path(__file__).parent / "results" / "side_by_side.json").read_text())["sets"]
+        for s in args.sets:
+            rows = {k: v for k, v in earlier[s].items() if k.removesuffix(EARLIER) in (BM3D, ZS)}
+            results[s] = {**{k: results[s][k] for k in ("noisy", NLM)},
+                          **{k.removesuffix(EARLIER) + EARLIER: v for k, v in rows.items()},
+                          **{k: v for k, v in results[s].items() if k not in ("noisy", NLM)}}
     md = ["# What a user could run instead of fit, side by side", "",
           "Per set: PSNR and SSIM-Y (means over the images), mean +- sd over fit seeds where a row has seeds, on "
           "every image and on the set's N smallest photos (where BM3D and ZS-N2N ran: they take a minute "
@@ -189,7 +184,7 @@ def main() -> None:
             cells = [spread(r[k], 4 if "ssim" in k else 2) if r[k] is not None else "-"
                      for k in ("psnr_all", "ssim_y_all", "psnr_first", "ssim_y_first")]
             md.append(f"| {label}{chosen} | {r['seeds']} | " + " | ".join(cells) + f" | {r['colour_excess']:+.2f} |")
-        md += ["", *(f"- {verdict(s, row)}" for row in (FIT5, NOW) if row in s), ""]
+        md += ["", f"- {verdict(s)}", ""]
     write_results("side_by_side", {"sets": results}, "\n".join(md))
 
 

@@ -117,10 +117,11 @@ def test_fit_from_a_released_model_fine_tunes_and_never_ends_worse(tmp_path, cap
     assert same == kept_start
 
 
-def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_two(tmp_path, capsys):
+def test_fit_from_a_student_alone_trains_its_own_and_keeps_it_without_evidence_against_it(tmp_path, capsys):
     """``--from`` a file with a student and no teacher: the teacher is trained from scratch (nothing to fine-tune)
-    and the file's student is scored beside the fitted one on the photos (no clean image); the output holds the
-    one with the least estimated error, and fit.json says each one's estimate and which was chosen."""
+    and the file's student is scored beside the fitted one on the photos (no clean image); two small photos give
+    two crops, too few to show the other one better, so the output holds the fitted one, and fit.json says each
+    one's estimate, the evidence and which was chosen."""
     from atbsn import Student, save
 
     photos = _photos(tmp_path / "photos")
@@ -134,9 +135,8 @@ def test_fit_from_a_student_alone_trains_its_own_and_writes_the_better_of_the_tw
     assert set(rows) == {"fitted", str(only)} and sum(r["chosen"] for r in rows.values()) == 1
     assert report["choice"]["chosen"]["k_train"] == 9  # from scratch: the rule chooses the blind spot
     assert {r["colour_guard"] for r in rows.values()} == {"darkening"}  # each scored as the file would run it
-    best = min(rows.values(), key=lambda r: r["estimated_mse"])
-    assert best["chosen"] and "<- chosen" in out and "estimated" in out
-    assert load(model).config.arch == ("A" if best["name"] == str(only) else "C")
+    assert rows["fitted"]["chosen"] and rows[str(only)]["evidence"] == 0 and "<- chosen" in out and "estimated" in out
+    assert load(model).config.arch == "C"
     assert load(model, part="teacher").config.k_train == 9  # the teacher trained on the photos, either way
 
 
@@ -170,6 +170,44 @@ def test_fit_ends_with_a_released_student_in_the_cache_where_it_is_clearly_bette
     assert main(["fit", str(tmp_path / "photos"), "-o", str(own), *TINY, "--precision", "fp32", "--fitted-only"]) == 0
     assert load(own).config.arch == "C"
     assert "candidates" not in json.loads((tmp_path / "own.safetensors.fit" / "fit.json").read_text())
+
+
+def test_a_released_student_replaces_the_fitted_one_only_on_evidence_from_enough_crops():
+    """fit keeps the student made for the photos unless another is estimated better on the crops consistently
+    (its mean advantage over two standard errors), then writes the least estimate of those that are."""
+    from atbsn.fitting.candidates import EVIDENCE, FITTED, evidence, pick
+
+    own = [10.0, 20.0, 30.0, 40.0]
+    mixed = [7.0, 21.0, 24.0, 44.0]  # lower on average (92 against 100), higher on two of four crops
+    clear = [8.0, 17.0, 25.0, 33.0]  # lower on every crop
+    clearer = [6.0, 13.0, 20.0, 26.0]
+    assert 0 < evidence(own, mixed) < EVIDENCE < evidence(own, clear) < evidence(own, clearer)
+    assert pick({FITTED: own, "mixed": mixed}) == FITTED
+    assert pick({FITTED: own, "mixed": mixed, "clear": clear}) == "clear"
+    assert pick({FITTED: own, "clear": clear, "clearer": clearer}) == "clearer"
+    assert pick({FITTED: own[:2], "clearer": clearer[:2]}) == FITTED  # two crops: no evidence at all
+    assert evidence(own, [x - 5 for x in own]) > 100  # every crop alike: as clear as it gets
+    assert evidence([1.0, 2.0, 3.0], [-2.0, -1.0, 0.5]) > EVIDENCE  # estimates below zero (a near exact network)
+    assert pick({"a": own, "b": clear}) == "b"  # nothing fitted (a student given alone): the least estimate
+
+
+def test_the_choice_scores_the_quarters_of_each_photo_when_there_are_few(tmp_path):
+    """Fewer than four photos: each gives the four quarters of its centre, so one photo still gives the choice
+    several crops to weigh; four or more: each one's centre crop, the first sixteen."""
+    from atbsn.datasets import collect_sources
+    from atbsn.fitting.candidates import SCORED_SIDE, scored_count, scored_crops
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        write_image(tmp_path / f"p{i}.png", rng.integers(0, 256, (600, 700, 3), dtype=np.uint8))
+    one = scored_crops(collect_sources([tmp_path / "p0.png"]))
+    assert [c.shape for c, _ in one] == [(SCORED_SIDE, SCORED_SIDE, 3)] * 4 == [(256, 256, 3)] * scored_count(1)
+    whole = read_image(tmp_path / "p0.png").astype(np.float64)[44:556, 94:606]
+    assert np.array_equal(np.concatenate([np.concatenate([one[0][0], one[1][0]], 1),
+                                          np.concatenate([one[2][0], one[3][0]], 1)], 0), whole)
+    five = scored_crops(collect_sources([tmp_path]))
+    assert len(five) == scored_count(5) == 5 and all(c.shape == (256, 256, 3) for c, _ in five)
+    assert all(n.sigma > 0 for _, n in five)  # each with its own measured noise
 
 
 def test_removal_ratio_tells_a_denoiser_that_takes_signal_from_one_that_takes_noise(tmp_path):
