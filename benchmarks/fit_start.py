@@ -123,7 +123,7 @@ def main() -> None:
           "Per set and fit seed: each candidate's true PSNR / SSIM-Y over every image, and the estimate fit computes "
           "without clean images (mean over the first 16 photos' centre 256 crops; as PSNR, at 1.25x the noise "
           "variance, so lower than the truth). **chosen** is what fit writes: the fitted student unless a released "
-          "one is estimated better by more than two standard errors of the per-crop differences (evidence, per "
+          "one is estimated better on the crops by the one-sided Wilcoxon signed-rank test at p < 0.05 (p per "
           "released student), then the least estimate of those; \"least estimate\" is the rule before that (the "
           "least mean estimate). **best** is the truly best of the students; regret = dB lost by the choice. "
           "Per image: how often the estimate on the image's crop names the image's truly best candidate. Colour moved: "
@@ -137,8 +137,8 @@ def main() -> None:
             md.append(f"| {k} | {s['truth'][k]:.2f} | {s['ssim_y'][k]:.4f} | {s['colour_excess'][k]:+.2f} | "
                       f"{mse_to_psnr(s['estimated_first'][k]):.2f} | {mse_to_psnr(s['estimated_all'][k]):.2f} |")
         agree, n = s["per_image_agreement"]
-        ev = ", ".join(f"{k} {v:.1f}" for k, v in s.get("evidence", {}).items())
-        md += ["", f"chosen **{s['chosen']}** (evidence: {ev}), best **{s['best']}**, regret {s['regret_db']:.2f} dB "
+        ev = ", ".join(f"{k} {v:.3f}" for k, v in s.get("evidence", {}).items())
+        md += ["", f"chosen **{s['chosen']}** (p: {ev}), best **{s['best']}**, regret {s['regret_db']:.2f} dB "
                f"(least estimate: {s.get('least_estimate', s['chosen'])}, regret "
                f"{s.get('least_regret_db', s['regret_db']):.2f} dB); per image the estimate names the best in {agree} "
                f"of {n}; colour moved by what fit writes {s['colour_excess'][s['chosen']]:+.2f}.", ""]

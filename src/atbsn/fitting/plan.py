@@ -23,7 +23,7 @@ from ..files import write_text
 from ..methods import Method
 from ..runtime import autocast, log
 from ..tiling import plan_tiles
-from .candidates import FITTED, QUARTERS, Candidate, score, scored_count, scored_crops
+from .candidates import FEW, FITTED, Candidate, score, scored_count, scored_crops
 from .checks import CHECKED, TARGET_PHOTOS, TARGET_SIDE, centre_crops, output_check, target_ratio
 from .config import FitConfig
 from .start import Start
@@ -89,7 +89,7 @@ def _other_seconds(probe: Method, student: Method, data: list[str], device: torc
         check = _seconds(lambda: output_check(net, sources[:1], device)) * min(len(sources), CHECKED)
         scoring = 0.0
         if rivals:
-            crop = scored_crops(sources[:1] * QUARTERS, 1)  # one crop of the size the choice scores
+            crop = scored_crops(sources[:1] * FEW, 1)  # one crop of the size the choice scores
             scoring = sum(_seconds(lambda c=c: score(c, crop, device)) for c in [Candidate(FITTED, net), *rivals])
             scoring *= scored_count(len(sources))
         student.model.train()
