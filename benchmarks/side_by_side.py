@@ -10,8 +10,8 @@ input's, of 255). The noisy input, NLM, the released students and the 5-minute f
 per-image results (run it first with the same seeds); the rest is computed here and cached per image. BM3D and
 ZS-N2N take a minute and several minutes a photo on 2 cores, so they run on each set's ``--costly`` smallest photos
 only (by pixels; the first where sizes tie), and every row is also given on those photos; ``--earlier-costly``
-takes their rows from the committed results of an earlier run (same photos) instead of running them again. The
-fits (wall-time budgets) all run first, so that the rest may share the machine.
+takes their rows and the 2-minute fits' from the committed results of an earlier run (same photos) instead of
+running them again. The fits (wall-time budgets) all run first, so that the rest may share the machine.
 
     python benchmarks/fit_start.py --sets demo sidd9 polyu100-held --seeds 0 1 2
     python benchmarks/side_by_side.py --sets demo sidd9 polyu100-held --seeds 0 1 2 --costly 2 polyu100-held=8
@@ -89,15 +89,15 @@ def rows_for(name: str, seeds: list[int], costly: int, run_costly: bool = True) 
         rows[BM3D] = [_computed(name, first, BM3D, lambda p: classical.bm3d(p.noisy, measure_noise(p.noisy).sigma))]
         rows[ZS] = [_computed(name, first, ZS, lambda p: classical.zsn2n(p.noisy, precision="auto"))]
     rows.update({k: [per[k]] for k in released})
-    fit2 = []
     pairs = [pairs[i] for i in order]
-    for seed in seeds:
-        model = load(WORK / name / f"new_m2_s{seed}" / "model.safetensors")
-        fit2.append(_computed(name, pairs, f"{FIT2} s{seed}", lambda p, m=model: denoise(p.noisy, m)))
-    rows[FIT2] = fit2
+    if run_costly:
+        rows[FIT2] = []
+        for seed in seeds:
+            model = load(WORK / name / f"new_m2_s{seed}" / "model.safetensors")
+            rows[FIT2].append(_computed(name, pairs, f"{FIT2} s{seed}", lambda p, m=model: denoise(p.noisy, m)))
     rows[FIT5] = [starts[s][FITTED] for s in seeds]
     writes = []
-    for s in seeds:  # fit's own choice: the least estimated error over its first photos (the set's order)
+    for s in seeds:  # what fit writes: its own unless a released one is clearly better on its first photos
         first16 = [order.index(i) for i in range(min(SCORED_PHOTOS, len(order)))]
         chosen = pick({k: [starts[s][k][j]["estimated_mse"] for j in first16] for k in [FITTED, *released]})
         writes.append([{**r, "chosen": chosen} for r in starts[s][chosen]])
@@ -149,11 +149,12 @@ def main() -> None:
     ap.add_argument("--costly-on", nargs="+", help="the sets where BM3D and ZS-N2N run (default: every set)")
     ap.add_argument("--costly", nargs="+", default=["2"], help="BM3D and ZS-N2N on each set's N smallest photos "
                     "only (ZS-N2N takes minutes a photo): N for every set, SET=N for one")
-    ap.add_argument("--earlier-costly", action="store_true", help="BM3D and ZS-N2N from the committed "
-                    "results/side_by_side.json (an earlier run on the same photos) instead of running them")
+    ap.add_argument("--earlier-costly", action="store_true", help="BM3D, ZS-N2N and the 2-minute fits from the "
+                    "committed results/side_by_side.json (an earlier run on the same photos) instead of running them")
     args = ap.parse_args()
     for s in args.sets:
-        fits(s, args.seeds)
+        if not args.earlier_costly:
+            fits(s, args.seeds)
     given = dict(c.split("=", 1) if "=" in c else ("", c) for c in args.costly)
     costly = {s: int(given.get(s, given.get("", "2"))) if args.costly_on is None or s in args.costly_on else 0
               for s in args.sets}
@@ -162,7 +163,7 @@ def main() -> None:
     if args.earlier_costly:  # BM3D and ZS-N2N as the committed run measured them, on the same smallest photos
         earlier = json.loads((Path(__file__).parent / "results" / "side_by_side.json").read_text())["sets"]
         for s in args.sets:
-            rows = {k: v for k, v in earlier[s].items() if k.removesuffix(EARLIER) in (BM3D, ZS)}
+            rows = {k: v for k, v in earlier[s].items() if k.removesuffix(EARLIER) in (BM3D, ZS, FIT2)}
             results[s] = {**{k: results[s][k] for k in ("noisy", NLM)},
                           **{k.removesuffix(EARLIER) + EARLIER: v for k, v in rows.items()},
                           **{k: v for k, v in results[s].items() if k not in ("noisy", NLM)}}

@@ -23,7 +23,7 @@ from ..files import write_text
 from ..methods import Method
 from ..runtime import autocast, log
 from ..tiling import plan_tiles
-from .candidates import FEW, FITTED, Candidate, score, scored_count, scored_crops
+from .candidates import FITTED, SCORED_PHOTOS, Candidate, score, scored_crops
 from .checks import CHECKED, TARGET_PHOTOS, TARGET_SIDE, centre_crops, output_check, target_ratio
 from .config import FitConfig
 from .start import Start
@@ -89,9 +89,9 @@ def _other_seconds(probe: Method, student: Method, data: list[str], device: torc
         check = _seconds(lambda: output_check(net, sources[:1], device)) * min(len(sources), CHECKED)
         scoring = 0.0
         if rivals:
-            crop = scored_crops(sources[:1] * FEW, 1)  # one crop of the size the choice scores
-            scoring = sum(_seconds(lambda c=c: score(c, crop, device)) for c in [Candidate(FITTED, net), *rivals])
-            scoring *= scored_count(len(sources))
+            crops = scored_crops(sources, 1)
+            scoring = sum(_seconds(lambda c=c: score(c, crops, device)) for c in [Candidate(FITTED, net), *rivals])
+            scoring *= min(len(sources), SCORED_PHOTOS)
         student.model.train()
     return look, check, scoring
 
