@@ -37,7 +37,7 @@ SCORED_PHOTOS, SCORED_SIDE = 16, 256
 # estimated errors are lower, photo by photo (one centre crop each), at EVIDENCE, on at least MIN_PHOTOS photos (the
 # fewest at which it can pass). Rank-based, so neither a noisy photo nor one whose estimate falls below zero (a near
 # exact network: sidd9) outweighs the rest. On sidd9 and polyu100's held-out half the released students passed it
-# (p 0.004 or less; 0.009 to 0.017 for the APR-RD ones on polyu100), and they are 1.0 to 3.5 dB better there.
+# (p 0.017 or less, every seed), and they are 1.0 to 3.5 dB better there.
 # Photos, not crops: the estimate errs photo by photo. On the demo's photos (simulated noise) crops of the same
 # photo agreed with each other and were wrong together: four crops of each put every released student ahead at
 # p <= 0.007, where the fitted one is truly 0.6 to 1.5 dB better, and better on every photo (results/fit_start.md).
