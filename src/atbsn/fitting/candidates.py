@@ -87,7 +87,7 @@ def gather(from_model: str | None, parts: dict[str, nn.Module]) -> list[Candidat
 
 def scored_crops(sources: list, limit: int = SCORED_PHOTOS, side: int = SCORED_SIDE
                  ) -> list[tuple[np.ndarray, NoiseEstimate]]:
-    """The centre crops each candidate is scored on (float64 on 0..255), each with its own measured noise."""
+    """The centre crops the candidates are scored on (float64 on 0..255), each with its own measured noise."""
     crops = [_centre(src, side).astype(np.float64) for src in sources[:limit]]
     return [(crop, measure_noise(crop, factor=1.0)) for crop in crops]
 
