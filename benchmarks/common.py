@@ -268,6 +268,9 @@ RECIPES: dict[str, dict] = {
     # issue 42, item 2: NLM at 1.5x the measured noise as a teacher beside the blind-spot ones (nlm_teacher.py)
     "part-nlm50": {"loss": "partition", "nlm_weight": 0.5},
     "nlm100": {"nlm_weight": 1.0},  # NLM alone: whatever the blind-spot targets are
+    # issue 42, item 2: BM3D at rule.BM3D_STRENGTH x the measured noise as the classical teacher instead
+    "bm3d50": {"bm3d_weight": 0.5},
+    "bm3d100": {"bm3d_weight": 1.0},
     # issue 27: the blind spot for mild noise (benchmarks/fit_rule.py), on polyu100's tuning half
     # (fixed variants: no teacher stop; the safeguard recorded as the rule chooses it, every row scores both)
     "ka9": {"k_train": 9, "k_infer": 3, "stop_at_noise": False},  # the default before: the rule may choose it

@@ -24,12 +24,13 @@ import torch
 from common import RESULTS, WORK, costly_photos, paired_verdict, set_pairs, spread, u8, write_results
 
 from atbsn.checkpoint import load
-from atbsn.classical import nlm_at
+from atbsn.classical import bm3d_many, nlm_at
 from atbsn.fitting.candidates import as_denoiser
 from atbsn.measure import measure_set
 from atbsn.metrics import colour_excess, psnr, ssim_y
 
-MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+MULTIPLES = {"nlm": (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), "bm3d": (1.0, 1.5, 2.0, 3.0)}
+BM3D_LIMIT = 8  # images per set in BM3D's sweep: half a minute an image on 2 cores
 SWEEP_SETS = ("polyu100-tune", "sidd9", "demo")
 FIT_SETS = ("polyu100-tune", "sidd9", "demo", "polyu100-held")
 RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100")
@@ -37,21 +38,23 @@ COSTLY = 2  # side_by_side.py's default: the photos where it ran ZS-N2N
 AS_WRITTEN = ("demo", "sidd9")  # the sets each fitted file is run on as written (polyu100's 50 photos: minutes a row)
 
 
-def sweep(name: str, limit: int) -> dict:
-    """NLM at c x the measured sigma on the set's first ``limit`` images, cached per set."""
-    cache = WORK / name / "nlm_sweep.json"
+def sweep(name: str, limit: int, method: str = "nlm") -> dict:
+    """NLM (or BM3D, ``method``) at c x the measured sigma on the set's first ``limit`` images, cached per set."""
+    cache = WORK / name / f"{method}_sweep.json"
     if cache.exists():
         return json.loads(cache.read_text())
     pairs = set_pairs(name)[:limit]
     sigma = measure_set(p.noisy for p in pairs)[0].sigma
-    out = {"set": name, "images": len(pairs), "sigma": sigma,
+    out = {"set": name, "method": method, "images": len(pairs), "sigma": sigma,
            "noisy": {"psnr": float(np.mean([psnr(p.noisy, p.clean) for p in pairs])),
                      "ssim_y": float(np.mean([ssim_y(p.noisy, p.clean) for p in pairs]))}, "multiples": {}}
-    for c in MULTIPLES:
-        outs = [nlm_at(p.noisy, c * sigma) for p in pairs]
+    for c in MULTIPLES[method]:
+        outs = ([nlm_at(p.noisy, c * sigma) for p in pairs] if method == "nlm"
+                else bm3d_many([p.noisy for p in pairs], [c * sigma] * len(pairs)))
         out["multiples"][str(c)] = {"psnr": float(np.mean([psnr(o, p.clean) for o, p in zip(outs, pairs)])),
                                     "ssim_y": float(np.mean([ssim_y(o, p.clean) for o, p in zip(outs, pairs)]))}
-        print(f"{name}: NLM at {c:g} sigma {out['multiples'][str(c)]['psnr']:.2f} dB", flush=True)
+        print(f"{name}: {method} at {c:g} sigma {out['multiples'][str(c)]['psnr']:.2f} dB", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out, indent=1))
     return out
 

@@ -20,7 +20,8 @@ def _flags(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command, cls, skip", [
     ("train", RunConfig, {"task", "data", "out", "teacher", "teacher_sha256", "student", "ks", "loss",
-                          "texture_threshold", "nlm_h", "nlm_weight", "init_from_teacher", "cache_targets"}),
+                          "texture_threshold", "nlm_h", "nlm_weight", "bm3d_sigma", "bm3d_weight", "init_from_teacher",
+                          "cache_targets"}),
     ("distill", RunConfig, {"task", "data", "out", "teacher_sha256", "method", "width", "k_train", "k_infer"}),
     ("fit", FitConfig, {"init_from_teacher", "cache_targets"}),
     ("denoise", InferenceOptions, set()),

@@ -302,20 +302,27 @@ def test_the_partition_loss_takes_flat_areas_from_the_teachers_k_b_and_textured_
         FitConfig(loss="partition", ks=[3, 1, 0])
 
 
-@pytest.mark.slow  # a whole fit (about 15 s); the NLM targets themselves: tests/test_losses.py
-def test_fit_with_an_nlm_teacher_sets_its_strength_from_the_photos_measured_noise(tmp_path, capsys):
-    """``--nlm-weight``: the student's targets move toward non-local means at NLM_STRENGTH x the measured sigma,
-    said at the start and recorded with the student's run."""
-    from atbsn.fitting import NLM_STRENGTH
+@pytest.mark.slow  # a whole fit (about 15 s); the classical targets themselves: tests/test_losses.py
+@pytest.mark.parametrize("method, words, option, strength", [("nlm", "NLM at h =", "nlm_h", "NLM_STRENGTH"),
+                                                              ("bm3d", "BM3D at sigma", "bm3d_sigma", "BM3D_STRENGTH")])
+def test_fit_with_a_classical_teacher_sets_its_strength_from_the_photos_measured_noise(tmp_path, capsys, method,
+                                                                                         words, option, strength):
+    """``--nlm-weight`` / ``--bm3d-weight``: the student's targets move toward non-local means or BM3D at a multiple
+    of the measured sigma, said at the start and recorded with the student's run; both at once is refused."""
+    from atbsn import fitting
 
     model = tmp_path / "m.safetensors"
-    assert main(["fit", str(_photos(tmp_path / "photos")), "-o", str(model), *TINY, "--nlm-weight", "0.5"]) == 0
+    photos = str(_photos(tmp_path / "photos"))
+    assert main(["fit", photos, "-o", str(model), *TINY, f"--{method}-weight", "0.5"]) == 0
     report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
-    h = NLM_STRENGTH * report["noise"]["set"]["sigma"]
-    assert f"0.5 of the way to NLM at h = {h:.1f}" in capsys.readouterr().out
-    assert report["choice"]["given"]["nlm_weight"] == 0.5
+    level = getattr(fitting, strength) * report["noise"]["set"]["sigma"]
+    assert f"0.5 of the way to {words} {level:.1f}" in capsys.readouterr().out
+    assert report["choice"]["given"][f"{method}_weight"] == 0.5
     run = load(model).config.training  # the student's run, recorded in the file
-    assert run["nlm_weight"] == 0.5 and run["nlm_h"] == pytest.approx(h, rel=1e-3)  # fit.json rounds sigma
+    assert run[f"{method}_weight"] == 0.5 and run[option] == pytest.approx(level, rel=1e-3)  # fit.json rounds sigma
+    assert main(["fit", photos, "-o", str(tmp_path / "two.safetensors"), *TINY, "--nlm-weight", "0.5",
+                 "--bm3d-weight", "0.5"]) != 0
+    assert "give one classical teacher" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # the rule itself: test_the_blind_spot_follows...

@@ -3,6 +3,8 @@ texture teacher on textured ones; the texture measure is a local standard deviat
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -57,32 +59,49 @@ def test_partition_needs_two_ks_and_local_std_measures_texture():
     assert 5 < local_std(noisy).mean() < 15
 
 
-def test_the_nlm_teacher_moves_every_target_toward_non_local_means_by_its_weight():
-    """A classical teacher (``distill --nlm-h``: non-local means of each patch): each blind-spot target moves toward
-    its output by the weight (mean: the one averaged target; multi: each of them); weight 0 or none is the
-    blind-spot teachers alone."""
+@pytest.mark.parametrize("method", ["nlm", "bm3d"])
+def test_a_classical_teacher_moves_every_target_toward_its_output_by_its_weight(method):
+    """A classical teacher (``distill --nlm-h`` or ``--bm3d-sigma``: non-local means or BM3D of each patch): each
+    blind-spot target moves toward its output by the weight (mean: the one averaged target; multi: each of them);
+    weight 0 or none is the blind-spot teachers alone."""
     from functools import partial
 
-    from atbsn.classical import nlm_at, nlm_batch
+    from atbsn import classical as c
 
+    batch, alone = {"nlm": (c.nlm_batch, c.nlm_at), "bm3d": (c.bm3d_batch, c.bm3d)}[method]
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(2, 3, 20, 24, generator=g) * 60 + 100).round()
-    nlm = nlm_batch(y, 6.0)
-    assert nlm.shape == y.shape and nlm.dtype == torch.float32
+    out = batch(y, 6.0)
+    assert out.shape == y.shape and out.dtype == torch.float32
     first = y[0].permute(1, 2, 0).to(torch.uint8).numpy()
-    assert torch.equal(nlm[0], torch.from_numpy(nlm_at(first, 6.0)).permute(2, 0, 1).float())
-    assert (nlm - y).abs().mean() > 1  # it denoises
-    classical = partial(nlm_batch, h=6.0)
+    assert torch.equal(out[0], torch.from_numpy(alone(first, 6.0)).permute(2, 0, 1).float())
+    assert (out - y).abs().mean() > 1  # it denoises
+    classical = partial(batch, **{"nlm": {"h": 6.0}, "bm3d": {"sigma": 6.0}}[method])
     for weight in (0.25, 1.0):
         mean = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=weight).targets(y)
-        assert len(mean) == 1 and torch.allclose(mean[0], 5.0 + weight * (nlm - 5.0), atol=1e-4)
+        assert len(mean) == 1 and torch.allclose(mean[0], 5.0 + weight * (out - 5.0), atol=1e-4)
         multi = DistillL1(FakeTeacher(), [0, 1], "multi", classical=classical, classical_weight=weight).targets(y)
-        assert [torch.allclose(t, 10.0 * k + weight * (nlm - 10.0 * k), atol=1e-4) for k, t in zip((0, 1), multi)] \
+        assert [torch.allclose(t, 10.0 * k + weight * (out - 10.0 * k), atol=1e-4) for k, t in zip((0, 1), multi)] \
             == [True, True]
-    alone = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=0.0).targets(y)
-    assert torch.equal(alone[0], torch.full_like(y, 5.0))
+    unmoved = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=0.0).targets(y)
+    assert torch.equal(unmoved[0], torch.full_like(y, 5.0))
     with pytest.raises(AtbsnError, match="weight must be in 0..1"):
         DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=1.5)
+
+
+def test_a_run_takes_one_classical_teacher_by_its_options():
+    """``distill``'s options pick the classical teacher and its weight; both at once is refused on one line."""
+    from atbsn.config import RunConfig
+    from atbsn.distill import classical_teacher
+
+    run = partial(RunConfig, task="distill", data=["x"], out="o")
+    assert classical_teacher(run()) == (None, 0.0)
+    fn, weight = classical_teacher(run(bm3d_sigma=4.0, bm3d_weight=0.3))
+    assert fn.func.__name__ == "bm3d_batch" and fn.keywords == {"sigma": 4.0} and weight == 0.3
+    fn, weight = classical_teacher(run(nlm_h=6.0))
+    assert fn.func.__name__ == "nlm_batch" and weight == 0.5
+    with pytest.raises(AtbsnError, match="give one classical teacher"):
+        classical_teacher(run(nlm_h=6.0, bm3d_sigma=4.0))
 
 
 @pytest.mark.parametrize("mode", ["partition", "multi"])

@@ -29,10 +29,23 @@ def nlm_at(noisy: np.ndarray, h: float) -> np.ndarray:
 
 
 def nlm_batch(y: torch.Tensor, h: float) -> torch.Tensor:
-    """:func:`nlm_at` on each image of an N x 3 x H x W float batch in 0..255 (rounded to uint8 as OpenCV takes
-    it), returned as float32 on the batch's device: the classical teacher of the distillation."""
+    """:func:`nlm_at` on each image of an N x 3 x H x W float batch in 0..255: the distillation's classical
+    teacher (``--nlm-h``)."""
+    return _each_image(y, lambda a: nlm_at(a, h))
+
+
+def bm3d_batch(y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`bm3d` at ``sigma`` on each image of an N x 3 x H x W float batch in 0..255: the distillation's
+    classical teacher (``--bm3d-sigma``); seconds a photo, so fit uses it where the targets are computed once."""
+    _bm3d_package()
+    return _each_image(y, lambda a: bm3d(a, sigma))
+
+
+def _each_image(y: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` (H x W x 3 uint8 to the same) on each image of a float batch in 0..255, rounded to uint8 as the
+    classical denoisers take it; returned as float32 on the batch's device."""
     u8 = y.detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack([nlm_at(a, h) for a in u8])
+    out = np.stack([fn(a) for a in u8])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(y.device, torch.float32)
 
 

@@ -327,8 +327,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def _distill_args(p: argparse.ArgumentParser) -> None:
     """Distill a non-blind student from a trained teacher."""
-    _training_args(p, ["student", "ks", "loss", "texture_threshold", "nlm_h", "nlm_weight", "init_from_teacher",
-                        "cache_targets"])
+    _training_args(p, ["student", "ks", "loss", "texture_threshold", "nlm_h", "nlm_weight", "bm3d_sigma",
+                        "bm3d_weight", "init_from_teacher", "cache_targets"])
     p.add_argument("--teacher", help="teacher checkpoint (ours or the authors') or a released name; on --resume, "
                                      "the run's own (give it again if the file moved)")
 

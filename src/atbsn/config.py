@@ -296,6 +296,11 @@ class RunConfig:
                                  "this strength h (0..255) on each patch", low=0.0)
     nlm_weight: float = option(0.5, "with --nlm-h: how far each target moves toward the NLM output (0..1)",
                                low=0.0, high=1.0)
+    bm3d_sigma: float | None = option(None, "a classical teacher beside the blind-spot ones: BM3D (the bm3d "
+                                      "package) at this noise std (0..255); seconds a photo, so best with "
+                                      "--cache-targets", low=0.0)
+    bm3d_weight: float = option(0.5, "with --bm3d-sigma: how far each target moves toward the BM3D output (0..1)",
+                                low=0.0, high=1.0)
     init_from_teacher: bool = option(False, "start student C from the teacher's UNet")
     cache_targets: bool = option(False, "compute the teacher's targets once per photo (tiled as its inference) and "
                                  "crop them with the patches, instead of running the teacher on every batch; only "

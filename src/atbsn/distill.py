@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from . import methods
 from .checkpoint import load
-from .classical import nlm_batch
+from .classical import bm3d_batch, nlm_batch
 from .config import RunConfig
 from .engine import Trainer, saved_config
 from .errors import AtbsnError
@@ -22,9 +23,30 @@ from .students import Student, init_from_teacher
 
 
 def distill_loss(teacher: nn.Module, config: RunConfig) -> DistillL1:
-    """The distillation loss a run's options ask for, with non-local means as a classical teacher (``--nlm-h``)."""
-    classical = partial(nlm_batch, h=config.nlm_h) if config.nlm_h else None
-    return DistillL1(teacher, config.ks, config.loss, config.texture_threshold, classical, config.nlm_weight)
+    """The distillation loss a run's options ask for, with non-local means (``--nlm-h``) or BM3D
+    (``--bm3d-sigma``) as a classical teacher."""
+    classical, weight = classical_teacher(config)
+    return DistillL1(teacher, config.ks, config.loss, config.texture_threshold, classical, weight)
+
+
+def classical_teacher(config: RunConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+    """The classical teacher a run's options ask for (a function of the noisy batch) and its weight."""
+    if config.nlm_h and config.bm3d_sigma:
+        raise AtbsnError("--nlm-h and --bm3d-sigma: give one classical teacher")
+    if config.bm3d_sigma:
+        return partial(bm3d_batch, sigma=config.bm3d_sigma), config.bm3d_weight
+    if config.nlm_h:
+        return partial(nlm_batch, h=config.nlm_h), config.nlm_weight
+    return None, 0.0
+
+
+def classical_words(config: RunConfig) -> str:
+    """The classical teacher in words, for the log ('' without one)."""
+    if config.bm3d_sigma and config.bm3d_weight:
+        return f", each target moved {config.bm3d_weight:g} of the way to BM3D at sigma {config.bm3d_sigma:.1f}"
+    if config.nlm_h and config.nlm_weight:
+        return f", each target moved {config.nlm_weight:g} of the way to NLM at h = {config.nlm_h:.1f}"
+    return ""
 
 
 def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module | None = None,
@@ -53,8 +75,7 @@ def distill_method(config: RunConfig, device: torch.device, teacher: nn.Module |
     n = sum(p.numel() for p in model.parameters())
     return Method(model, loss, f"distilling student {config.student} ({n:,} parameters) from "
                                f"{config.teacher or 'the given teacher'} at k in {loss.ks} ({config.loss} loss)"
-                               + (f", each target moved {config.nlm_weight:g} of the way to NLM at h = "
-                                  f"{config.nlm_h:.1f}" if loss.classical else "")
+                               + classical_words(config)
                                + (", starting from the given student" if init is not None else
                                   ", initialised from the teacher" if config.init_from_teacher else ""))
 

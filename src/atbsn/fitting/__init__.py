@@ -32,6 +32,7 @@ from .checks import (
 from .config import FitConfig
 from .plan import OtherFitError
 from .rule import (
+    BM3D_STRENGTH,
     FROM_RELEASED,
     FROM_SCRATCH,
     HEAVY,
@@ -45,8 +46,7 @@ from .rule import (
 from .run import fit
 from .stop import COOL_SHARE, STOP_EVERY, STOP_RATIO, cosine_lr
 
-__all__ = ["COOL_SHARE", "FROM_RELEASED", "FROM_SCRATCH", "HEAVY", "MILD", "MILD_SIGMA", "MILD_STEP_CAP",
-           "REMOVAL_LIMIT", "STOP_EVERY", "STOP_RATIO", "TARGET_PHOTOS", "TARGET_SIDE", "FitConfig", "OtherFitError",
-           "NLM_STRENGTH", "blind_spot_for",
-           "centre_crop", "centre_crops", "choose", "cosine_lr", "fit", "output_check", "removal_ratio",
-           "target_ratio"]
+__all__ = ["BM3D_STRENGTH", "COOL_SHARE", "FROM_RELEASED", "FROM_SCRATCH", "FitConfig", "HEAVY", "MILD",
+           "MILD_SIGMA", "MILD_STEP_CAP", "NLM_STRENGTH", "OtherFitError", "REMOVAL_LIMIT", "STOP_EVERY",
+           "STOP_RATIO", "TARGET_PHOTOS", "TARGET_SIDE", "blind_spot_for", "centre_crop", "centre_crops", "choose",
+           "cosine_lr", "fit", "output_check", "removal_ratio", "target_ratio"]

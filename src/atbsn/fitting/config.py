@@ -39,6 +39,9 @@ class FitConfig:
     nlm_weight: float | None = option(None, "a classical teacher: how far each distillation target moves toward OpenCV "
                                       "non-local means at 1.5x the photos' measured noise (0, the default: the "
                                       "blind-spot teachers alone; 1: NLM alone)", low=0.0, high=1.0)
+    bm3d_weight: float | None = option(None, "a classical teacher instead: how far each distillation target moves "
+                                       "toward BM3D at the photos' measured noise (0, the default: none; seconds a "
+                                       "photo, computed once per photo with the targets)", low=0.0, high=1.0)
     k_train: int | None = option(None, "blind-spot size k_a for training (default: from the photos' measured noise, 9 "
                                  "for heavy noise; from a released model: the one it records)", low=1)
     k_infer: int | None = option(None, "blind-spot size k_b of the teacher (default: from the photos' measured noise, "

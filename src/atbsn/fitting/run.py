@@ -13,7 +13,7 @@ from torch import nn
 from ..checkpoint import load, save
 from ..config import RunConfig
 from ..datasets import collect_sources
-from ..distill import distill, distill_loss
+from ..distill import classical_words, distill, distill_loss
 from ..errors import AtbsnError
 from ..files import RunLock, check_apart, write_text
 from ..losses import BlindSpotL1
@@ -24,7 +24,7 @@ from .candidates import BEST, FITTED, Candidate, choose_best, gather
 from .checks import REMOVAL_LIMIT, _better, output_check
 from .config import FitConfig
 from .plan import _phase, _plan
-from .rule import NLM_STRENGTH, _noise, choose
+from .rule import BM3D_STRENGTH, NLM_STRENGTH, _noise, choose
 from .start import start_of, start_parts
 from .stop import STOP_EVERY, _teacher_until_noise
 
@@ -73,14 +73,19 @@ def _precisions(precision: str, device) -> tuple[tuple[str, ...], str]:
     return (("bf16", "fp32"), why) if native else (("fp32",), why)
 
 
-def _nlm_teacher(cfg: FitConfig, noise: NoiseEstimate) -> dict:
-    """The distillation's classical teacher (``--nlm-weight``): NLM at :data:`NLM_STRENGTH` times the measured
-    noise, or none where the weight is 0 or the photos are too small to measure."""
-    if not cfg.nlm_weight:
+def _classical_teacher(cfg: FitConfig, noise: NoiseEstimate) -> dict:
+    """The distillation's classical teacher: NLM (``--nlm-weight``) at :data:`NLM_STRENGTH` or BM3D
+    (``--bm3d-weight``) at :data:`BM3D_STRENGTH` times the measured noise; none where the weight is 0 or the
+    photos are too small to measure."""
+    if cfg.nlm_weight and cfg.bm3d_weight:
+        raise AtbsnError("--nlm-weight and --bm3d-weight: give one classical teacher")
+    if not (cfg.nlm_weight or cfg.bm3d_weight):
         return {}
     if not noise.measured:
-        log.info("  no NLM teacher: the photos are too small to measure their noise")
+        log.info("  no classical teacher: the photos are too small to measure their noise")
         return {}
+    if cfg.bm3d_weight:
+        return {"bm3d_sigma": BM3D_STRENGTH * noise.sigma, "bm3d_weight": cfg.bm3d_weight}
     return {"nlm_h": NLM_STRENGTH * noise.sigma, "nlm_weight": cfg.nlm_weight}
 
 
@@ -106,7 +111,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
                      teacher=str(work / "teacher.safetensors"), student=start.student_arch, ks=start.ks,
                      loss=start.loss, init_from_teacher=cfg.init_from_teacher and shares_unet,
                      cache_targets=cfg.cache_targets,
-                     **_nlm_teacher(cfg, noise), **common)
+                     **_classical_teacher(cfg, noise), **common)
     t_step, s_step, estimate = _plan(work, cfg, tcfg, scfg, device, start, candidates, why, began,
                                       STOP_EVERY if cfg.stop_at_noise else None, rivals)
     precision = tcfg.precision
@@ -115,7 +120,7 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     log.info(f"  1. teacher AT-BSN, width {tcfg.width}, {tcfg.steps} steps of {cfg.batch} x {cfg.crop}^2 patches, "
              f"k_a = {tcfg.k_train}" + (f", about {tcfg.steps * t_step / 60:.1f} min" if t_step else ""))
     log.info(f"  2. student {start.student_arch}, {scfg.steps} steps distilled at k in {start.ks} ({start.loss} loss"
-             + (f", {scfg.nlm_weight:g} of the way to NLM at h = {scfg.nlm_h:.1f}" if scfg.nlm_h else "") + ")"
+             + classical_words(scfg) + ")"
              + (f", about {scfg.steps * s_step / 60:.1f} min" if s_step else "") + f" on {device} ({precision})")
     if estimate is not None:
         log.info(f"  about {estimate / 60:.1f} min in all: the steps from a probe of a few of each, the noise "
