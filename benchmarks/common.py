@@ -287,7 +287,9 @@ RECIPES: dict[str, dict] = {
     "cap800": {},
 }
 # polyu100's 100 pairs split by index as benchmarks/adapt.py splits them: rules tuned on one half, scored on the other
-SPLITS = {"polyu100-tune": ("polyu100", 0), "polyu100-held": ("polyu100", 1)}
+# (and their first four photos: a fit whose classical teacher, BM3D, takes a minute a photo; fit_targets.py)
+SPLITS = {"polyu100-tune": ("polyu100", 0, None), "polyu100-held": ("polyu100", 1, None),
+          "polyu100-tune4": ("polyu100", 0, 4), "polyu100-held4": ("polyu100", 1, 4)}
 WORK = RESULTS / "work_recipe"
 WORK_STEPS = RESULTS / "work_recipe_steps"
 ISA_KEYS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "native_bf16")
@@ -297,8 +299,8 @@ def set_pairs(name: str) -> list[Pair]:
     if name == "demo":
         return [Pair(n, noisy, clean) for n, noisy, clean in sample_pairs()]
     if name in SPLITS:
-        base, offset = SPLITS[name]
-        return load_pairs(SETS[base][0], None)[offset::2]
+        base, offset, limit = SPLITS[name]
+        return load_pairs(SETS[base][0], None)[offset::2][:limit]
     root, limit = SETS[name]
     if not root.exists():
         raise SystemExit(f"{root} not found: this benchmark needs the project's test data beside the repository")

@@ -64,19 +64,19 @@ def test_a_classical_teacher_moves_every_target_toward_its_output_by_its_weight(
     """A classical teacher (``distill --nlm-h`` or ``--bm3d-sigma``: non-local means or BM3D of each patch): each
     blind-spot target moves toward its output by the weight (mean: the one averaged target; multi: each of them);
     weight 0 or none is the blind-spot teachers alone."""
-    from functools import partial
 
     from atbsn import classical as c
 
-    batch, alone = {"nlm": (c.nlm_batch, c.nlm_at), "bm3d": (c.bm3d_batch, c.bm3d)}[method]
+    classical, alone = {"nlm": (c.nlm_teacher(6.0), c.nlm_at), "bm3d": (c.bm3d_teacher(6.0), c.bm3d)}[method]
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(2, 3, 20, 24, generator=g) * 60 + 100).round()
-    out = batch(y, 6.0)
+    out = classical(y)
     assert out.shape == y.shape and out.dtype == torch.float32
     first = y[0].permute(1, 2, 0).to(torch.uint8).numpy()
     assert torch.equal(out[0], torch.from_numpy(alone(first, 6.0)).permute(2, 0, 1).float())
     assert (out - y).abs().mean() > 1  # it denoises
-    classical = partial(batch, **{"nlm": {"h": 6.0}, "bm3d": {"sigma": 6.0}}[method])
+    many = classical.many([a.permute(1, 2, 0).numpy() for a in y])  # photos side by side: the same outputs
+    assert all(np.array_equal(m, a.permute(1, 2, 0).numpy()) for m, a in zip(many, out))
     for weight in (0.25, 1.0):
         mean = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=weight).targets(y)
         assert len(mean) == 1 and torch.allclose(mean[0], 5.0 + weight * (out - 5.0), atol=1e-4)
@@ -97,9 +97,9 @@ def test_a_run_takes_one_classical_teacher_by_its_options():
     run = partial(RunConfig, task="distill", data=["x"], out="o")
     assert classical_teacher(run()) == (None, 0.0)
     fn, weight = classical_teacher(run(bm3d_sigma=4.0, bm3d_weight=0.3))
-    assert fn.func.__name__ == "bm3d_batch" and fn.keywords == {"sigma": 4.0} and weight == 0.3
+    assert (fn.name, fn.strength, fn.processes, weight) == ("BM3D", 4.0, True, 0.3)
     fn, weight = classical_teacher(run(nlm_h=6.0))
-    assert fn.func.__name__ == "nlm_batch" and weight == 0.5
+    assert (fn.name, fn.strength, fn.processes, weight) == ("NLM", 6.0, False, 0.5)
     with pytest.raises(AtbsnError, match="give one classical teacher"):
         classical_teacher(run(nlm_h=6.0, bm3d_sigma=4.0))
 
@@ -135,3 +135,23 @@ def test_a_photos_targets_in_the_teachers_tiles_equal_the_untiled_ones():
     whole = loss.targets(torch.from_numpy(photo.transpose(2, 0, 1).copy())[None])[0][0].permute(1, 2, 0).numpy()
     assert got.shape == (45, 71, 3) and np.allclose(got, whole, atol=1e-4)
     assert np.all(got[:, :20] == 59.0) and np.allclose(got[:, 40:], 0.5 * photo[:, 40:])  # flat: k = 9; texture: k = 0
+
+
+def test_a_classical_teacher_sees_the_whole_photo_once_not_the_teachers_tiles():
+    """With ``--cache-targets`` the classical teacher runs once on the whole photo (BM3D's block matching needs the
+    photo's reach, and tiles would cost it their overlap): the blind-spot targets tiled, then moved toward it."""
+    calls = []
+
+    def classical(y):
+        calls.append(tuple(y.shape[-2:]))
+        return y.flip(-1)  # depends on the whole width: a tiled call would differ
+
+    teacher = PixelTeacher()
+    teacher.config.train_crop = 32
+    loss = DistillL1(teacher, [1, 0], "multi", classical=classical, classical_weight=0.25)
+    photo = np.random.default_rng(1).uniform(0, 255, (45, 71, 3)).astype(np.float32)
+    got = photo_targets(loss, photo, torch.device("cpu"))
+    assert calls == [(45, 71)]
+    whole = torch.from_numpy(photo.transpose(2, 0, 1).copy())[None]
+    expected = torch.cat(loss.targets(whole), 1)[0].permute(1, 2, 0).numpy()
+    assert got.shape == (45, 71, 6) and np.allclose(got, expected, atol=1e-3)

@@ -4,6 +4,9 @@ the one noisy photo it denoises). Each takes and returns H x W x 3 uint8 images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -28,25 +31,47 @@ def nlm_at(noisy: np.ndarray, h: float) -> np.ndarray:
     return np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(bgr, None, **params)[:, :, ::-1])
 
 
-def nlm_batch(y: torch.Tensor, h: float) -> torch.Tensor:
-    """:func:`nlm_at` on each image of an N x 3 x H x W float batch in 0..255: the distillation's classical
-    teacher (``--nlm-h``)."""
-    return _each_image(y, lambda a: nlm_at(a, h))
+@dataclass(frozen=True)
+class ClassicalTeacher:
+    """A classical denoiser as the distillation's teacher beside the blind-spot ones (``distill --nlm-h`` or
+    ``--bm3d-sigma``): ``denoise`` (H x W x 3 uint8 and a strength, to the same) at ``strength``. ``processes``:
+    whether several photos run side by side, one process per core (BM3D keeps a core busy for a minute a photo;
+    OpenCV's NLM threads itself)."""
+
+    name: str
+    denoise: Callable[[np.ndarray, float], np.ndarray]
+    strength: float
+    processes: bool = False
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """On each image of an N x 3 x H x W float batch in 0..255 (rounded to uint8 as the classical denoisers
+        take it); float32 on the batch's device."""
+        u8 = _u8(y.detach().float().permute(0, 2, 3, 1).cpu().numpy())
+        out = np.stack([self.denoise(a, self.strength) for a in u8])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).to(y.device, torch.float32)
+
+    def many(self, photos: list[np.ndarray]) -> list[np.ndarray]:
+        """On several H x W x 3 photos (any dtype, 0..255): uint8 outputs, in order."""
+        photos = [_u8(a) for a in photos]
+        strengths = [self.strength] * len(photos)
+        if self.processes:
+            return in_processes(self.denoise, photos, strengths)
+        return [self.denoise(a, s) for a, s in zip(photos, strengths)]
 
 
-def bm3d_batch(y: torch.Tensor, sigma: float) -> torch.Tensor:
-    """:func:`bm3d` at ``sigma`` on each image of an N x 3 x H x W float batch in 0..255: the distillation's
-    classical teacher (``--bm3d-sigma``); seconds a photo, so fit uses it where the targets are computed once."""
+def nlm_teacher(h: float) -> ClassicalTeacher:
+    """Non-local means at strength ``h`` (:func:`nlm_at`) as a teacher."""
+    return ClassicalTeacher("NLM", nlm_at, h)
+
+
+def bm3d_teacher(sigma: float) -> ClassicalTeacher:
+    """BM3D at noise std ``sigma`` (:func:`bm3d`) as a teacher; the bm3d package is checked here, on one line."""
     _bm3d_package()
-    return _each_image(y, lambda a: bm3d(a, sigma))
+    return ClassicalTeacher("BM3D", bm3d, sigma, processes=True)
 
 
-def _each_image(y: torch.Tensor, fn) -> torch.Tensor:
-    """``fn`` (H x W x 3 uint8 to the same) on each image of a float batch in 0..255, rounded to uint8 as the
-    classical denoisers take it; returned as float32 on the batch's device."""
-    u8 = y.detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack([fn(a) for a in u8])
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(y.device, torch.float32)
+def _u8(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.uint8 else np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
 def noise_sigma(noisy: np.ndarray, clean: np.ndarray | None = None) -> float:
@@ -69,17 +94,23 @@ def bm3d_many(images: list[np.ndarray], sigmas: list[float], workers: int | None
     """:func:`bm3d` on several images, one process per core: the outputs of one call per image, in order.
     bm3d keeps a core only partly busy, so images side by side finish sooner than one after the other, though
     each takes longer (the demo reports the wall time over its photos)."""
+    _bm3d_package()  # a missing package fails here, on one line, not in a worker
+    return in_processes(bm3d, images, sigmas, workers)
+
+
+def in_processes(fn: Callable[[np.ndarray, float], np.ndarray], images: list[np.ndarray], strengths: list[float],
+                 workers: int | None = None) -> list[np.ndarray]:
+    """``fn(image, strength)`` for each image, one process per core (at most ``workers``), in order."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    _bm3d_package()  # a missing package fails here, on one line, not in a worker
     workers = min(len(images), workers or os.cpu_count() or 1)
     if workers <= 1:
-        return [bm3d(a, s) for a, s in zip(images, sigmas)]
+        return [fn(a, s) for a, s in zip(images, strengths)]
     # spawned, not forked: the parent may hold OpenMP threads (torch) that a forked child would inherit
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(bm3d, images, sigmas))
+        return list(pool.map(fn, images, strengths))
 
 
 def zsn2n(noisy: np.ndarray, steps: int | None = None, seed: int = 0, device: str = "cpu",

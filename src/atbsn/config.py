@@ -297,8 +297,9 @@ class RunConfig:
     nlm_weight: float = option(0.5, "with --nlm-h: how far each target moves toward the NLM output (0..1)",
                                low=0.0, high=1.0)
     bm3d_sigma: float | None = option(None, "a classical teacher beside the blind-spot ones: BM3D (the bm3d "
-                                      "package) at this noise std (0..255); seconds a photo, so best with "
-                                      "--cache-targets", low=0.0)
+                                      "package) at this noise std (0..255); a call takes seconds at any size, so "
+                                      "the targets are computed once per photo where they fit in --cache-gb",
+                                      low=0.0)
     bm3d_weight: float = option(0.5, "with --bm3d-sigma: how far each target moves toward the BM3D output (0..1)",
                                 low=0.0, high=1.0)
     init_from_teacher: bool = option(False, "start student C from the teacher's UNet")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from . import methods
 from .checkpoint import load
-from .classical import bm3d_batch, nlm_batch
+from .classical import ClassicalTeacher, bm3d_teacher, nlm_teacher
 from .config import RunConfig
 from .engine import Trainer, saved_config
 from .errors import AtbsnError
@@ -29,14 +28,14 @@ def distill_loss(teacher: nn.Module, config: RunConfig) -> DistillL1:
     return DistillL1(teacher, config.ks, config.loss, config.texture_threshold, classical, weight)
 
 
-def classical_teacher(config: RunConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+def classical_teacher(config: RunConfig) -> tuple[ClassicalTeacher | None, float]:
     """The classical teacher a run's options ask for (a function of the noisy batch) and its weight."""
     if config.nlm_h and config.bm3d_sigma:
         raise AtbsnError("--nlm-h and --bm3d-sigma: give one classical teacher")
     if config.bm3d_sigma:
-        return partial(bm3d_batch, sigma=config.bm3d_sigma), config.bm3d_weight
+        return bm3d_teacher(config.bm3d_sigma), config.bm3d_weight
     if config.nlm_h:
-        return partial(nlm_batch, h=config.nlm_h), config.nlm_weight
+        return nlm_teacher(config.nlm_h), config.nlm_weight
     return None, 0.0
 
 

@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -114,23 +115,31 @@ def targets_once(pixels: list[int], tiling: tuple[int, int], config: RunConfig,
     windows = sum(pixels) * ((tile + 2 * margin) / tile) ** 2
     per_batch = config.steps * config.batch * config.crop**2
     fits = sum(pixels) * 4 * channels <= config.cache_gb * (1 << 30)
-    return bool(config.cache_targets and windows < per_batch and fits), windows, per_batch
+    costly = bool(config.bm3d_sigma)  # BM3D takes seconds a call, on a 32 x 32 patch too: once per photo
+    return bool((config.cache_targets or costly) and (windows < per_batch or costly) and fits), windows, per_batch
 
 
 @torch.no_grad()
-def photo_targets(loss: Loss, image: np.ndarray, device: torch.device, precision: str = "fp32") -> np.ndarray:
+def photo_targets(loss: Loss, image: np.ndarray, device: torch.device, precision: str = "fp32",
+                  classical: np.ndarray | None = None) -> np.ndarray:
     """A distillation loss's targets (``loss.targets``) over a whole photo (H x W x C float32, 0..255), as
     H x W x (C x targets) float32, in the tiles its teacher's inference uses (a teacher that records its training
-    crop sees windows of that crop): what ``--cache-targets`` cuts with the patches."""
+    crop sees windows of that crop): what ``--cache-targets`` cuts with the patches. A classical teacher
+    (``loss.classical``) sees the whole photo at once: no tile edges, and BM3D's block matching its full reach;
+    ``classical``: its output, where already computed (H x W x C)."""
     tile, margin = plan_tiles(loss.teacher, device)
     ctx = autocast(device, precision)
 
     def fn(w: torch.Tensor) -> torch.Tensor:
         with ctx:
-            return torch.cat(loss.targets(w.contiguous(memory_format=torch.channels_last)), 1).float()
+            return torch.cat(loss.targets(w.contiguous(memory_format=torch.channels_last), classical=False), 1).float()
 
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-    return run_tiled(fn, x, tile, margin, device=device)[0].permute(1, 2, 0).cpu().numpy()
+    out = run_tiled(fn, x, tile, margin, device=device)
+    if getattr(loss, "classical", None) is not None:
+        other = loss.classical(x) if classical is None else torch.from_numpy(classical.transpose(2, 0, 1))[None]
+        out = torch.cat(loss.blend(list(out.split(x.shape[1], 1)), other), 1)
+    return out[0].permute(1, 2, 0).cpu().numpy()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -316,10 +325,18 @@ class Trainer:
         self.sampler = PatchSampler(sources, config.crop, channels, config.seed, self.dist.rank,
                                     int(config.cache_gb * (1 << 30)), config.on_bad_file)
         self.n_sources = len(sources)
-        if config.cache_targets and hasattr(self.loss, "n_targets"):  # a distillation
+        if (config.cache_targets or config.bm3d_sigma) and hasattr(self.loss, "n_targets"):  # a distillation
             self._cache_targets(config)
         self.val_pairs = load_pairs(config.val, config.val_limit) if config.val else None
         self.val_batch = None if self.val_pairs else heldout_batch(config, channels)
+        classical = getattr(self.loss, "classical", None)
+        if self.val_batch is not None and classical is not None and classical.processes:  # BM3D: once, not per look
+            images = self.val_batch[0]
+            others = classical.many(list(images.transpose(0, 2, 3, 1)))  # the patches side by side
+            targets = self.loss.blend(self.loss.targets(torch.from_numpy(images).to(self.device), classical=False),
+                                      torch.from_numpy(np.stack(others).transpose(0, 3, 1, 2)))
+            appended = torch.cat([torch.from_numpy(images), *(t.float().cpu() for t in targets)], 1)
+            self.val_batch = (appended.numpy(), self.val_batch[1])
         self._stop_signal = False
 
     def _cache_targets(self, config: RunConfig) -> None:
@@ -332,10 +349,17 @@ class Trainer:
             log.info("teacher's targets: on every batch (%.1f MP of windows once against %.1f MP of batches, or "
                      "more than --cache-gb)", windows / 1e6, per_batch / 1e6)
             return
-        for i in progress_bar(range(self.n_sources), desc="teacher's targets", unit="img",
-                              show=self.dist.main and self.n_sources > 1):
-            if pixels[i]:
-                self.sampler.extra[i] = photo_targets(self.loss, self.sampler.photo(i), self.device, self.precision)
+        classical = getattr(self.loss, "classical", None)
+        chunk = (os.cpu_count() or 1) if classical is not None and classical.processes else 1
+        with progress_bar(total=self.n_sources, desc="teacher's targets", unit="img",
+                          show=self.dist.main and self.n_sources > 1) as bar:
+            for first in range(0, self.n_sources, chunk):  # a classical teacher's photos side by side
+                some = [i for i in range(first, min(first + chunk, self.n_sources)) if pixels[i]]
+                others = classical.many([self.sampler.photo(i) for i in some]) if classical else [None] * len(some)
+                for i, other in zip(some, others):
+                    self.sampler.extra[i] = photo_targets(self.loss, self.sampler.photo(i), self.device,
+                                                          self.precision, other)
+                bar.update(min(first + chunk, self.n_sources) - first)
         log.info("teacher's targets: once per photo (%.1f MP of windows against %.1f MP of batches)",
                  windows / 1e6, per_batch / 1e6)
 

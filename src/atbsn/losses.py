@@ -117,8 +117,9 @@ class DistillL1(Loss):
         textured = (local_std(initial) > self.threshold).to(flat.dtype)
         return flat + textured * (texture - flat), textured
 
-    def targets(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """What the student is taught on ``y``: one target per teacher (``multi``) or one combined target."""
+    def targets(self, y: torch.Tensor, classical: bool = True) -> list[torch.Tensor]:
+        """What the student is taught on ``y``: one target per teacher (``multi``) or one combined target; with
+        ``classical`` False, before the classical teacher moves them (:meth:`blend`)."""
         with torch.no_grad():
             if self.mode == "partition":
                 targets = [self.partition(y)[0]]
@@ -126,10 +127,14 @@ class DistillL1(Loss):
                 targets = self.teacher.teachers(y, self.ks)
                 if self.mode == "mean":
                     targets = [torch.stack(targets).mean(0)]
-            if self.classical is not None:
-                other = self.classical(y).to(targets[0].device, targets[0].dtype)
-                targets = [t.lerp(other, self.classical_weight) for t in targets]
+            if classical and self.classical is not None:
+                targets = self.blend(targets, self.classical(y))
         return targets
+
+    def blend(self, targets: list[torch.Tensor], other: torch.Tensor) -> list[torch.Tensor]:
+        """Each target moved toward the classical teacher's output ``other`` by its weight."""
+        other = other.to(targets[0].device, targets[0].dtype)
+        return [t.lerp(other, self.classical_weight) for t in targets]
 
     @property
     def n_targets(self) -> int:

@@ -4,6 +4,7 @@ recorded (a rerun with other options is refused), and one phase run or resumed."
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -139,10 +140,24 @@ def _cached(student: Method, probe: Method, tcfg: RunConfig, scfg: RunConfig, de
     side = min(tile + 2 * margin, max(max(s) for s in shapes))
     x = torch.rand(1, probe.model.config.in_channels, side, side, device=device) * 255
     with torch.no_grad(), autocast(device, scfg.precision):
-        window = _seconds(lambda: student.loss.targets(x.contiguous(memory_format=torch.channels_last)))
+        window = _seconds(lambda: student.loss.targets(x.contiguous(memory_format=torch.channels_last),
+                                                       classical=False))
     count = sum(-(-h // tile) * -(-w // tile) for h, w in shapes)
+    pre = window * count
+    classical = student.loss.classical
+    if classical is not None:  # on each whole photo once (side by side where it runs in processes), timed once on
+        # a square of up to 128 pixels (a BM3D call costs a second whatever its size: smaller ones overstate it)
+        side = min(128, max(max(s) for s in shapes))
+        x = torch.rand(1, probe.model.config.in_channels, side, side) * 255
+        t0 = time.perf_counter()
+        classical(x)
+        call = time.perf_counter() - t0
+        side_by_side = min(len(shapes), os.cpu_count() or 1) if classical.processes else 1
+        pre += call * sum(h * w for h, w in shapes) / side**2 / side_by_side
+        if classical.processes:  # and on each patch of the held-out batch, once (Trainer)
+            pre += call * max(scfg.batch, 8) / (os.cpu_count() or 1)
     step = _step_seconds(student, scfg, device, extra=channels)
-    return _Cached(step, window * count, [h * w for h, w in shapes], tiling, channels)
+    return _Cached(step, pre, [h * w for h, w in shapes], tiling, channels)
 
 
 class OtherFitError(AtbsnError):
@@ -198,9 +213,13 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
     # the student step: the teacher's forward (no grad) plus a student step; an untrained teacher costs the same
     student = distill_method(scfg, device, teacher=probe.model, init=start.student)  # freezes the probe teacher
     timed = {}
+    classical = student.loss.classical
+    if classical is not None and classical.processes:  # BM3D: always once per photo, its cost the targets'
+        student.loss.classical = None
     for precision in candidates:
         scfg.precision = precision
         timed[precision] = (teacher_s[precision], _step_seconds(student, scfg, device))
+    student.loss.classical = classical
     cost = {p: (weights[0] * t + weights[1] * s) * (1 if p == "fp32" else BF16_GAIN) for p, (t, s) in timed.items()}
     best = min(cost, key=cost.get)
     tcfg.precision = scfg.precision = best
