@@ -7,6 +7,12 @@ half (never tuned and scored on the same images).
     python benchmarks/recipe.py sidd9 --recipes part nlm50 --minutes 5 --seeds 0 1 2      # "new" is there
     python benchmarks/fit_targets.py              # NLM's strength against the noise (cached), then the report
 
+BM3D as the teacher instead (``--bm3d-weight``; a minute a photo, so on four photos of each polyu100 half):
+
+    python benchmarks/recipe.py polyu100-tune4 --recipes new bm3d50 bm3d100 --minutes 5 --seeds 0 1 2
+    python benchmarks/recipe.py polyu100-held4 --recipes new bm3d50 --minutes 5 --seeds 0 1 2
+    python benchmarks/fit_targets.py --bm3d       # BM3D's strength (cached), then results/fit_targets_bm3d.md
+
 First part: OpenCV's NLM with h = c x the set's measured sigma (no clean image), c from 0.5 to 3, scored
 against the clean images: how good a teacher NLM can be, and the multiple fit uses (``rule.NLM_STRENGTH``).
 Second: the fits (``recipe.py``'s points, ``results/work_recipe/<set>/``), each recipe against the defaults
@@ -33,9 +39,11 @@ MULTIPLES = {"nlm": (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), "bm3d": (1.0, 1.5, 2.0, 3.0
 BM3D_LIMIT = 8  # images per set in BM3D's sweep: half a minute an image on 2 cores
 SWEEP_SETS = ("polyu100-tune", "sidd9", "demo")
 FIT_SETS = ("polyu100-tune", "sidd9", "demo", "polyu100-held")
-RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100")
+RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100", "bm3d50", "bm3d100")
+BM3D_SETS = ("polyu100-tune4", "polyu100-held4")  # a minute of BM3D a photo: four photos fit a 5-minute fit
 COSTLY = 2  # side_by_side.py's default: the photos where it ran ZS-N2N
-AS_WRITTEN = ("demo", "sidd9")  # the sets each fitted file is run on as written (polyu100's 50 photos: minutes a row)
+# the sets each fitted file is run on as written (polyu100's 50 photos: minutes a row)
+AS_WRITTEN = ("demo", "sidd9", *BM3D_SETS)
 
 
 def sweep(name: str, limit: int, method: str = "nlm") -> dict:
@@ -90,7 +98,8 @@ def fits(name: str) -> dict[str, dict[int, dict]]:
                 "psnr": row["student"]["psnr"], "ssim_y": row["student"]["ssim_y"],
                 "written": (row.get("safeguard") or row["student"])["psnr"],
                 **(as_written(name, path.parent) if name in AS_WRITTEN else {}),
-                "steps": [row["teacher_steps"], row["student_steps"]], "seconds": row["fit_seconds"]}
+                "steps": [row["teacher_steps"], row["student_steps"]], "seconds": row["fit_seconds"],
+                "targets_seconds": row.get("other_seconds", {}).get("teacher_targets")}
     return got
 
 
@@ -109,14 +118,7 @@ def zsn2n_ssim_y() -> dict[str, float]:
 def report(sweeps: list[dict], table: dict[str, dict]) -> None:
     md = ["NLM at c x the measured sigma (OpenCV `fastNlMeansDenoisingColored`, 7 x 7 patches, 21 x 21 search; "
           "the sigma measured by `atbsn.measure` on the noisy images alone), PSNR / SSIM-Y:", "",
-          "| set | images | sigma | noisy | " + " | ".join(f"c = {c:g}" for c in MULTIPLES) + " |",
-          "|---|---|---|---|" + "---|" * len(MULTIPLES)]
-    for s in sweeps:
-        best = max(MULTIPLES, key=lambda c: s["multiples"][str(c)]["psnr"])
-        cells = [(f"**{v['psnr']:.2f}**" if c == best else f"{v['psnr']:.2f}") + f" / {v['ssim_y']:.3f}"
-                 for c, v in ((c, s["multiples"][str(c)]) for c in MULTIPLES)]
-        md.append(f"| {s['set']} | {s['images']} | {s['sigma']:.2f} | {s['noisy']['psnr']:.2f} / "
-                  f"{s['noisy']['ssim_y']:.3f} | " + " | ".join(cells) + " |")
+          *sweep_table(sweeps, "nlm")]
     md += ["", "`fit --minutes 5` with each recipe, mean +- sd over seeds; the difference to 'new' paired by seed. "
            "The 'new' rows were made with fit's defaults before the partition loss became one of them: the student "
            "learned from the mean of the teacher at k = 0 and 1 (the recipe mean01 now). PSNR of the network "
@@ -149,10 +151,59 @@ def report(sweeps: list[dict], table: dict[str, dict]) -> None:
     write_results("fit_targets", {"sweeps": sweeps, "fits": table}, "\n".join(md) + "\n")
 
 
+def sweep_table(sweeps: list[dict], method: str) -> list[str]:
+    """The strength sweep as Markdown rows, the best multiple of each set in bold."""
+    cs = MULTIPLES[method]
+    md = ["| set | images | sigma | noisy | " + " | ".join(f"c = {c:g}" for c in cs) + " |",
+          "|---|---|---|---|" + "---|" * len(cs)]
+    for s in sweeps:
+        best = max(cs, key=lambda c: s["multiples"][str(c)]["psnr"])
+        cells = [(f"**{v['psnr']:.2f}**" if c == best else f"{v['psnr']:.2f}") + f" / {v['ssim_y']:.3f}"
+                 for c, v in ((c, s["multiples"][str(c)]) for c in cs)]
+        md.append(f"| {s['set']} | {s['images']} | {s['sigma']:.2f} | {s['noisy']['psnr']:.2f} / "
+                  f"{s['noisy']['ssim_y']:.3f} | " + " | ".join(cells) + " |")
+    return md
+
+
+def report_bm3d(sweeps: list[dict], table: dict[str, dict]) -> None:
+    """BM3D as the classical teacher (``fit --bm3d-weight``): its strength, then 5-minute fits on four photos."""
+    md = [f"BM3D (the `bm3d` package, `bm3d_rgb`) at c x the measured sigma on the first {BM3D_LIMIT} photos of "
+          "polyu100's tuning half (mild noise), PSNR / SSIM-Y; about a minute a 512 x 512 photo on one core of this "
+          "machine, so the heavy sets (where BM3D at the measured sigma is 3 to 4.5 dB below fit's student, "
+          "side_by_side.md) were not swept:", "", *sweep_table(sweeps, "bm3d"), "",
+          "`fit --minutes 5` on four photos (the first of each polyu100 half: BM3D once per photo takes about 2 "
+          "minutes of the 5 there, 25 on a whole half), mean +- sd over seeds, the difference to fit's defaults "
+          "('new', made in the same sitting) paired by seed. bm3d50 = `--bm3d-weight 0.5` (each target moved half "
+          "way to BM3D at 4 x the measured sigma), bm3d100 = `--bm3d-weight 1` (BM3D's output the only target). "
+          "PSNR and SSIM-Y of the network alone; 'as written': with the safeguard the rule turns on (mild noise); "
+          "colour: the largest move of a photo's mean colour beyond the input's, as written; 'BM3D s': the "
+          "seconds fit's plan gave the targets once per photo.", "",
+          "| set | recipe | seeds | PSNR | SSIM-Y | as written | PSNR vs new | SSIM-Y vs new | colour moved | steps | "
+          "seconds | BM3D s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, got in table.items():
+        base = got.get("new", {})
+        for recipe, by_seed in got.items():
+            rows = list(by_seed.values())
+            dp = paired_verdict({s: r["psnr"] for s, r in by_seed.items()}, {s: r["psnr"] for s, r in base.items()})
+            ds = paired_verdict({s: r["ssim_y"] * 100 for s, r in by_seed.items()},
+                                {s: r["ssim_y"] * 100 for s, r in base.items()})
+            vs = ("-", "-") if recipe == "new" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
+            pre = [r["targets_seconds"] for r in rows if r.get("targets_seconds") is not None]
+            md.append(f"| {name} | {recipe} | {sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | "
+                      f"{spread([r['ssim_y'] for r in rows], 4)} | {spread([r['written'] for r in rows])} | {vs[0]} | "
+                      f"{vs[1]} | {_largest(rows)} | {rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
+                      f"{spread([r['seconds'] for r in rows], 0)} | {spread(pre, 0) if pre else '-'} |")
+    write_results("fit_targets_bm3d", {"sweeps": sweeps, "fits": table}, "\n".join(md) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=20, help="images per set in the NLM sweep")
+    ap.add_argument("--bm3d", action="store_true", help="BM3D as the teacher instead: results/fit_targets_bm3d.md")
     a = ap.parse_args()
+    if a.bm3d:
+        report_bm3d([sweep(SWEEP_SETS[0], BM3D_LIMIT, "bm3d")], {n: got for n in BM3D_SETS if (got := fits(n))})
+        return
     sweeps = [sweep(name, a.limit) for name in SWEEP_SETS]
     table = {name: got for name in FIT_SETS if (got := fits(name))}
     report(sweeps, table)

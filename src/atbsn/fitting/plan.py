@@ -234,9 +234,12 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
         budget = max(0.0, cfg.minutes * 60 - (time.perf_counter() - began) - check - scoring)
         per_teacher_step = t_step + (look / look_every if look_every else 0.0)
         tcfg.steps = min(STEPS_MAX, max(50, int(budget * (1 - cfg.student_share) / per_teacher_step)))
-        scfg.steps = min(STEPS_MAX, max(25, int(budget * cfg.student_share / s_step)))
+        # a teacher held under the step cap leaves the rest of its share to the student (a BM3D teacher's targets)
+        capped = min(tcfg.steps, cfg.step_cap[0]) if cfg.step_cap else tcfg.steps
+        left = max(budget * cfg.student_share, budget - capped * per_teacher_step)
+        scfg.steps = min(STEPS_MAX, max(25, int(left / s_step)))
         if cached:  # the targets once per photo, then the cheaper steps: taken where the run will take it
-            steps = min(STEPS_MAX, max(25, int((budget * cfg.student_share - cached.pre) / cached.step)))
+            steps = min(STEPS_MAX, max(25, int((left - cached.pre) / cached.step)))
             if cached.taken(replace(scfg, steps=steps)):
                 scfg.steps = steps
     if cfg.step_cap and (tcfg.steps > cfg.step_cap[0] or scfg.steps > cfg.step_cap[1]):
