@@ -269,6 +269,7 @@ RECIPES: dict[str, dict] = {
     "part-nlm50": {"loss": "partition", "nlm_weight": 0.5},
     "nlm100": {"nlm_weight": 1.0},  # NLM alone: whatever the blind-spot targets are
     # issue 42, item 2: BM3D at rule.BM3D_STRENGTH x the measured noise as the classical teacher instead
+    "plain": {"bm3d_weight": 0.0},  # no classical teacher, whatever fit would choose by itself
     "bm3d50": {"bm3d_weight": 0.5},
     "bm3d100": {"bm3d_weight": 1.0},
     # issue 27: the blind spot for mild noise (benchmarks/fit_rule.py), on polyu100's tuning half

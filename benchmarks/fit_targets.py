@@ -9,8 +9,9 @@ half (never tuned and scored on the same images).
 
 BM3D as the teacher instead (``--bm3d-weight``; a minute a photo, so on four photos of each polyu100 half):
 
-    python benchmarks/recipe.py polyu100-tune4 --recipes new bm3d50 bm3d100 --minutes 5 --seeds 0 1 2
-    python benchmarks/recipe.py polyu100-held4 --recipes new bm3d50 --minutes 5 --seeds 0 1 2
+    python benchmarks/recipe.py polyu100-tune4 --recipes plain bm3d50 bm3d100 --minutes 5 --seeds 0 1
+    python benchmarks/recipe.py polyu100-tune4 --recipes plain bm3d50 --minutes 5 --seeds 2
+    python benchmarks/recipe.py polyu100-held4 --recipes plain bm3d50 --minutes 5 --seeds 0 1 2
     python benchmarks/fit_targets.py --bm3d       # BM3D's strength (cached), then results/fit_targets_bm3d.md
 
 First part: OpenCV's NLM with h = c x the set's measured sigma (no clean image), c from 0.5 to 3, scored
@@ -39,7 +40,7 @@ MULTIPLES = {"nlm": (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), "bm3d": (1.0, 1.5, 2.0, 3.0
 BM3D_LIMIT = 8  # images per set in BM3D's sweep: half a minute an image on 2 cores
 SWEEP_SETS = ("polyu100-tune", "sidd9", "demo")
 FIT_SETS = ("polyu100-tune", "sidd9", "demo", "polyu100-held")
-RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100", "bm3d50", "bm3d100")
+RECIPES = ("new", "mean01", "part", "part-nlm50", "nlm100", "plain", "bm3d50", "bm3d100")
 BM3D_SETS = ("polyu100-tune4", "polyu100-held4")  # a minute of BM3D a photo: four photos fit a 5-minute fit
 COSTLY = 2  # side_by_side.py's default: the photos where it ran ZS-N2N
 # the sets each fitted file is run on as written (polyu100's 50 photos: minutes a row)
@@ -172,22 +173,23 @@ def report_bm3d(sweeps: list[dict], table: dict[str, dict]) -> None:
           "machine, so the heavy sets (where BM3D at the measured sigma is 3 to 4.5 dB below fit's student, "
           "side_by_side.md) were not swept:", "", *sweep_table(sweeps, "bm3d"), "",
           "`fit --minutes 5` on four photos (the first of each polyu100 half: BM3D once per photo takes about 2 "
-          "minutes of the 5 there, 25 on a whole half), mean +- sd over seeds, the difference to fit's defaults "
-          "('new', made in the same sitting) paired by seed. bm3d50 = `--bm3d-weight 0.5` (each target moved half "
-          "way to BM3D at 4 x the measured sigma), bm3d100 = `--bm3d-weight 1` (BM3D's output the only target). "
+          "minutes of the 5 there, 25 on a whole half), mean +- sd over seeds, the difference to 'plain' (fit's "
+          "defaults with no classical teacher, `--bm3d-weight 0`; made in the same sitting) paired by seed. "
+          "bm3d50 = `--bm3d-weight 0.5` (each target moved half way to BM3D at 4 x the measured sigma; what fit "
+          "now chooses by itself there), bm3d100 = `--bm3d-weight 1` (BM3D's output the only target). "
           "PSNR and SSIM-Y of the network alone; 'as written': with the safeguard the rule turns on (mild noise); "
           "colour: the largest move of a photo's mean colour beyond the input's, as written; 'BM3D s': the "
           "seconds fit's plan gave the targets once per photo.", "",
-          "| set | recipe | seeds | PSNR | SSIM-Y | as written | PSNR vs new | SSIM-Y vs new | colour moved | steps | "
-          "seconds | BM3D s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| set | recipe | seeds | PSNR | SSIM-Y | as written | PSNR vs plain | SSIM-Y vs plain | colour moved | "
+          "steps | seconds | BM3D s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, got in table.items():
-        base = got.get("new", {})
+        base = got.get("plain", {})
         for recipe, by_seed in got.items():
             rows = list(by_seed.values())
             dp = paired_verdict({s: r["psnr"] for s, r in by_seed.items()}, {s: r["psnr"] for s, r in base.items()})
             ds = paired_verdict({s: r["ssim_y"] * 100 for s, r in by_seed.items()},
                                 {s: r["ssim_y"] * 100 for s, r in base.items()})
-            vs = ("-", "-") if recipe == "new" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
+            vs = ("-", "-") if recipe == "plain" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
             pre = [r["targets_seconds"] for r in rows if r.get("targets_seconds") is not None]
             md.append(f"| {name} | {recipe} | {sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | "
                       f"{spread([r['ssim_y'] for r in rows], 4)} | {spread([r['written'] for r in rows])} | {vs[0]} | "

@@ -441,3 +441,41 @@ def test_from_best_without_a_network_weighs_what_the_cache_has_and_never_fails(t
     students = [n for n, e in entries().items() if e.kind in ("student", "bundle")]
     assert all(any(n in r.message and "left out" in r.message for r in caplog.records) for n in students)
     assert gather(None, {}) == []  # the cache is empty: nothing to weigh
+
+
+def test_bm3d_joins_as_a_teacher_by_itself_only_on_mild_noise_when_it_fits_the_budget(monkeypatch):
+    """fit adds BM3D as the classical teacher on its own only for mild noise, with a budget in minutes, the bm3d
+    package installed, and its pass over the photos within BM3D_SHARE of the budget; heavy noise gives no reason."""
+    import importlib.util
+
+    from atbsn.fitting import rule
+    from atbsn.measure import NoiseEstimate
+
+    mild, heavy = (NoiseEstimate(s, (0.1,) * 3, 1, 10) for s in (rule.MILD_SIGMA / 2, rule.MILD_SIGMA * 2))
+    monkeypatch.setattr(rule.os, "cpu_count", lambda: 2)
+    four = 4 * 512 * 512  # the study's four photos: about 2.2 min on 2 cores
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert rule.bm3d_teacher_for(heavy, four, 5) == (False, None)
+    yes, why = rule.bm3d_teacher_for(mild, four, 5)
+    assert yes and "about 2.2 min" in why
+    assert not rule.bm3d_teacher_for(mild, four, 4)[0]  # over half of 4 minutes
+    assert "would take about 22.4 min" in rule.bm3d_teacher_for(mild, 10 * four, 5)[1]
+    assert not rule.bm3d_teacher_for(mild, None, 5)[0] and not rule.bm3d_teacher_for(mild, four, None)[0]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    yes, why = rule.bm3d_teacher_for(mild, four, 5)
+    assert not yes and "pip install 'atbsn[baselines]'" in why
+
+
+@pytest.mark.slow  # a fit of half a minute, BM3D included
+def test_fit_on_a_few_mildly_noisy_photos_takes_bm3d_as_a_teacher_by_itself(tmp_path, capsys):
+    root = tmp_path / "mild"
+    for i in range(2):
+        clean = np.broadcast_to(np.linspace(30, 220, 48 * 64).reshape(48, 64, 1), (48, 64, 3)) + 5 * i
+        write_image(root / f"p{i}.png", add_camera_noise(clean.astype(np.uint8), "phone-indoor", rng=i))
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(root), "-o", str(model), "--width", "8", "--crop", "32", "--batch", "2", "--minutes",
+                 "0.4"]) == 0
+    assert "BM3D as the student's classical teacher: yes" in capsys.readouterr().out
+    report = json.loads((tmp_path / "m.safetensors.fit" / "fit.json").read_text())
+    assert report["choice"]["chosen"]["bm3d_weight"] == 0.5 and report["noise"]["pixels"] == 2 * 48 * 64
+    assert load(model).config.training["bm3d_sigma"] > 0

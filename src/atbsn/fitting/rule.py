@@ -3,6 +3,8 @@ short fit, the stop at the noise and the safeguard (the study: benchmarks/fit_ru
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +69,12 @@ NLM_STRENGTH = 1.5
 # BM3D's noise std as a multiple of the measured sigma (--bm3d-weight, off by default; the same study): on
 # polyu100's tuning half (its first 8 photos) BM3D gained up to 6 x (37.27 dB; 4 x: 37.15; 1 x: 35.84; noisy 35.44)
 BM3D_STRENGTH = 4.0
+# fit adds it by itself (bm3d_teacher_for) on mild noise where its pass fits BM3D_SHARE of the budget: on polyu100's
+# first four photos of each half (results/fit_targets_bm3d.md) --bm3d-weight 0.5 gained +0.46 +- 0.23 and
+# +0.56 +- 0.24 dB in 5-minute fits (3 seeds each, every seed above), SSIM-Y unchanged
+BM3D_WEIGHT = 0.5
+BM3D_SECONDS_PER_MP = 256.0  # one core of the study's machine: 67 s a 512 x 512 photo
+BM3D_SHARE = 0.5
 
 
 CHOSEN = ("k_train", "k_infer", "ks", "loss", "safeguard", "keep_colour", "colour_guard", "stop_at_noise", "step_cap",
@@ -112,8 +120,35 @@ MEASURED = 32  # photos whose noise fit measures and records (the first ones)
 
 
 def _noise(data: list[str]) -> tuple[NoiseEstimate, dict]:
-    """The photos' own noise (level, correlation, reach; :mod:`atbsn.measure`), printed; and as kept in fit.json."""
-    sources = collect_sources(data)[:MEASURED]
-    whole, each = measure_set(src.load() for src in sources)
+    """The photos' own noise (level, correlation, reach; :mod:`atbsn.measure`), printed; and as kept in fit.json,
+    with the photos' pixels (None beyond the first :data:`MEASURED` photos)."""
+    every = collect_sources(data)
+    sources, pixels = every[:MEASURED], [0]
+
+    def loaded():
+        for src in sources:
+            image = src.load()
+            pixels[0] += image[0].shape[0] * image[0].shape[1]
+            yield image
+
+    whole, each = measure_set(loaded())
     log.info(f"  the photos' noise: {whole.describe()}")
-    return whole, {"set": whole.as_dict(), "images": {str(src.path): e.as_dict() for src, e in zip(sources, each)}}
+    return whole, {"set": whole.as_dict(), "images": {str(src.path): e.as_dict() for src, e in zip(sources, each)},
+                   "pixels": pixels[0] if len(every) <= MEASURED else None}
+
+
+def bm3d_teacher_for(noise: NoiseEstimate, pixels: int | None, minutes: float | None) -> tuple[bool, str | None]:
+    """Whether fit adds BM3D as the student's classical teacher by itself (``--bm3d-weight`` not given), and why:
+    on mild noise, where the bm3d package is installed and its pass over the photos (:data:`BM3D_SECONDS_PER_MP`
+    a megapixel on one core, photos side by side) takes at most :data:`BM3D_SHARE` of ``minutes``. No reason
+    (None) on heavy noise, where BM3D is well below the blind-spot teachers."""
+    if not noise.measured or noise.sigma >= MILD_SIGMA:
+        return False, None
+    if importlib.util.find_spec("bm3d") is None:
+        return False, "mild noise, but the bm3d package is missing (pip install 'atbsn[baselines]')"
+    if minutes is None or pixels is None:
+        return False, "mild noise, but no budget in minutes or more than a few photos"
+    seconds = pixels / 1e6 * BM3D_SECONDS_PER_MP / (os.cpu_count() or 1)
+    if seconds > BM3D_SHARE * minutes * 60:
+        return False, f"mild noise, but BM3D on these photos would take about {seconds / 60:.1f} min"
+    return True, f"mild noise and BM3D over these photos in about {seconds / 60:.1f} min"

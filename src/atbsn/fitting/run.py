@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .candidates import BEST, FITTED, Candidate, choose_best, gather
 from .checks import REMOVAL_LIMIT, _better, output_check
 from .config import FitConfig
 from .plan import _phase, _plan
-from .rule import BM3D_STRENGTH, NLM_STRENGTH, _noise, choose
+from .rule import BM3D_STRENGTH, BM3D_WEIGHT, NLM_STRENGTH, _noise, bm3d_teacher_for, choose
 from .start import start_of, start_parts
 from .stop import STOP_EVERY, _teacher_until_noise
 
@@ -94,6 +95,13 @@ def _fit(data: list[str], n_images: int, output: Path, work: Path, cfg: FitConfi
     noise, measured = _noise(data)
     parts = start_parts(cfg)
     cfg, choice = choose(cfg, noise, fine_tune="teacher" in parts)
+    if cfg.bm3d_weight is None and cfg.nlm_weight is None and "teacher" not in parts:
+        bm3d, choice["bm3d"] = bm3d_teacher_for(noise, measured["pixels"], cfg.minutes)
+        if choice["bm3d"]:
+            log.info(f"  BM3D as the student's classical teacher: {'yes' if bm3d else 'no'}, {choice['bm3d']}")
+        if bm3d:
+            cfg = replace(cfg, bm3d_weight=BM3D_WEIGHT)
+            choice["chosen"]["bm3d_weight"] = BM3D_WEIGHT
     if choice["chosen"]:
         log.info("  chose " + ", ".join(f"{f} = {v}" for f, v in choice["chosen"].items()) + f" for {choice['rule']}")
     start = start_of(cfg, parts)
