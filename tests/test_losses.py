@@ -59,24 +59,20 @@ def test_partition_needs_two_ks_and_local_std_measures_texture():
     assert 5 < local_std(noisy).mean() < 15
 
 
-@pytest.mark.parametrize("method", ["nlm", "bm3d"])
-def test_a_classical_teacher_moves_every_target_toward_its_output_by_its_weight(method):
-    """A classical teacher (``distill --nlm-h`` or ``--bm3d-sigma``: non-local means or BM3D of each patch): each
-    blind-spot target moves toward its output by the weight (mean: the one averaged target; multi: each of them);
-    weight 0 or none is the blind-spot teachers alone."""
+def test_a_classical_teacher_moves_every_target_toward_its_output_by_its_weight():
+    """A classical teacher (``distill --nlm-h``: non-local means of each patch): each blind-spot target moves toward
+    its output by the weight (mean: the one averaged target; multi: each of them); weight 0 or none is the
+    blind-spot teachers alone."""
+    from atbsn.classical import nlm_at, nlm_teacher
 
-    from atbsn import classical as c
-
-    classical, alone = {"nlm": (c.nlm_teacher(6.0), c.nlm_at), "bm3d": (c.bm3d_teacher(6.0), c.bm3d)}[method]
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(2, 3, 20, 24, generator=g) * 60 + 100).round()
+    classical = nlm_teacher(6.0)
     out = classical(y)
     assert out.shape == y.shape and out.dtype == torch.float32
     first = y[0].permute(1, 2, 0).to(torch.uint8).numpy()
-    assert torch.equal(out[0], torch.from_numpy(alone(first, 6.0)).permute(2, 0, 1).float())
+    assert torch.equal(out[0], torch.from_numpy(nlm_at(first, 6.0)).permute(2, 0, 1).float())
     assert (out - y).abs().mean() > 1  # it denoises
-    many = classical.many([a.permute(1, 2, 0).numpy() for a in y])  # photos side by side: the same outputs
-    assert all(np.array_equal(m, a.permute(1, 2, 0).numpy()) for m, a in zip(many, out))
     for weight in (0.25, 1.0):
         mean = DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=weight).targets(y)
         assert len(mean) == 1 and torch.allclose(mean[0], 5.0 + weight * (out - 5.0), atol=1e-4)
@@ -87,6 +83,24 @@ def test_a_classical_teacher_moves_every_target_toward_its_output_by_its_weight(
     assert torch.equal(unmoved[0], torch.full_like(y, 5.0))
     with pytest.raises(AtbsnError, match="weight must be in 0..1"):
         DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=1.5)
+
+
+def test_bm3d_as_a_teacher_is_bm3d_on_each_image_and_photos_side_by_side_give_the_same_outputs():
+    """``bm3d_teacher`` (``--bm3d-sigma``) is :func:`atbsn.classical.bm3d` on each image of a batch; ``many`` runs
+    photos in processes (one per core) with the outputs of one call each, in order."""
+    from dataclasses import replace
+
+    from atbsn.classical import bm3d, bm3d_teacher, nlm_teacher
+
+    y = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 60 + 100).round()
+    teacher = bm3d_teacher(6.0)
+    assert teacher.processes and teacher.name == "BM3D"
+    image = y[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    assert torch.equal(teacher(y)[0], torch.from_numpy(bm3d(image, 6.0)).permute(2, 0, 1).float())
+    side_by_side = replace(nlm_teacher(6.0), processes=True)  # the pool, with a fast denoiser
+    photos = [image, image[::-1].copy(), image[:, ::-1].copy()]
+    got = side_by_side.many([a.astype(np.float32) for a in photos])
+    assert all(np.array_equal(g, nlm_teacher(6.0).many([a])[0]) for g, a in zip(got, photos))
 
 
 def test_a_run_takes_one_classical_teacher_by_its_options():
