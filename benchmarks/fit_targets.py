@@ -109,6 +109,20 @@ def _largest(rows: list[dict]) -> str:
     return f"{max(moves):+.2f}" if moves else "-"
 
 
+def _scores(by_seed: dict[int, dict], base: dict[int, dict] | None) -> str:
+    """A recipe's cells: seeds, PSNR, SSIM-Y, as written, each difference to ``base`` paired by seed (none: the
+    base itself), the largest colour move."""
+    rows = list(by_seed.values())
+    vs = ["-", "-"]
+    if base is not None:
+        dp = paired_verdict({s: r["psnr"] for s, r in by_seed.items()}, {s: r["psnr"] for s, r in base.items()})
+        ds = paired_verdict({s: r["ssim_y"] * 100 for s, r in by_seed.items()},
+                            {s: r["ssim_y"] * 100 for s, r in base.items()})
+        vs = [f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}"]
+    return (f"{sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | {spread([r['ssim_y'] for r in rows], 4)} | "
+            f"{spread([r['written'] for r in rows])} | {vs[0]} | {vs[1]} | {_largest(rows)}")
+
+
 def zsn2n_ssim_y() -> dict[str, float]:
     """ZS-N2N's SSIM-Y on each set's smallest photos, from side_by_side.py's results (where it ran)."""
     path = RESULTS / "side_by_side.json"
@@ -139,13 +153,7 @@ def report(sweeps: list[dict], table: dict[str, dict]) -> None:
         base = got.get("new", {})
         for recipe, by_seed in got.items():
             rows = list(by_seed.values())
-            dp = paired_verdict({s: r["psnr"] for s, r in by_seed.items()}, {s: r["psnr"] for s, r in base.items()})
-            ds = paired_verdict({s: r["ssim_y"] * 100 for s, r in by_seed.items()},
-                                {s: r["ssim_y"] * 100 for s, r in base.items()})
-            vs = ("-", "-") if recipe == "new" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
-            md.append(f"| {name} | {recipe} | {sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | "
-                      f"{spread([r['ssim_y'] for r in rows], 4)} | {spread([r['written'] for r in rows])} | {vs[0]} | "
-                      f"{vs[1]} | {_largest(rows)} | "
+            md.append(f"| {name} | {recipe} | {_scores(by_seed, None if recipe == 'new' else base)} | "
                       f"{', '.join(format(r['ssim_y_smallest'], '.3f') for r in rows if 'ssim_y_smallest' in r) or '-'}"
                       f"{f' ({zs[name]:.3f})' if name in zs else ''} | {rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
                       f"{spread([r['seconds'] for r in rows], 0)} |")
@@ -186,14 +194,9 @@ def report_bm3d(sweeps: list[dict], table: dict[str, dict]) -> None:
         base = got.get("plain", {})
         for recipe, by_seed in got.items():
             rows = list(by_seed.values())
-            dp = paired_verdict({s: r["psnr"] for s, r in by_seed.items()}, {s: r["psnr"] for s, r in base.items()})
-            ds = paired_verdict({s: r["ssim_y"] * 100 for s, r in by_seed.items()},
-                                {s: r["ssim_y"] * 100 for s, r in base.items()})
-            vs = ("-", "-") if recipe == "plain" else (f"{dp[0]}: {dp[1]}", f"{ds[0]} (x100): {ds[1]}")
             pre = [r["targets_seconds"] for r in rows if r.get("targets_seconds") is not None]
-            md.append(f"| {name} | {recipe} | {sorted(by_seed)} | {spread([r['psnr'] for r in rows])} | "
-                      f"{spread([r['ssim_y'] for r in rows], 4)} | {spread([r['written'] for r in rows])} | {vs[0]} | "
-                      f"{vs[1]} | {_largest(rows)} | {rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
+            md.append(f"| {name} | {recipe} | {_scores(by_seed, None if recipe == 'plain' else base)} | "
+                      f"{rows[0]['steps'][0]}+{rows[0]['steps'][1]} | "
                       f"{spread([r['seconds'] for r in rows], 0)} | {spread(pre, 0) if pre else '-'} |")
     write_results("fit_targets_bm3d", {"sweeps": sweeps, "fits": table}, "\n".join(md) + "\n")
 
