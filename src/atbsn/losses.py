@@ -80,8 +80,8 @@ class DistillL1(Loss):
     per batch (``ATBSN.teachers``); each k is a shift plus the 1x1 head. The teacher is held outside the
     module tree, so it is neither trained nor saved with the student.
 
-    ``classical`` adds a classical teacher (issue 42; ``atbsn.classical.nlm_batch`` or ``bm3d_batch``, non-local
-    means or BM3D at the photos' noise): a function of the noisy batch, and every target moves toward its output by
+    ``classical`` adds a classical teacher (issue 42; an ``atbsn.classical.ClassicalTeacher``, non-local means
+    or BM3D at the photos' noise): a function of the noisy batch, and every target moves toward its output by
     ``classical_weight`` (0: the blind-spot teachers alone, 1: the classical one alone).
     """
 

@@ -216,10 +216,12 @@ def _plan(work: Path, cfg: FitConfig, tcfg: RunConfig, scfg: RunConfig, device: 
     classical = student.loss.classical
     if classical is not None and classical.processes:  # BM3D: always once per photo, its cost the targets'
         student.loss.classical = None
-    for precision in candidates:
-        scfg.precision = precision
-        timed[precision] = (teacher_s[precision], _step_seconds(student, scfg, device))
-    student.loss.classical = classical
+    try:
+        for precision in candidates:
+            scfg.precision = precision
+            timed[precision] = (teacher_s[precision], _step_seconds(student, scfg, device))
+    finally:
+        student.loss.classical = classical
     cost = {p: (weights[0] * t + weights[1] * s) * (1 if p == "fp32" else BF16_GAIN) for p, (t, s) in timed.items()}
     best = min(cost, key=cost.get)
     tcfg.precision = scfg.precision = best
