@@ -85,6 +85,7 @@ def test_a_classical_teacher_moves_every_target_toward_its_output_by_its_weight(
         DistillL1(FakeTeacher(), [0, 1], "mean", classical=classical, classical_weight=1.5)
 
 
+@pytest.mark.slow  # about 7 s: a process pool spawned, and BM3D
 def test_bm3d_as_a_teacher_is_bm3d_on_each_image_and_photos_side_by_side_give_the_same_outputs():
     """``bm3d_teacher`` (``--bm3d-sigma``) is :func:`atbsn.classical.bm3d` on each image of a batch; ``many`` runs
     photos in processes (one per core) with the outputs of one call each, in order."""
